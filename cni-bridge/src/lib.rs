@@ -1,0 +1,1 @@
+//! Bridge + veth attachment for `berth-bridge`. Filled by the bridge issue.
