@@ -98,14 +98,22 @@ pub fn run(cli: Cli, out: &mut dyn Write) -> Result<(), IpamError> {
                     .collect();
                 writeln!(out, "{}", serde_json::Value::Array(v)).map_err(io)?;
             } else {
-                writeln!(out, "{:<20} {:<40} {:<66} {:<10} {:>10}", "NETWORK", "ADDRESS", "CONTAINER", "IFNAME", "AGE")
+                let w = |f: &dyn Fn(&(String, crate::store::Allocation)) -> usize, min: usize| {
+                    rows.iter().map(f).max().unwrap_or(0).max(min)
+                };
+                let (wn, wa, wc) = (
+                    w(&|r| r.0.len(), 7),
+                    w(&|r| r.1.address.to_string().len(), 7),
+                    w(&|r| r.1.container_id.len(), 9),
+                );
+                writeln!(out, "{:<wn$}  {:<wa$}  {:<wc$}  {:<15}  {:>5}", "NETWORK", "ADDRESS", "CONTAINER", "IFNAME", "AGE")
                     .map_err(io)?;
                 for (n, a) in &rows {
                     writeln!(
                         out,
-                        "{:<20} {:<40} {:<66} {:<10} {:>10}{}",
+                        "{:<wn$}  {:<wa$}  {:<wc$}  {:<15}  {:>5}{}",
                         n,
-                        a.address,
+                        a.address.to_string(),
                         a.container_id,
                         if a.ifname.is_empty() { "-" } else { &a.ifname },
                         human_age((now - a.created_at).max(0)),

@@ -1,0 +1,46 @@
+# Shared by the quick-start scripts: root check, system packages, the build.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
+
+# Debian packages the demo and the tests use: the reference CNI plugins (for
+# side-by-side tests and benchmarks), kernel tools for the namespace tests,
+# sqlite3 to inspect stores, and a C compiler for the bundled SQLite.
+PACKAGES=(ca-certificates gcc libc6-dev pkg-config make
+          containernetworking-plugins iproute2 nftables iptables iputils-ping
+          sqlite3 procps util-linux e2fsprogs xfsprogs jq)
+
+need_root() {
+    if [ "$(id -u)" -ne 0 ]; then
+        echo "error: run this as root (it installs packages and, in later tests, creates network namespaces)" >&2
+        exit 1
+    fi
+}
+
+install_packages() {
+    local missing=()
+    for p in "${PACKAGES[@]}"; do
+        dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+    done
+    if [ "${#missing[@]}" -gt 0 ]; then
+        echo "==> installing ${missing[*]}"
+        apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+    fi
+}
+
+find_cargo() {
+    if ! command -v cargo >/dev/null 2>&1; then
+        [ -x "$HOME/.cargo/bin/cargo" ] && export PATH="$HOME/.cargo/bin:$PATH"
+    fi
+    if ! command -v cargo >/dev/null 2>&1; then
+        echo "error: cargo not found. Install Rust 1.89 or later (https://rustup.rs) and run this again." >&2
+        exit 1
+    fi
+}
+
+build_release() {
+    echo "==> building (release)"
+    (cd "$ROOT" && cargo build --release --workspace --locked)
+}
