@@ -8,6 +8,8 @@ pub mod delegate;
 pub mod env;
 pub mod error;
 pub mod fault;
+pub mod netlink;
+pub mod netns;
 pub mod result;
 pub mod skel;
 pub mod version;
