@@ -29,6 +29,8 @@ pub enum ErrorCode {
     Store,
     /// Berth: a kernel (netlink, nftables, sysctl) operation failed.
     Kernel,
+    /// Berth: CHECK found state that differs from what ADD set up.
+    CheckFailed,
     /// Anything else; matches the reference plugins' "internal" code.
     Internal,
 }
@@ -52,6 +54,7 @@ impl ErrorCode {
             ErrorCode::DuplicateAllocation => 103,
             ErrorCode::Store => 104,
             ErrorCode::Kernel => 105,
+            ErrorCode::CheckFailed => 106,
             ErrorCode::Internal => 999,
         }
     }
