@@ -120,6 +120,35 @@ impl NetConf {
     }
 }
 
+/// Reads `cni.dev/valid-attachments` (or the older `cni.dev/attachments`)
+/// from a GC request: the (containerID, ifname) pairs to keep. Refuses a GC
+/// without the list rather than treating it as "keep nothing".
+pub fn valid_attachments(raw: &Map<String, Value>) -> Result<Vec<(String, String)>, CniError> {
+    let (key, v) = match (raw.get("cni.dev/valid-attachments"), raw.get("cni.dev/attachments")) {
+        (Some(v), _) => ("cni.dev/valid-attachments", v),
+        (None, Some(v)) => ("cni.dev/attachments", v),
+        (None, None) => {
+            return Err(CniError::invalid_config(
+                "cni.dev/valid-attachments: is required for GC (the list of attachments to keep)",
+            ))
+        }
+    };
+    let list = v.as_array().ok_or_else(|| CniError::invalid_config(format!("{key}: must be a list")))?;
+    list.iter()
+        .enumerate()
+        .map(|(i, a)| {
+            let c = a.get("containerID").and_then(Value::as_str);
+            let f = a.get("ifname").and_then(Value::as_str);
+            match (c, f) {
+                (Some(c), Some(f)) => Ok((c.to_string(), f.to_string())),
+                _ => Err(CniError::invalid_config(format!(
+                    "{key}[{i}]: needs string fields containerID and ifname"
+                ))),
+            }
+        })
+        .collect()
+}
+
 /// A network configuration list (`.conflist`), as runtimes read it.
 #[derive(Debug, Clone)]
 pub struct ConfList {

@@ -15,7 +15,7 @@ use netlink_packet_core::{
 };
 use netlink_packet_route::address::{AddressAttribute, AddressMessage};
 use netlink_packet_route::link::{
-    AfSpecBridge, BridgeVlanInfo, BridgeVlanInfoFlags, InfoBridge, InfoBridgePort, InfoData, InfoKind,
+    AfSpecBridge, BridgePortState, BridgeVlanInfo, BridgeVlanInfoFlags, InfoBridge, InfoBridgePort, InfoData, InfoKind,
     InfoPortData, InfoPortKind, InfoVeth, LinkAttribute, LinkExtentMask, LinkFlags, LinkInfo, LinkMessage,
 };
 use netlink_packet_route::neighbour::{
@@ -71,6 +71,8 @@ pub struct Link {
     /// Bridge port attributes, when the link is a bridge port.
     pub port_hairpin: Option<bool>,
     pub port_isolated: Option<bool>,
+    /// Bridge port STP state is "forwarding".
+    pub port_forwarding: Option<bool>,
     /// Bridge attribute.
     pub vlan_filtering: Option<bool>,
 }
@@ -125,6 +127,9 @@ fn link_from_msg(m: &LinkMessage) -> Link {
                                 match o {
                                     InfoBridgePort::HairpinMode(v) => l.port_hairpin = Some(*v),
                                     InfoBridgePort::Isolated(v) => l.port_isolated = Some(*v),
+                                    InfoBridgePort::State(st) => {
+                                        l.port_forwarding = Some(*st == BridgePortState::Forwarding)
+                                    }
                                     _ => {}
                                 }
                             }

@@ -20,18 +20,7 @@ pub struct Attachment {
     pub now: i64,
 }
 
-/// Stable 64-bit FNV-1a, hex: a retry must hash the same across plugin
-/// versions, which std's hasher does not promise.
-pub fn digest(parts: &[&[u8]]) -> String {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for p in parts {
-        for b in p.iter().chain(std::iter::once(&0xffu8)) {
-            h ^= u64::from(*b);
-            h = h.wrapping_mul(0x0100_0000_01b3);
-        }
-    }
-    format!("{h:016x}")
-}
+pub use cni_core::digest;
 
 /// Finds the next free address of a set, starting after the last one
 /// handed out and wrapping around once.

@@ -226,30 +226,12 @@ impl HostLocal {
     }
 }
 
-/// Reads `cni.dev/valid-attachments` (or the older `cni.dev/attachments`).
+/// Reads `cni.dev/valid-attachments` (see `cni_core::config::valid_attachments`).
 pub fn valid_attachments(raw: &serde_json::Map<String, Value>) -> Result<Vec<(String, String)>, IpamError> {
-    let (key, v) = match (raw.get("cni.dev/valid-attachments"), raw.get("cni.dev/attachments")) {
-        (Some(v), _) => ("cni.dev/valid-attachments", v),
-        (None, Some(v)) => ("cni.dev/attachments", v),
-        (None, None) => {
-            return Err(IpamError::config(
-                "cni.dev/valid-attachments",
-                "is required for GC (the list of attachments to keep)",
-            ))
-        }
-    };
-    let list = v.as_array().ok_or_else(|| IpamError::config(key, "must be a list"))?;
-    list.iter()
-        .enumerate()
-        .map(|(i, a)| {
-            let c = a.get("containerID").and_then(Value::as_str);
-            let f = a.get("ifname").and_then(Value::as_str);
-            match (c, f) {
-                (Some(c), Some(f)) => Ok((c.to_string(), f.to_string())),
-                _ => Err(IpamError::config(format!("{key}[{i}]"), "needs string fields containerID and ifname")),
-            }
-        })
-        .collect()
+    cni_core::config::valid_attachments(raw).map_err(|e| {
+        let (field, msg) = e.msg.split_once(": ").unwrap_or(("cni.dev/valid-attachments", e.msg.as_str()));
+        IpamError::config(field, msg)
+    })
 }
 
 impl Plugin for HostLocal {

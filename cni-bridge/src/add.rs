@@ -1,0 +1,254 @@
+//! ADD: bridge, veth pair, IPAM, pod configuration, gateway, NAT, spoof check.
+//! Anything that fails after a step undoes every step before it.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use cni_core::delegate::Delegate;
+use cni_core::netlink::{mac_to_string, Netlink};
+use cni_core::netns::NetNs;
+use cni_core::{CniResult, Interface, IpConfig, Request, Route};
+use ipnetwork::IpNetwork;
+
+use crate::config::BridgeConf;
+use crate::error::BridgeError;
+use crate::link;
+use crate::masq;
+use crate::pod::{self, PodSetup};
+use crate::records::{Record, Records};
+use crate::spoofchk;
+
+/// How long ADD waits for the host port to forward.
+const FORWARD_BOUND: Duration = Duration::from_secs(5);
+
+pub fn attachment_comment(network: &str, container: &str, ifname: &str) -> String {
+    format!("berth:{network}:{container}:{ifname}")
+}
+
+fn now() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
+}
+
+/// Undo actions collected while ADD makes progress.
+#[derive(Default)]
+struct Undo {
+    host_veth: Option<String>,
+    ipam: bool,
+    masq: Option<Vec<IpNetwork>>,
+    spoof: Option<(String, String)>,
+    record: bool,
+}
+
+/// The gateway of each address: IPAM's, or with isGateway the subnet's first.
+fn fill_gateways(ips: &mut [IpConfig], conf: &BridgeConf) {
+    for ipc in ips.iter_mut() {
+        ipc.interface = Some(2);
+        if ipc.gateway.is_none() && conf.is_gateway {
+            let net = ipc.address.network();
+            ipc.gateway = IpNetwork::new(net, ipc.address.prefix())
+                .ok()
+                .and_then(|n| n.iter().nth(1));
+        }
+    }
+}
+
+/// isDefaultGateway: one default route per family, unless IPAM gave one.
+fn add_default_routes(res: &mut CniResult) {
+    for v4 in [true, false] {
+        let Some(gw) = res.ips.iter().filter(|c| c.address.is_ipv4() == v4).find_map(|c| c.gateway) else { continue };
+        let default: IpNetwork = if v4 { "0.0.0.0/0".parse() } else { "::/0".parse() }.expect("constant CIDR");
+        let has = res.routes.iter().any(|r| r.dst == default && r.gw.is_some());
+        if !has {
+            res.routes.push(Route::new(default, Some(gw)));
+        }
+    }
+}
+
+pub fn cmd_add(req: &Request) -> Result<CniResult, BridgeError> {
+    let conf = BridgeConf::parse(&req.config, &req.env.args)?;
+    let pod_ns = NetNs::open(&req.env.netns)?;
+    if let (Ok(here), Some(id)) = (NetNs::current(), pod_ns.id()) {
+        if here.id() == Some(id) {
+            return Err(BridgeError::config("CNI_NETNS", "is the plugin's own network namespace"));
+        }
+    }
+    let container = &req.env.container_id;
+    let ifname = &req.env.ifname;
+    let host_name = link::host_veth_name(&conf.network, container, ifname);
+    let comment = attachment_comment(&conf.network, container, ifname);
+
+    // The record goes first: if we die half way, DEL and GC know what to undo.
+    let mut record = Record {
+        container_id: container.clone(),
+        ifname: ifname.clone(),
+        netns: req.env.netns.clone(),
+        bridge: conf.bridge.clone(),
+        host_veth: host_name.clone(),
+        masq: if conf.ip_masq { conf.masq_backend.as_str().to_string() } else { String::new() },
+        spoofchk: conf.mac_spoof_check,
+        created_at: now(),
+        ..Default::default()
+    };
+    put_record(&conf, &record)?;
+
+    let mut undo = Undo { record: true, ..Default::default() };
+    let mut nl = Netlink::new()?;
+    match add_steps(req, &conf, &pod_ns, &mut nl, &mut record, &mut undo, &comment) {
+        Ok(res) => Ok(res),
+        Err(e) => {
+            rollback(req, &conf, &mut nl, &undo, &comment);
+            Err(e)
+        }
+    }
+}
+
+fn put_record(conf: &BridgeConf, r: &Record) -> Result<(), BridgeError> {
+    let recs = Records::open(&conf.records_dir(), true)?
+        .ok_or_else(|| BridgeError::Records { path: conf.records_dir().display().to_string(), msg: "cannot create".into() })?;
+    recs.put(r)
+}
+
+fn add_steps(
+    req: &Request,
+    conf: &BridgeConf,
+    pod_ns: &NetNs,
+    nl: &mut Netlink,
+    record: &mut Record,
+    undo: &mut Undo,
+    comment: &str,
+) -> Result<CniResult, BridgeError> {
+    let ifname = &req.env.ifname;
+    let br = link::ensure_bridge(nl, conf)?;
+    let host = link::create_veth(nl, pod_ns, conf, &record.host_veth, ifname)?;
+    undo.host_veth = Some(host.name.clone());
+    if host.name != record.host_veth {
+        record.host_veth = host.name.clone();
+        put_record(conf, record)?;
+    }
+    link::configure_port(nl, &host, &br, conf)?;
+
+    let mut res = CniResult::default();
+    if let Some(t) = &conf.ipam_type {
+        let ipam = Delegate { plugin_type: t, env: &req.env, stdin: &req.stdin, version: req.config.version };
+        let r = ipam.add()?;
+        undo.ipam = true;
+        if r.ips.is_empty() {
+            return Err(BridgeError::Kernel(format!("IPAM plugin {t} returned no addresses")));
+        }
+        res.ips = r.ips;
+        res.routes = r.routes;
+        res.dns = r.dns;
+    }
+    fill_gateways(&mut res.ips, conf);
+    if conf.is_default_gateway {
+        add_default_routes(&mut res);
+    }
+
+    let pod = pod::configure(
+        pod_ns,
+        &PodSetup {
+            ifname,
+            ips: &res.ips,
+            routes: &res.routes,
+            enable_dad: conf.enable_dad,
+            up: !conf.disable_container_interface,
+        },
+    )?;
+    record.pod_mac = pod.mac.clone();
+    record.ips = res.ips.iter().map(|c| c.address.to_string()).collect();
+
+    let mut extra_iface = None;
+    if conf.is_gateway {
+        let gw_link = if conf.vlan != 0 {
+            let l = link::ensure_vlan_gateway(nl, &br, conf)?;
+            extra_iface = Some(Interface { name: l.name.clone(), mac: mac_to_string(&l.mac), ..Default::default() });
+            l
+        } else {
+            br.clone()
+        };
+        for v4 in [true, false] {
+            let mut any = false;
+            for ipc in res.ips.iter().filter(|c| c.address.is_ipv4() == v4) {
+                if let Some(gw) = ipc.gateway {
+                    let gw_net = IpNetwork::new(gw, ipc.address.prefix())
+                        .map_err(|e| BridgeError::Kernel(format!("gateway {gw}: {e}")))?;
+                    link::ensure_gateway_addr(nl, &gw_link, gw_net, conf.force_address)?;
+                    any = true;
+                }
+            }
+            if any {
+                link::enable_forwarding(v4)?;
+            }
+        }
+    }
+
+    if conf.ip_masq && !res.ips.is_empty() {
+        let addrs: Vec<IpNetwork> = res.ips.iter().map(|c| c.address).collect();
+        let chain = masq::iptables_chain(&conf.network, &req.env.container_id, ifname);
+        undo.masq = Some(addrs.clone());
+        masq::add(conf.masq_backend, &addrs, &chain, comment)?;
+    }
+    if conf.mac_spoof_check {
+        undo.spoof = Some((host.name.clone(), pod.mac.clone()));
+        spoofchk::add(&host.name, &pod.mac, comment)?;
+    }
+
+    if !conf.disable_container_interface {
+        link::wait_forwarding(nl, host.index, FORWARD_BOUND)?;
+    }
+    put_record(conf, record)?;
+
+    // Read MACs last: the bridge's changes as ports are added.
+    let br_now = nl.link_by_index(br.index)?.unwrap_or(br);
+    let host_now = nl.link_by_index(host.index)?.unwrap_or(host);
+    res.interfaces = vec![
+        Interface { name: br_now.name.clone(), mac: mac_to_string(&br_now.mac), ..Default::default() },
+        Interface { name: host_now.name.clone(), mac: mac_to_string(&host_now.mac), ..Default::default() },
+        Interface {
+            name: ifname.clone(),
+            mac: pod.mac.clone(),
+            mtu: Some(pod.mtu),
+            sandbox: req.env.netns.clone(),
+            ..Default::default()
+        },
+    ];
+    if let Some(i) = extra_iface {
+        res.interfaces.push(i);
+    }
+    if let Some(dns) = &conf.dns {
+        res.dns = dns.clone();
+    }
+    Ok(res)
+}
+
+fn rollback(req: &Request, conf: &BridgeConf, nl: &mut Netlink, undo: &Undo, comment: &str) {
+    let ifname = &req.env.ifname;
+    if let Some((port, mac)) = &undo.spoof {
+        if let Err(e) = spoofchk::del(port, mac) {
+            eprintln!("berth-bridge: rollback: {e}");
+        }
+    }
+    if let Some(addrs) = &undo.masq {
+        let chain = masq::iptables_chain(&conf.network, &req.env.container_id, ifname);
+        if let Err(e) = masq::del(conf.masq_backend, addrs, &chain, comment) {
+            eprintln!("berth-bridge: rollback: {e}");
+        }
+    }
+    if let Some(name) = &undo.host_veth {
+        if let Err(e) = link::delete_veth(nl, name) {
+            eprintln!("berth-bridge: rollback: deleting {name}: {e}");
+        }
+    }
+    if undo.ipam {
+        if let Some(t) = &conf.ipam_type {
+            let ipam = Delegate { plugin_type: t, env: &req.env, stdin: &req.stdin, version: req.config.version };
+            if let Err(e) = ipam.del() {
+                eprintln!("berth-bridge: rollback: releasing addresses: {e}");
+            }
+        }
+    }
+    if undo.record {
+        if let Ok(Some(r)) = Records::open(&conf.records_dir(), false) {
+            let _ = r.delete(&req.env.container_id, ifname);
+        }
+    }
+}
