@@ -76,9 +76,6 @@ impl Records {
         let mut r = Records { conn, path, _lock: lock };
         r.conn.busy_timeout(Duration::from_secs(30)).map_err(|e| r.err(e))?;
         r.conn.pragma_update(None, "synchronous", "NORMAL").map_err(|e| r.err(e))?;
-        // Closing the last connection would checkpoint the WAL with an fsync on
-        // every plugin exit; let the periodic autocheckpoint do that instead.
-        r.conn.set_db_config(rusqlite::config::DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, true).map_err(|e| r.err(e))?;
         let v: i64 = r.conn.pragma_query_value(None, "user_version", |row| row.get(0)).map_err(|e| r.err(e))?;
         if v != SCHEMA_VERSION {
             let _: String =

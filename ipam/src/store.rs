@@ -117,9 +117,6 @@ impl Store {
         let err = store_err(&dir);
         self.conn.busy_timeout(Duration::from_secs(30)).map_err(&err)?;
         self.conn.pragma_update(None, "synchronous", "NORMAL").map_err(&err)?;
-        // Closing the last connection would checkpoint the WAL with an fsync on
-        // every plugin exit; let the periodic autocheckpoint do that instead.
-        self.conn.set_db_config(rusqlite::config::DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, true).map_err(&err)?;
         let version: i64 = self.conn.pragma_query_value(None, "user_version", |r| r.get(0)).map_err(&err)?;
         if version == SCHEMA_VERSION {
             return Ok(());
