@@ -117,6 +117,13 @@ impl Store {
         let err = store_err(&dir);
         self.conn.busy_timeout(Duration::from_secs(30)).map_err(&err)?;
         self.conn.pragma_update(None, "synchronous", "NORMAL").map_err(&err)?;
+        // SQLite checkpoints the WAL (two fsyncs) whenever the last connection
+        // closes, i.e. at every plugin exit. `Drop` checkpoints only when the
+        // WAL has grown, which keeps both exits and the WAL recovery of the
+        // next opener cheap.
+        self.conn
+            .set_db_config(rusqlite::config::DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, true)
+            .map_err(&err)?;
         let version: i64 = self.conn.pragma_query_value(None, "user_version", |r| r.get(0)).map_err(&err)?;
         if version == SCHEMA_VERSION {
             return Ok(());
@@ -148,6 +155,28 @@ impl Store {
 
     pub fn db_path(&self) -> PathBuf {
         self.dir.join(DB_FILE)
+    }
+}
+
+/// Above this size the WAL is folded back into the database on close.
+pub const WAL_CHECKPOINT_BYTES: u64 = 256 * 1024;
+
+/// Checkpoints and truncates the WAL of `conn` if it grew past the limit.
+/// Best effort: a busy database is simply checkpointed by a later process.
+pub fn checkpoint_if_large(conn: &Connection, db: &Path) {
+    let mut wal = db.as_os_str().to_owned();
+    wal.push("-wal");
+    let big = std::fs::metadata(&wal).map(|m| m.len() > WAL_CHECKPOINT_BYTES).unwrap_or(false);
+    if big {
+        let _ = conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()));
+    }
+}
+
+impl Drop for Store {
+    fn drop(&mut self) {
+        if self._lock.is_some() {
+            checkpoint_if_large(&self.conn, &self.dir.join(DB_FILE));
+        }
     }
 }
 
