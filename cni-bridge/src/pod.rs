@@ -71,6 +71,7 @@ pub fn configure(ns: &NetNs, s: &PodSetup<'_>) -> Result<PodIface, BridgeError> 
                 priority: r.priority,
                 table: r.table,
                 src: None,
+                onlink: false,
             };
             tolerate_exists(nl.add_route(&spec))?;
         }

@@ -16,13 +16,13 @@ use netlink_packet_core::{
 use netlink_packet_route::address::{AddressAttribute, AddressMessage};
 use netlink_packet_route::link::{
     AfSpecBridge, BridgePortState, BridgeVlanInfo, BridgeVlanInfoFlags, InfoBridge, InfoBridgePort, InfoData, InfoKind,
-    InfoPortData, InfoPortKind, InfoVeth, LinkAttribute, LinkExtentMask, LinkFlags, LinkInfo, LinkMessage,
+    InfoPortData, InfoPortKind, InfoVeth, InfoVxlan, LinkAttribute, LinkExtentMask, LinkFlags, LinkInfo, LinkMessage,
 };
 use netlink_packet_route::neighbour::{
     NeighbourAddress, NeighbourAttribute, NeighbourFlags, NeighbourMessage, NeighbourState,
 };
 use netlink_packet_route::route::{
-    RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteMetric, RouteProtocol, RouteScope, RouteType,
+    RouteAddress, RouteAttribute, RouteFlags, RouteHeader, RouteMessage, RouteMetric, RouteProtocol, RouteScope, RouteType,
 };
 use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
 use netlink_sys::{protocols::NETLINK_ROUTE, Socket, SocketAddr};
@@ -157,11 +157,24 @@ pub struct RouteSpec {
     pub priority: Option<u32>,
     pub table: Option<u32>,
     pub src: Option<IpAddr>,
+    /// RTNH_F_ONLINK: the gateway is reachable on `oif` without a covering route.
+    pub onlink: bool,
 }
 
 impl RouteSpec {
     pub fn new(dst: IpNetwork) -> RouteSpec {
-        RouteSpec { dst, gw: None, oif: None, onlink_scope: false, mtu: None, advmss: None, priority: None, table: None, src: None }
+        RouteSpec {
+            dst,
+            gw: None,
+            oif: None,
+            onlink_scope: false,
+            mtu: None,
+            advmss: None,
+            priority: None,
+            table: None,
+            src: None,
+            onlink: false,
+        }
     }
 }
 
@@ -360,6 +373,73 @@ impl Netlink {
         self.change(RouteNetlinkMessage::NewLink(m), NLM_F_CREATE | NLM_F_EXCL, &format!("creating veth pair {name}/{peer}"))
     }
 
+    /// Creates a VXLAN device on `underlay` (no learning: peers are programmed).
+    #[allow(clippy::too_many_arguments)]
+    pub fn add_vxlan(
+        &mut self,
+        name: &str,
+        vni: u32,
+        local: IpAddr,
+        port: u16,
+        underlay: u32,
+        mtu: Option<u32>,
+        mac: Option<[u8; 6]>,
+    ) -> Result<()> {
+        let mut data = vec![InfoVxlan::Id(vni), InfoVxlan::Link(underlay), InfoVxlan::Port(port), InfoVxlan::Learning(false)];
+        match local {
+            IpAddr::V4(a) => data.push(InfoVxlan::Local(a)),
+            IpAddr::V6(a) => data.push(InfoVxlan::Local6(a)),
+        }
+        let mut m = LinkMessage::default();
+        m.attributes.push(LinkAttribute::IfName(name.to_string()));
+        if let Some(mtu) = mtu {
+            m.attributes.push(LinkAttribute::Mtu(mtu));
+        }
+        if let Some(mac) = mac {
+            m.attributes.push(LinkAttribute::Address(mac.to_vec()));
+        }
+        m.attributes.push(LinkAttribute::LinkInfo(vec![LinkInfo::Kind(InfoKind::Vxlan), LinkInfo::Data(InfoData::Vxlan(data))]));
+        self.change(RouteNetlinkMessage::NewLink(m), NLM_F_CREATE | NLM_F_EXCL, &format!("creating vxlan {name}"))
+    }
+
+    /// VXLAN parameters of a link: (vni, local address, port, underlay index, learning).
+    pub fn vxlan_info(&mut self, name: &str) -> Result<Option<(u32, Option<IpAddr>, u16, u32, bool)>> {
+        if name.is_empty() || name.len() > 15 {
+            return Ok(None);
+        }
+        let mut m = LinkMessage::default();
+        m.attributes.push(LinkAttribute::IfName(name.to_string()));
+        let v = match self.request(RouteNetlinkMessage::GetLink(m), 0, &format!("looking up {name}")) {
+            Ok(v) => v,
+            Err(e) if e.is(libc::ENODEV) => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        for r in v {
+            let RouteNetlinkMessage::NewLink(l) = r else { continue };
+            for a in &l.attributes {
+                let LinkAttribute::LinkInfo(infos) = a else { continue };
+                for i in infos {
+                    if let LinkInfo::Data(InfoData::Vxlan(d)) = i {
+                        let (mut vni, mut local, mut port, mut link, mut learning) = (0, None, 0, 0, true);
+                        for x in d {
+                            match x {
+                                InfoVxlan::Id(v) => vni = *v,
+                                InfoVxlan::Local(a) => local = Some(IpAddr::V4(*a)),
+                                InfoVxlan::Local6(a) => local = Some(IpAddr::V6(*a)),
+                                InfoVxlan::Port(p) => port = *p,
+                                InfoVxlan::Link(l) => link = *l,
+                                InfoVxlan::Learning(b) => learning = *b,
+                                _ => {}
+                            }
+                        }
+                        return Ok(Some((vni, local, port, link, learning)));
+                    }
+                }
+            }
+        }
+        Ok(None)
+    }
+
     pub fn del_link(&mut self, index: u32) -> Result<()> {
         let mut m = LinkMessage::default();
         m.header.index = index;
@@ -546,6 +626,9 @@ impl Netlink {
         m.header.protocol = RouteProtocol::Boot;
         m.header.kind = RouteType::Unicast;
         m.header.scope = if r.gw.is_none() && r.onlink_scope { RouteScope::Link } else { RouteScope::Universe };
+        if r.onlink {
+            m.header.flags |= RouteFlags::Onlink;
+        }
         if r.dst.prefix() > 0 {
             m.attributes.push(RouteAttribute::Destination(route_addr(r.dst.network())));
         }
@@ -643,6 +726,7 @@ impl Netlink {
                 priority,
                 table: Some(table),
                 src,
+                onlink: rm.header.flags.contains(RouteFlags::Onlink),
             });
         }
         Ok(out)
@@ -688,6 +772,54 @@ impl Netlink {
             IpAddr::V6(a) => NeighbourAddress::Inet6(a),
         }));
         self.change(RouteNetlinkMessage::NewNeighbour(m), NLM_F_CREATE | NLM_F_REPLACE, &format!("setting FDB entry {}", mac_to_string(mac)))
+    }
+
+    /// Neighbour entries (IP, MAC) of one link, for one family.
+    pub fn neighbours(&mut self, index: u32, v4: bool) -> Result<Vec<(IpAddr, Vec<u8>)>> {
+        let mut m = NeighbourMessage::default();
+        m.header.family = if v4 { AddressFamily::Inet } else { AddressFamily::Inet6 };
+        let v = self.request(RouteNetlinkMessage::GetNeighbour(m), NLM_F_DUMP, "listing neighbours")?;
+        Ok(v.into_iter()
+            .filter_map(|r| match r {
+                RouteNetlinkMessage::NewNeighbour(n) if n.header.ifindex == index => {
+                    let ip = n.attributes.iter().find_map(|a| match a {
+                        NeighbourAttribute::Destination(NeighbourAddress::Inet(x)) => Some(IpAddr::V4(*x)),
+                        NeighbourAttribute::Destination(NeighbourAddress::Inet6(x)) => Some(IpAddr::V6(*x)),
+                        _ => None,
+                    })?;
+                    let mac = n.attributes.iter().find_map(|a| match a {
+                        NeighbourAttribute::LinkLayerAddress(m) => Some(m.clone()),
+                        _ => None,
+                    })?;
+                    Some((ip, mac))
+                }
+                _ => None,
+            })
+            .collect())
+    }
+
+    /// FDB entries (MAC, destination) of one (VXLAN) link.
+    pub fn fdb(&mut self, index: u32) -> Result<Vec<(Vec<u8>, Option<IpAddr>)>> {
+        let mut m = NeighbourMessage::default();
+        m.header.family = AddressFamily::Bridge;
+        let v = self.request(RouteNetlinkMessage::GetNeighbour(m), NLM_F_DUMP, "listing FDB entries")?;
+        Ok(v.into_iter()
+            .filter_map(|r| match r {
+                RouteNetlinkMessage::NewNeighbour(n) if n.header.ifindex == index => {
+                    let mac = n.attributes.iter().find_map(|a| match a {
+                        NeighbourAttribute::LinkLayerAddress(m) => Some(m.clone()),
+                        _ => None,
+                    })?;
+                    let dst = n.attributes.iter().find_map(|a| match a {
+                        NeighbourAttribute::Destination(NeighbourAddress::Inet(x)) => Some(IpAddr::V4(*x)),
+                        NeighbourAttribute::Destination(NeighbourAddress::Inet6(x)) => Some(IpAddr::V6(*x)),
+                        _ => None,
+                    });
+                    Some((mac, dst))
+                }
+                _ => None,
+            })
+            .collect())
     }
 
     pub fn del_fdb(&mut self, index: u32, mac: &[u8], dst: IpAddr) -> Result<()> {
