@@ -185,7 +185,7 @@ fn add_steps(
         let addrs: Vec<IpNetwork> = res.ips.iter().map(|c| c.address).collect();
         let chain = masq::iptables_chain(&conf.network, &req.env.container_id, ifname);
         undo.masq = Some(addrs.clone());
-        masq::add(conf.masq_backend, &addrs, &chain, comment)?;
+        masq::add(conf.masq_backend, &addrs, &conf.masq_exclude, &chain, comment)?;
     }
     if conf.mac_spoof_check {
         undo.spoof = Some((host.name.clone(), pod.mac.clone()));
@@ -229,7 +229,7 @@ fn rollback(req: &Request, conf: &BridgeConf, nl: &mut Netlink, undo: &Undo, com
     }
     if let Some(addrs) = &undo.masq {
         let chain = masq::iptables_chain(&conf.network, &req.env.container_id, ifname);
-        if let Err(e) = masq::del(conf.masq_backend, addrs, &chain, comment) {
+        if let Err(e) = masq::del(conf.masq_backend, addrs, &conf.masq_exclude, &chain, comment) {
             eprintln!("berth-bridge: rollback: {e}");
         }
     }

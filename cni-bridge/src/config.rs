@@ -65,6 +65,9 @@ pub struct BridgeConf {
     pub ipam_type: Option<String>,
     /// Where per-attachment records live: `<dataDir>/<network>/`.
     pub data_dir: PathBuf,
+    /// `ipMasqExclude` (Berth): destinations never masqueraded; default the
+    /// pod's own subnet. The overlay sets the whole cluster network here.
+    pub masq_exclude: Vec<ipnetwork::IpNetwork>,
 }
 
 fn get_bool(raw: &Map<String, Value>, key: &str, default: bool) -> Result<bool, BridgeError> {
@@ -215,6 +218,21 @@ impl BridgeConf {
             }
         };
         let data_dir = PathBuf::from(get_str(raw, "dataDir")?.unwrap_or(DEFAULT_DATA_DIR));
+        let masq_exclude = match raw.get("ipMasqExclude") {
+            None | Some(Value::Null) => Vec::new(),
+            Some(Value::Array(a)) => a
+                .iter()
+                .enumerate()
+                .map(|(i, v)| {
+                    let f = format!("ipMasqExclude[{i}]");
+                    let s = v.as_str().ok_or_else(|| BridgeError::config(&f, "must be a CIDR string"))?;
+                    let n: ipnetwork::IpNetwork =
+                        s.parse().map_err(|e| BridgeError::config(&f, format!("{s:?} is not a CIDR: {e}")))?;
+                    Ok(n)
+                })
+                .collect::<Result<_, BridgeError>>()?,
+            Some(_) => return Err(BridgeError::config("ipMasqExclude", "must be a list of CIDRs")),
+        };
         Ok(BridgeConf {
             network: conf.name.clone(),
             bridge,
@@ -237,6 +255,7 @@ impl BridgeConf {
             dns,
             ipam_type,
             data_dir,
+            masq_exclude,
         })
     }
 

@@ -94,7 +94,7 @@ pub fn teardown_host(
     };
     if let Some(b) = backend {
         let chain = masq::iptables_chain(&conf.network, container, ifname);
-        masq::del(b, &unique, &chain, &attachment_comment(&conf.network, container, ifname))?;
+        masq::del(b, &unique, &conf.masq_exclude, &chain, &attachment_comment(&conf.network, container, ifname))?;
     }
     let spoof = record.map(|r| r.spoofchk).unwrap_or(conf.mac_spoof_check);
     if spoof {

@@ -34,20 +34,36 @@ add set inet {t} local6 {{ type ipv6_addr . ipv6_addr; flags interval; comment \
     )
 }
 
-fn nft_elements(addrs: &[IpNetwork], comment: Option<&str>) -> Vec<(String, String)> {
+/// The destinations not masqueraded for pod address `a`: `exclude` of its
+/// family if any, else the pod's own subnet.
+fn local_nets(a: &IpNetwork, exclude: &[IpNetwork]) -> Vec<String> {
+    let mine: Vec<String> = exclude
+        .iter()
+        .filter(|n| n.is_ipv4() == a.is_ipv4())
+        .map(|n| format!("{}/{}", n.network(), n.prefix()))
+        .collect();
+    if mine.is_empty() {
+        vec![format!("{}/{}", a.network(), a.prefix())]
+    } else {
+        mine
+    }
+}
+
+fn nft_elements(addrs: &[IpNetwork], exclude: &[IpNetwork], comment: Option<&str>) -> Vec<(String, String)> {
     let c = comment.map(|c| format!(" comment \"{}\"", nft::comment(c))).unwrap_or_default();
     let mut out = Vec::new();
     for a in addrs {
         let (masq, local) = if a.is_ipv4() { ("masq4", "local4") } else { ("masq6", "local6") };
-        let net = format!("{}/{}", a.network(), a.prefix());
         out.push((masq.to_string(), format!("{}{c}", a.ip())));
-        out.push((local.to_string(), format!("{} . {net}{c}", a.ip())));
+        for net in local_nets(a, exclude) {
+            out.push((local.to_string(), format!("{} . {net}{c}", a.ip())));
+        }
     }
     out
 }
 
 /// Script that (re)asserts the table and adds `addrs`.
-pub fn nft_add_script(addrs: &[IpNetwork], comment: &str) -> String {
+pub fn nft_add_script(addrs: &[IpNetwork], exclude: &[IpNetwork], comment: &str) -> String {
     let mut s = nft_table_header();
     s.push_str(&format!(
         "add chain inet {t} postrouting {{ type nat hook postrouting priority srcnat; policy accept; }}
@@ -57,7 +73,7 @@ add rule inet {t} postrouting ip6 saddr @masq6 ip6 daddr != ff00::/8 ip6 saddr .
 ",
         t = NFT_TABLE
     ));
-    for (set, el) in nft_elements(addrs, Some(comment)) {
+    for (set, el) in nft_elements(addrs, exclude, Some(comment)) {
         s.push_str(&format!("add element inet {NFT_TABLE} {set} {{ {el} }}\n"));
     }
     s
@@ -65,9 +81,9 @@ add rule inet {t} postrouting ip6 saddr @masq6 ip6 daddr != ff00::/8 ip6 saddr .
 
 /// Script that removes `addrs`; succeeds whether or not they were there
 /// (each element is added, then deleted, in one transaction).
-pub fn nft_del_script(addrs: &[IpNetwork]) -> String {
+pub fn nft_del_script(addrs: &[IpNetwork], exclude: &[IpNetwork]) -> String {
     let mut s = nft_table_header();
-    let els = nft_elements(addrs, None);
+    let els = nft_elements(addrs, exclude, None);
     for (set, el) in &els {
         s.push_str(&format!("add element inet {NFT_TABLE} {set} {{ {el} }}\n"));
     }
@@ -109,20 +125,22 @@ fn ipt_ok(v4: bool, args: &[&str]) -> bool {
     ipt(v4, args).is_ok()
 }
 
-pub fn iptables_add(addrs: &[IpNetwork], chain: &str, comment: &str) -> Result<(), BridgeError> {
+pub fn iptables_add(addrs: &[IpNetwork], exclude: &[IpNetwork], chain: &str, comment: &str) -> Result<(), BridgeError> {
     let c = nft::comment(comment);
     for a in addrs {
         let v4 = a.is_ipv4();
         let mcast = if v4 { "224.0.0.0/4" } else { "ff00::/8" };
-        let net = format!("{}/{}", a.network(), a.prefix());
+        let nets = local_nets(a, exclude);
         let src = a.ip().to_string();
         if !ipt_ok(v4, &["-t", "nat", "-L", chain, "-n"]) {
             ipt(v4, &["-t", "nat", "-N", chain]).map_err(BridgeError::Nat)?;
         }
-        for rule in [
-            vec!["-d", net.as_str(), "-j", "ACCEPT", "-m", "comment", "--comment", c.as_str()],
-            vec!["!", "-d", mcast, "-j", "MASQUERADE", "-m", "comment", "--comment", c.as_str()],
-        ] {
+        let mut rules: Vec<Vec<&str>> = nets
+            .iter()
+            .map(|net| vec!["-d", net.as_str(), "-j", "ACCEPT", "-m", "comment", "--comment", c.as_str()])
+            .collect();
+        rules.push(vec!["!", "-d", mcast, "-j", "MASQUERADE", "-m", "comment", "--comment", c.as_str()]);
+        for rule in rules {
             let mut check = vec!["-t", "nat", "-C", chain];
             check.extend(&rule);
             if !ipt_ok(v4, &check) {
@@ -164,20 +182,32 @@ pub fn iptables_present(addr: &IpNetwork, chain: &str) -> bool {
 }
 
 /// Sets up masquerade for `addrs` with `backend`.
-pub fn add(backend: MasqBackend, addrs: &[IpNetwork], chain: &str, comment: &str) -> Result<(), BridgeError> {
+pub fn add(
+    backend: MasqBackend,
+    addrs: &[IpNetwork],
+    exclude: &[IpNetwork],
+    chain: &str,
+    comment: &str,
+) -> Result<(), BridgeError> {
     match backend {
-        MasqBackend::Nftables => nft::run(&nft_add_script(addrs, comment)),
-        MasqBackend::Iptables => iptables_add(addrs, chain, comment),
+        MasqBackend::Nftables => nft::run(&nft_add_script(addrs, exclude, comment)),
+        MasqBackend::Iptables => iptables_add(addrs, exclude, chain, comment),
     }
 }
 
-pub fn del(backend: MasqBackend, addrs: &[IpNetwork], chain: &str, comment: &str) -> Result<(), BridgeError> {
+pub fn del(
+    backend: MasqBackend,
+    addrs: &[IpNetwork],
+    exclude: &[IpNetwork],
+    chain: &str,
+    comment: &str,
+) -> Result<(), BridgeError> {
     match backend {
         MasqBackend::Nftables => {
             if addrs.is_empty() {
                 return Ok(());
             }
-            nft::run(&nft_del_script(addrs))
+            nft::run(&nft_del_script(addrs, exclude))
         }
         MasqBackend::Iptables => iptables_del(addrs, chain, comment),
     }
@@ -190,7 +220,7 @@ mod tests {
     #[test]
     fn add_script_asserts_rules_once_and_adds_both_sets() {
         let a: Vec<IpNetwork> = vec!["10.1.0.5/24".parse().expect("net"), "fd00::5/64".parse().expect("net")];
-        let s = nft_add_script(&a, "berth:n:c1:eth0");
+        let s = nft_add_script(&a, &[], "berth:n:c1:eth0");
         assert_eq!(s.matches("flush chain").count(), 1);
         assert!(s.contains("add element inet berth-nat masq4 { 10.1.0.5 comment \"berth:n:c1:eth0\" }"));
         assert!(s.contains("add element inet berth-nat local4 { 10.1.0.5 . 10.1.0.0/24"));
@@ -200,11 +230,20 @@ mod tests {
     #[test]
     fn del_script_adds_then_deletes_each_element() {
         let a: Vec<IpNetwork> = vec!["10.1.0.5/24".parse().expect("net")];
-        let s = nft_del_script(&a);
+        let s = nft_del_script(&a, &[]);
         let add = s.find("add element inet berth-nat masq4").expect("add");
         let del = s.find("delete element inet berth-nat masq4").expect("del");
         assert!(add < del);
         assert!(!s.contains("flush chain"), "DEL must not touch the rules");
+    }
+
+    #[test]
+    fn exclude_replaces_the_pod_subnet() {
+        let a: Vec<IpNetwork> = vec!["10.244.3.5/24".parse().expect("net")];
+        let ex: Vec<IpNetwork> = vec!["10.244.0.0/16".parse().expect("net"), "fd00::/56".parse().expect("net")];
+        let s = nft_add_script(&a, &ex, "c");
+        assert!(s.contains("10.244.3.5 . 10.244.0.0/16"));
+        assert!(!s.contains("10.244.3.0/24"));
     }
 
     #[test]
