@@ -810,9 +810,15 @@ impl Netlink {
                         NeighbourAttribute::LinkLayerAddress(m) => Some(m.clone()),
                         _ => None,
                     })?;
+                    // In the bridge family the destination comes back as raw bytes.
                     let dst = n.attributes.iter().find_map(|a| match a {
                         NeighbourAttribute::Destination(NeighbourAddress::Inet(x)) => Some(IpAddr::V4(*x)),
                         NeighbourAttribute::Destination(NeighbourAddress::Inet6(x)) => Some(IpAddr::V6(*x)),
+                        NeighbourAttribute::Destination(NeighbourAddress::Other(b)) => match b.len() {
+                            4 => <[u8; 4]>::try_from(b.as_slice()).ok().map(|a| IpAddr::from(a)),
+                            16 => <[u8; 16]>::try_from(b.as_slice()).ok().map(|a| IpAddr::from(a)),
+                            _ => None,
+                        },
                         _ => None,
                     });
                     Some((mac, dst))

@@ -1,0 +1,330 @@
+//! `berth-overlayd`: lease a subnet, own the VXLAN device, keep every peer
+//! programmed, repair drift, renew, and give the subnet back on shutdown.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use cni_core::netlink::{mac_to_string, parse_mac, Netlink};
+use ipnetwork::IpNetwork;
+
+use crate::error::OverlayError;
+use crate::lease::{now, stable_mac, Lease, NetworkPlan};
+use crate::store::LeaseStore;
+use crate::subnet_file::SubnetInfo;
+use crate::vxlan::{self, DeviceSpec, KernelView};
+
+#[derive(Debug, Clone)]
+pub struct AgentConfig {
+    pub node: String,
+    pub plan: NetworkPlan,
+    pub iface: Option<String>,
+    pub public_ip: Option<IpAddr>,
+    pub vni: u32,
+    pub port: u16,
+    pub subnet_file: PathBuf,
+    pub lease_ttl: Duration,
+    pub resync: Duration,
+}
+
+fn log(msg: impl AsRef<str>) {
+    eprintln!("berth-overlayd: {}", msg.as_ref());
+}
+
+/// Counters for status and metrics.
+#[derive(Debug, Default, Clone)]
+pub struct Stats {
+    pub renewals: u64,
+    pub repairs: u64,
+    pub peers: usize,
+}
+
+pub struct Agent {
+    cfg: AgentConfig,
+    store: Box<dyn LeaseStore>,
+    nl: Netlink,
+    lease: Lease,
+    dev: u32,
+    underlay: cni_core::netlink::Link,
+    local: IpAddr,
+    mac: [u8; 6],
+    programmed: HashMap<String, Lease>,
+    pub stats: Stats,
+}
+
+impl Agent {
+    /// Validates the environment, takes a lease and sets up the device.
+    pub fn start(cfg: AgentConfig, mut store: Box<dyn LeaseStore>) -> Result<Agent, OverlayError> {
+        let mut nl = Netlink::new()?;
+        let (underlay, found_ip) = vxlan::underlay(&mut nl, cfg.iface.as_deref())?;
+        let local = cfg.public_ip.unwrap_or(found_ip);
+        let mac = stable_mac(&cfg.node, cfg.vni);
+        let lease = acquire(&cfg, store.as_mut(), local, &mac)?;
+        log(format!("node {} holds {} (store {})", cfg.node, lease.subnet, store.describe()));
+        let mut agent = Agent {
+            cfg,
+            store,
+            nl,
+            dev: 0,
+            underlay,
+            local,
+            mac,
+            lease,
+            programmed: HashMap::new(),
+            stats: Stats::default(),
+        };
+        // Nothing half-configured: if the device or the subnet file cannot be
+        // set up, give the subnet back before failing.
+        if let Err(e) = agent.setup_device().and_then(|_| agent.write_subnet_file()) {
+            let _ = agent.store.release(&agent.lease);
+            return Err(e);
+        }
+        Ok(agent)
+    }
+
+    pub fn lease(&self) -> &Lease {
+        &self.lease
+    }
+
+    fn setup_device(&mut self) -> Result<(), OverlayError> {
+        let dev = vxlan::ensure_device(
+            &mut self.nl,
+            &DeviceSpec { vni: self.cfg.vni, port: self.cfg.port, local: self.local, underlay: &self.underlay, mac: self.mac, lease: &self.lease },
+        )?;
+        if self.dev != 0 && self.dev != dev.index {
+            // A new device has none of the old peer state.
+            self.programmed.clear();
+        }
+        self.dev = dev.index;
+        Ok(())
+    }
+
+    fn write_subnet_file(&self) -> Result<(), OverlayError> {
+        SubnetInfo {
+            node: self.cfg.node.clone(),
+            network: self.cfg.plan.network,
+            subnet: self.lease.subnet,
+            network6: self.cfg.plan.network6,
+            subnet6: self.lease.subnet6,
+            mtu: vxlan::mtu_for(self.underlay.mtu, self.local),
+            vni: self.cfg.vni,
+        }
+        .write(&self.cfg.subnet_file)
+    }
+
+    /// Applies the current set of leases: programs new or changed peers and
+    /// removes the ones that are gone.
+    pub fn reconcile(&mut self, leases: &[Lease]) -> Result<(), OverlayError> {
+        let peers: HashMap<String, Lease> = leases
+            .iter()
+            .filter(|l| l.node != self.cfg.node && l.subnet != self.lease.subnet)
+            .map(|l| (l.node.clone(), l.clone()))
+            .collect();
+        let gone: Vec<Lease> = self
+            .programmed
+            .iter()
+            .filter(|(n, l)| peers.get(*n).map(|p| !same_endpoint(p, l)).unwrap_or(true))
+            .map(|(_, l)| l.clone())
+            .collect();
+        for l in gone {
+            vxlan::unprogram_peer(&mut self.nl, self.dev, &l)?;
+            self.programmed.remove(&l.node);
+            log(format!("peer {} ({}) removed", l.node, l.subnet));
+        }
+        for (n, p) in &peers {
+            if self.programmed.get(n).map(|l| same_endpoint(l, p)).unwrap_or(false) {
+                continue;
+            }
+            vxlan::program_peer(&mut self.nl, self.dev, p)?;
+            self.programmed.insert(n.clone(), p.clone());
+            log(format!("peer {} ({} at {}) programmed", p.node, p.subnet, p.public_ip));
+        }
+        self.stats.peers = self.programmed.len();
+        Ok(())
+    }
+
+    /// Compares the kernel with what should be there and repairs: a missing
+    /// device is recreated, missing entries come back, stale ones go.
+    pub fn resync(&mut self) -> Result<usize, OverlayError> {
+        let mut repairs = 0;
+        let present = self.nl.link_by_index(self.dev)?.filter(|l| l.name == vxlan::device_name(self.cfg.vni));
+        if present.is_none() {
+            log("VXLAN device missing: recreating it");
+            self.dev = 0;
+            self.setup_device()?;
+            self.programmed.clear();
+            repairs += 1;
+        } else {
+            self.setup_device()?;
+        }
+        let view = KernelView::read(&mut self.nl, self.dev)?;
+        let wanted: Vec<Lease> = self.programmed.values().cloned().collect();
+        for p in &wanted {
+            if !view.state_of(p).complete() {
+                vxlan::program_peer(&mut self.nl, self.dev, p)?;
+                log(format!("repaired peer {} ({})", p.node, view.state_of(p).describe()));
+                repairs += 1;
+            }
+        }
+        // Stale kernel state: routes, neighbours and FDB entries on our
+        // device that no current peer explains.
+        let mine_v4 = IpNetwork::V4(self.lease.subnet);
+        for r in &view.routes {
+            let explained = r.dst == mine_v4
+                || r.dst.prefix() == 32 && Some(r.dst.ip()) == Some(self.lease.vtep_ip())
+                || wanted.iter().any(|p| {
+                    r.dst == IpNetwork::V4(p.subnet) || p.subnet6.map(|s| r.dst == IpNetwork::V6(s)).unwrap_or(false)
+                })
+                || r.gw.is_none();
+            if !explained {
+                let _ = self.nl.del_route(r);
+                repairs += 1;
+            }
+        }
+        for (ip, _) in &view.neighbours {
+            let explained = wanted.iter().any(|p| p.vtep_ip() == *ip || p.vtep_ip6() == Some(*ip));
+            if !explained {
+                let _ = self.nl.del_neighbour(self.dev, *ip);
+                repairs += 1;
+            }
+        }
+        for (mac, dst) in &view.fdb {
+            let explained = wanted.iter().any(|p| &p.vtep_mac == mac && &p.public_ip == dst);
+            if !explained && mac != "00:00:00:00:00:00" {
+                if let Some(m) = parse_mac(mac) {
+                    let _ = self.nl.del_fdb(self.dev, &m, *dst);
+                    repairs += 1;
+                }
+            }
+        }
+        self.stats.repairs += repairs as u64;
+        Ok(repairs)
+    }
+
+    fn renew(&mut self) -> Result<(), OverlayError> {
+        self.lease.expires_at = now() + self.cfg.lease_ttl.as_secs() as i64;
+        match self.store.renew(&self.lease) {
+            Ok(()) => {
+                self.stats.renewals += 1;
+                Ok(())
+            }
+            Err(OverlayError::LeaseLost { subnet, holder }) => {
+                log(format!("lease on {subnet} lost to {holder}; acquiring again"));
+                let prev = self.lease.subnet;
+                self.lease = acquire(&self.cfg, self.store.as_mut(), self.local, &self.mac)?;
+                if self.lease.subnet != prev {
+                    log(format!("now holding {} instead of {prev}: pods on the old subnet lose connectivity", self.lease.subnet));
+                }
+                self.setup_device()?;
+                self.write_subnet_file()
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Runs until `stop` is set; then releases the lease.
+    pub fn run(&mut self, stop: &AtomicBool) -> Result<(), OverlayError> {
+        let (leases, mut rev) = self.store.list()?;
+        self.reconcile(&leases)?;
+        let renew_every = (self.cfg.lease_ttl / 3).max(Duration::from_secs(1));
+        let mut next_renew = Instant::now() + renew_every;
+        let mut next_resync = Instant::now() + self.cfg.resync;
+        let mut store_ok = true;
+        while !stop.load(Ordering::SeqCst) {
+            let slice = Duration::from_millis(200);
+            match self.store.wait_change(rev, slice) {
+                Ok(r) => {
+                    if !store_ok {
+                        log("lease store reachable again");
+                        store_ok = true;
+                    }
+                    if r != rev {
+                        match self.store.list() {
+                            Ok((leases, r2)) => {
+                                rev = r2;
+                                self.reconcile(&leases)?;
+                            }
+                            Err(e) => log(format!("listing leases: {e}")),
+                        }
+                    }
+                }
+                Err(e) => {
+                    // Keep the programmed state: pod traffic keeps flowing
+                    // while the store is away.
+                    if store_ok {
+                        log(format!("lease store unreachable, keeping the current peers: {e}"));
+                        store_ok = false;
+                    }
+                    std::thread::sleep(slice);
+                }
+            }
+            if Instant::now() >= next_renew && store_ok {
+                match self.renew() {
+                    Ok(()) => next_renew = Instant::now() + renew_every,
+                    Err(e) => log(format!("renewing the lease: {e}")),
+                }
+            }
+            if Instant::now() >= next_resync {
+                if store_ok {
+                    if let Ok((leases, r2)) = self.store.list() {
+                        rev = r2;
+                        if let Err(e) = self.reconcile(&leases) {
+                            log(format!("reconcile: {e}"));
+                        }
+                    }
+                }
+                if let Err(e) = self.resync() {
+                    log(format!("resync: {e}"));
+                }
+                next_resync = Instant::now() + self.cfg.resync;
+            }
+        }
+        log(format!("stopping: releasing {}", self.lease.subnet));
+        self.store.release(&self.lease)
+    }
+}
+
+fn same_endpoint(a: &Lease, b: &Lease) -> bool {
+    a.subnet == b.subnet && a.subnet6 == b.subnet6 && a.public_ip == b.public_ip && a.vtep_mac == b.vtep_mac
+}
+
+/// Takes a subnet: this node's unexpired lease if the store still has it,
+/// else the subnet of the previous run (subnet file), else the first free
+/// candidate.
+pub fn acquire(cfg: &AgentConfig, store: &mut dyn LeaseStore, local: IpAddr, mac: &[u8; 6]) -> Result<Lease, OverlayError> {
+    let plan = &cfg.plan;
+    let make = |i: u64| -> Option<Lease> {
+        Some(Lease {
+            node: cfg.node.clone(),
+            subnet: plan.subnet(i)?,
+            subnet6: plan.subnet6(i),
+            public_ip: local,
+            vtep_mac: mac_to_string(mac),
+            expires_at: now() + cfg.lease_ttl.as_secs() as i64,
+        })
+    };
+    let (leases, _) = store.list()?;
+    let mut preferred = Vec::new();
+    if let Some(l) = leases.iter().find(|l| l.node == cfg.node) {
+        preferred.extend(plan.index_of(&l.subnet));
+    }
+    if let Ok(Some(prev)) = SubnetInfo::read(&cfg.subnet_file) {
+        if prev.network == plan.network {
+            preferred.extend(plan.index_of(&prev.subnet));
+        }
+    }
+    let taken: std::collections::HashSet<_> =
+        leases.iter().filter(|l| l.node != cfg.node).map(|l| l.subnet).collect();
+    for i in preferred.into_iter().chain(plan.candidates(&cfg.node)) {
+        let Some(lease) = make(i) else { continue };
+        if taken.contains(&lease.subnet) {
+            continue;
+        }
+        if store.try_acquire(&lease)? {
+            return Ok(lease);
+        }
+    }
+    Err(OverlayError::Exhausted { network: plan.network.to_string(), len: plan.subnet_len })
+}

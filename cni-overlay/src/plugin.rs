@@ -1,0 +1,163 @@
+//! `berth-overlay`: the CNI plugin for the cluster network. It reads the
+//! node's lease from the subnet file and attaches the pod with the bridge
+//! library and `berth-host-local` on the node subnet: gateway on the
+//! bridge, default route, a route to the whole cluster network, MTU of the
+//! VXLAN device, and masquerade only for traffic leaving the cluster network.
+
+use std::path::PathBuf;
+
+use cni_core::{CniError, CniResult, ErrorCode, NetConf, Plugin, PluginInfo, Request};
+use serde_json::{json, Map, Value};
+
+use crate::subnet_file::SubnetInfo;
+
+pub const INFO: PluginInfo = PluginInfo {
+    name: "berth-overlay",
+    version: env!("CARGO_PKG_VERSION"),
+    description: "attaches pods to the node's subnet of a VXLAN overlay run by berth-overlayd",
+};
+
+pub const DEFAULT_SUBNET_FILE: &str = "/run/berth/subnet.env";
+
+/// Keys passed through to the bridge unchanged.
+const PASS_THROUGH: &[&str] = &[
+    "hairpinMode",
+    "promiscMode",
+    "macspoofchk",
+    "portIsolation",
+    "ipMasqBackend",
+    "enabledad",
+    "runtimeConfig",
+    "args",
+    "prevResult",
+    "capabilities",
+    "dns",
+    "cni.dev/valid-attachments",
+    "cni.dev/attachments",
+];
+
+pub struct OverlayPlugin;
+
+fn subnet_file(conf: &NetConf) -> PathBuf {
+    PathBuf::from(conf.raw.get("subnetFile").and_then(Value::as_str).unwrap_or(DEFAULT_SUBNET_FILE))
+}
+
+fn not_ready(path: &std::path::Path, code: ErrorCode) -> CniError {
+    CniError::new(
+        code,
+        format!("the berth-overlayd node agent is not ready on this node: {} does not exist yet", path.display()),
+    )
+}
+
+/// The configuration handed to the bridge library (and, through it, to
+/// berth-host-local).
+pub fn bridge_config(conf: &NetConf, info: Option<&SubnetInfo>) -> Result<Vec<u8>, CniError> {
+    let raw = &conf.raw;
+    let data_dir = raw.get("dataDir").and_then(Value::as_str).unwrap_or("/var/lib/cni/berth");
+    let mut out = Map::new();
+    out.insert("cniVersion".into(), conf.version_str().into());
+    out.insert("name".into(), conf.name.clone().into());
+    out.insert("type".into(), "berth-bridge".into());
+    out.insert("bridge".into(), raw.get("bridge").cloned().unwrap_or_else(|| "berth0".into()));
+    out.insert("isGateway".into(), true.into());
+    out.insert("isDefaultGateway".into(), true.into());
+    out.insert("ipMasq".into(), raw.get("ipMasq").cloned().unwrap_or(Value::Bool(true)));
+    out.insert("dataDir".into(), data_dir.into());
+    for k in PASS_THROUGH {
+        if let Some(v) = raw.get(*k) {
+            out.insert((*k).into(), v.clone());
+        }
+    }
+    let mut ipam = Map::new();
+    ipam.insert("type".into(), raw.get("ipamType").cloned().unwrap_or_else(|| "berth-host-local".into()));
+    ipam.insert("dataDir".into(), data_dir.into());
+    if let Some(info) = info {
+        out.insert("mtu".into(), raw.get("mtu").cloned().unwrap_or_else(|| info.mtu.into()));
+        let mut ranges = vec![json!([{ "subnet": info.subnet.to_string() }])];
+        let mut routes = vec![json!({ "dst": info.network.to_string() })];
+        let mut exclude = vec![json!(info.network.to_string())];
+        if let (Some(n6), Some(s6)) = (info.network6, info.subnet6) {
+            ranges.push(json!([{ "subnet": s6.to_string() }]));
+            routes.push(json!({ "dst": n6.to_string() }));
+            exclude.push(json!(n6.to_string()));
+        }
+        ipam.insert("ranges".into(), Value::Array(ranges));
+        ipam.insert("routes".into(), Value::Array(routes));
+        out.insert("ipMasqExclude".into(), Value::Array(exclude));
+    }
+    out.insert("ipam".into(), Value::Object(ipam));
+    serde_json::to_vec(&Value::Object(out)).map_err(|e| CniError::internal(e.to_string()))
+}
+
+fn delegate_request(req: &Request, info: Option<&SubnetInfo>) -> Result<Request, CniError> {
+    let stdin = bridge_config(&req.config, info)?;
+    let config = NetConf::parse(&stdin)?;
+    Ok(Request { command: req.command, env: req.env.clone(), config, stdin })
+}
+
+fn read_info(req: &Request) -> Result<Option<SubnetInfo>, CniError> {
+    let path = subnet_file(&req.config);
+    SubnetInfo::read(&path).map_err(|e| CniError::new(ErrorCode::IoFailure, e.to_string()))
+}
+
+impl Plugin for OverlayPlugin {
+    fn add(&self, req: &Request) -> Result<CniResult, CniError> {
+        let info = read_info(req)?.ok_or_else(|| not_ready(&subnet_file(&req.config), ErrorCode::TryAgainLater))?;
+        let d = delegate_request(req, Some(&info))?;
+        cni_bridge::add::cmd_add(&d).map_err(CniError::from)
+    }
+
+    fn del(&self, req: &Request) -> Result<(), CniError> {
+        // DEL works without the agent: the bridge records and the IPAM
+        // store are enough to undo the attachment.
+        let info = read_info(req).ok().flatten();
+        let d = delegate_request(req, info.as_ref())?;
+        cni_bridge::del::cmd_del(&d).map_err(CniError::from)
+    }
+
+    fn check(&self, req: &Request) -> Result<(), CniError> {
+        let info = read_info(req)?.ok_or_else(|| not_ready(&subnet_file(&req.config), ErrorCode::TryAgainLater))?;
+        let d = delegate_request(req, Some(&info))?;
+        cni_bridge::check::cmd_check(&d).map_err(CniError::from)
+    }
+
+    fn gc(&self, req: &Request) -> Result<(), CniError> {
+        let info = read_info(req).ok().flatten();
+        let d = delegate_request(req, info.as_ref())?;
+        cni_bridge::gc::cmd_gc(&d).map_err(CniError::from)
+    }
+
+    fn status(&self, req: &Request) -> Result<(), CniError> {
+        let info =
+            read_info(req)?.ok_or_else(|| not_ready(&subnet_file(&req.config), ErrorCode::PluginNotAvailable))?;
+        let d = delegate_request(req, Some(&info))?;
+        cni_bridge::BridgePlugin.status(&d)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bridge_config_uses_the_node_subnet_and_excludes_the_cluster_network() {
+        let conf = NetConf::parse(br#"{"cniVersion":"1.1.0","name":"pods","type":"berth-overlay","hairpinMode":true}"#).expect("conf");
+        let info = SubnetInfo {
+            node: "n".into(),
+            network: "10.244.0.0/16".parse().expect("n"),
+            subnet: "10.244.3.0/24".parse().expect("n"),
+            network6: None,
+            subnet6: None,
+            mtu: 1450,
+            vni: 1,
+        };
+        let v: Value = serde_json::from_slice(&bridge_config(&conf, Some(&info)).expect("cfg")).expect("json");
+        assert_eq!(v["type"], "berth-bridge");
+        assert_eq!(v["mtu"], 1450);
+        assert_eq!(v["hairpinMode"], true);
+        assert_eq!(v["ipMasq"], true);
+        assert_eq!(v["ipMasqExclude"][0], "10.244.0.0/16");
+        assert_eq!(v["ipam"]["ranges"][0][0]["subnet"], "10.244.3.0/24");
+        assert_eq!(v["ipam"]["routes"][0]["dst"], "10.244.0.0/16");
+    }
+}
