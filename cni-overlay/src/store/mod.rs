@@ -3,6 +3,7 @@
 //! etcd v3 (real clusters).
 
 pub mod dir;
+pub mod etcd;
 
 use std::time::Duration;
 
@@ -34,8 +35,17 @@ pub fn open(spec: &str, key_prefix: &str) -> Result<Box<dyn LeaseStore>, Overlay
         }
         return Ok(Box::new(dir::DirStore::open(std::path::Path::new(path), key_prefix)?));
     }
-    if spec.starts_with("etcd:") {
-        return Err(OverlayError::config("--store", "the etcd store is not built into this version; use dir:PATH"));
+    if let Some(urls) = spec.strip_prefix("etcd:") {
+        let endpoints: Vec<String> = urls.split(',').filter(|s| !s.is_empty()).map(String::from).collect();
+        if endpoints.is_empty() {
+            return Err(OverlayError::config("--store", "etcd: needs at least one URL, e.g. etcd:http://10.0.0.1:2379"));
+        }
+        for e in &endpoints {
+            if !(e.starts_with("http://") || e.starts_with("https://")) {
+                return Err(OverlayError::config("--store", format!("{e:?} is not an http:// or https:// URL")));
+            }
+        }
+        return Ok(Box::new(etcd::EtcdStore::open(&endpoints, key_prefix)?));
     }
     Err(OverlayError::config("--store", format!("{spec:?} is neither dir:PATH nor etcd:URL")))
 }
