@@ -37,6 +37,15 @@ impl DirStore {
         let err = |m: String| OverlayError::Store { store: format!("dir:{}", dir.display()), msg: m };
         std::fs::create_dir_all(dir).map_err(|e| err(e.to_string()))?;
         let path = dir.join("leases.db");
+        // Setting up the schema and the WAL journal races badly between
+        // processes opening a new store together; one at a time.
+        let lock = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(dir.join("leases.lock"))
+            .map_err(|e| err(e.to_string()))?;
+        lock.lock().map_err(|e| err(e.to_string()))?;
         let conn = Connection::open(&path).map_err(|e| err(e.to_string()))?;
         conn.busy_timeout(Duration::from_secs(10)).map_err(|e| err(e.to_string()))?;
         let _: String = conn
@@ -44,6 +53,7 @@ impl DirStore {
             .map_err(|e| err(e.to_string()))?;
         conn.pragma_update(None, "synchronous", "NORMAL").map_err(|e| err(e.to_string()))?;
         conn.execute_batch(SCHEMA).map_err(|e| err(e.to_string()))?;
+        drop(lock);
         Ok(DirStore { conn, path, network: network.to_string() })
     }
 
