@@ -564,3 +564,46 @@ fn plugin_without_the_agent_says_try_later_and_del_still_works() {
     let (code, v) = c.cni(0, "DEL", &pod, "c1");
     assert_eq!(code, 0, "{v}");
 }
+
+/// Receives one UDP datagram inside `ns` on `port` and returns the source
+/// address the receiver saw.
+fn udp_source_seen(ns: &Ns, bind: &str, port: u16, send: impl FnOnce()) -> Option<String> {
+    use std::os::fd::AsRawFd;
+    let f = std::fs::File::open(ns.path()).expect("open netns");
+    let bind = bind.to_string();
+    let handle = std::thread::spawn(move || {
+        // SAFETY: setns on this thread only, with a valid netns fd.
+        if unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+            return None;
+        }
+        let sock = std::net::UdpSocket::bind((bind.as_str(), port)).ok()?;
+        sock.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+        let mut buf = [0u8; 64];
+        sock.recv_from(&mut buf).ok().map(|(_, from)| from.ip().to_string())
+    });
+    std::thread::sleep(Duration::from_millis(200));
+    send();
+    handle.join().ok().flatten()
+}
+
+#[test]
+fn cluster_traffic_keeps_pod_addresses_and_outside_traffic_is_masqueraded() {
+    need_root!();
+    let mut c = Cluster::new(2, false);
+    c.start(0);
+    c.start(1);
+    let (p0, a0) = c.pod(0);
+    let (p1, a1) = c.pod(1);
+    assert!(eventually(Duration::from_secs(5), || pings(&p0, &a1)));
+    // Pod to pod across hosts: the receiver sees the sender's pod address.
+    let seen = udp_source_seen(&p1, &a1, 4789, || {
+        p0.exec(&["bash", "-c", &format!("echo hi > /dev/udp/{a1}/4789")]);
+    });
+    assert_eq!(seen.as_deref(), Some(a0.as_str()), "pod-to-pod traffic was not sent with the pod's own address");
+    // Pod to a host outside the cluster network (the underlay's own
+    // address): masqueraded to the node's underlay address.
+    let seen = udp_source_seen(&c.ul, "172.31.250.254", 4790, || {
+        p0.exec(&["bash", "-c", "echo hi > /dev/udp/172.31.250.254/4790"]);
+    });
+    assert_eq!(seen.as_deref(), Some(c.hosts[0].ip.as_str()), "traffic leaving the cluster network was not masqueraded");
+}
