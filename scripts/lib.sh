@@ -6,10 +6,14 @@ export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
 
 # Debian packages the demo and the tests use: the reference CNI plugins (for
 # side-by-side tests and benchmarks), kernel tools for the namespace tests,
-# sqlite3 to inspect stores, and a C compiler for the bundled SQLite.
+# sqlite3 to inspect stores, a C compiler for the bundled SQLite, podman and
+# containerd for the runtime tests, etcd for the overlay's etcd store, protoc
+# for the etcd client's build script, iperf3 for the overlay benchmark.
 PACKAGES=(ca-certificates gcc libc6-dev pkg-config make
           containernetworking-plugins iproute2 nftables iptables iputils-ping
-          sqlite3 procps util-linux e2fsprogs xfsprogs jq)
+          sqlite3 procps util-linux e2fsprogs xfsprogs jq
+          podman containerd runc conmon busybox-static
+          etcd-server protobuf-compiler iperf3 bash)
 
 need_root() {
     if [ "$(id -u)" -ne 0 ]; then
