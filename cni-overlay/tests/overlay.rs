@@ -134,6 +134,8 @@ struct Cluster {
     store: String,
     etcd: Option<Daemon>,
     resync: &'static str,
+    /// Extra berth-overlayd flags for every host.
+    extra: Vec<String>,
 }
 
 impl Drop for Cluster {
@@ -159,7 +161,7 @@ impl Cluster {
         ok(&["ip", "-n", &ul.0, "addr", "add", "172.31.250.254/24", "dev", "br-ul"]);
         let dir = std::env::temp_dir().join(uniq("berth-ovl-"));
         std::fs::create_dir_all(&dir).expect("temp dir");
-        let mut c = Cluster { ul, hosts: Vec::new(), store: format!("dir:{}", dir.join("store").display()), dir, etcd: None, resync: "1s" };
+        let mut c = Cluster { ul, hosts: Vec::new(), store: format!("dir:{}", dir.join("store").display()), dir, etcd: None, resync: "1s", extra: Vec::new() };
         if use_etcd {
             c.start_etcd();
             c.store = "etcd:http://172.31.250.254:2379".into();
@@ -228,6 +230,7 @@ impl Cluster {
             .arg("--subnet-file")
             .arg(&h.subnet_file)
             .args(["--lease-ttl", "30s", "--resync-interval", self.resync])
+            .args(&self.extra)
             .args(extra);
         cmd
     }
@@ -606,4 +609,28 @@ fn cluster_traffic_keeps_pod_addresses_and_outside_traffic_is_masqueraded() {
         p0.exec(&["bash", "-c", "echo hi > /dev/udp/172.31.250.254/4790"]);
     });
     assert_eq!(seen.as_deref(), Some(c.hosts[0].ip.as_str()), "traffic leaving the cluster network was not masqueraded");
+}
+
+#[test]
+fn dual_stack_pods_reach_each_other_over_ipv6() {
+    need_root!();
+    let mut c = Cluster::new(2, false);
+    c.extra = vec!["--network".into(), "fd00:244::/56".into()];
+    c.start(0);
+    c.start(1);
+    let (p0, _) = c.pod(0);
+    let p1 = Ns::new("bp");
+    let (code, v) = c.cni(1, "ADD", &p1, &p1.0);
+    assert_eq!(code, 0, "{v}");
+    let v6 = v["ips"]
+        .as_array()
+        .and_then(|a| a.iter().find_map(|i| i["address"].as_str().filter(|s| s.contains(':'))))
+        .expect("an IPv6 address")
+        .split('/')
+        .next()
+        .expect("ip")
+        .to_string();
+    assert!(v6.starts_with("fd00:244:"), "{v6}");
+    let ping6 = || p0.exec(&["ping", "-6", "-c", "1", "-W", "2", &v6]).status.success();
+    assert!(eventually(Duration::from_secs(10), ping6), "IPv6 pod-to-pod across hosts failed:\n{}", c.logs());
 }
