@@ -8,6 +8,7 @@ pub mod delegate;
 pub mod env;
 pub mod error;
 pub mod fault;
+pub mod log;
 pub mod netlink;
 pub mod netns;
 pub mod result;

@@ -129,6 +129,17 @@ pub fn dispatch(
         return fail(e);
     }
     let version = config.version;
+    crate::log::init_from_config(&config);
+    let started = std::time::Instant::now();
+    tracing::info!(
+        plugin = info.name,
+        command = cmd.as_str(),
+        container = %env.container_id,
+        ifname = %env.ifname,
+        netns = %env.netns,
+        network = %config.name,
+        "start"
+    );
     let req = Request { command: cmd, env, config, stdin: input };
     let outcome = match cmd {
         Command::Add => plugin.add(&req).map(|r| Some(r.to_json(version).to_string())),
@@ -138,10 +149,20 @@ pub fn dispatch(
         Command::Status => plugin.status(&req).map(|_| None),
         Command::Version => Ok(None),
     };
+    let ms = started.elapsed().as_secs_f64() * 1000.0;
     match outcome {
-        Ok(Some(out)) => Outcome::Reply { stdout: out, status: 0 },
-        Ok(None) => Outcome::Reply { stdout: String::new(), status: 0 },
-        Err(e) => Outcome::Reply { stdout: e.to_json(version.as_str()), status: 1 },
+        Ok(Some(out)) => {
+            tracing::info!(command = cmd.as_str(), ms, result = %out, "done");
+            Outcome::Reply { stdout: out, status: 0 }
+        }
+        Ok(None) => {
+            tracing::info!(command = cmd.as_str(), ms, "done");
+            Outcome::Reply { stdout: String::new(), status: 0 }
+        }
+        Err(e) => {
+            tracing::warn!(command = cmd.as_str(), ms, code = e.code, msg = %e.msg, "failed");
+            Outcome::Reply { stdout: e.to_json(version.as_str()), status: 1 }
+        }
     }
 }
 
