@@ -33,6 +33,14 @@ fn kernel(msg: String) -> BridgeError {
     BridgeError::Kernel(msg)
 }
 
+fn no_vlan_filtering(conf: &BridgeConf) -> BridgeError {
+    BridgeError::Kernel(format!(
+        "{} needs bridge VLAN filtering on {}, which this kernel does not support (CONFIG_BRIDGE_VLAN_FILTERING)",
+        if conf.vlan != 0 { "vlan" } else { "vlanTrunk" },
+        conf.bridge
+    ))
+}
+
 /// Makes sure the bridge exists and is up; tolerates a concurrent creator.
 pub fn ensure_bridge(nl: &mut Netlink, conf: &BridgeConf) -> Result<Link, BridgeError> {
     let mtu = (conf.mtu > 0).then_some(conf.mtu);
@@ -42,6 +50,7 @@ pub fn ensure_bridge(nl: &mut Netlink, conf: &BridgeConf) -> Result<Link, Bridge
             match nl.add_bridge(&conf.bridge, mtu, conf.vlan_filtering()) {
                 Ok(()) => {}
                 Err(e) if e.is(libc::EEXIST) => {}
+                Err(e) if e.is(libc::EOPNOTSUPP) && conf.vlan_filtering() => return Err(no_vlan_filtering(conf)),
                 Err(e) => return Err(e.into()),
             }
             // We own routes on the bridge; router advertisements must not add any.
@@ -57,7 +66,11 @@ pub fn ensure_bridge(nl: &mut Netlink, conf: &BridgeConf) -> Result<Link, Bridge
         ));
     }
     if conf.vlan_filtering() && br.vlan_filtering != Some(true) {
-        nl.set_vlan_filtering(br.index, true)?;
+        match nl.set_vlan_filtering(br.index, true) {
+            Ok(()) => {}
+            Err(e) if e.is(libc::EOPNOTSUPP) => return Err(no_vlan_filtering(conf)),
+            Err(e) => return Err(e.into()),
+        }
     }
     if conf.promisc && !br.promisc {
         nl.set_promisc(br.index, true)?;

@@ -52,6 +52,8 @@ pub struct Agent {
     mac: [u8; 6],
     programmed: HashMap<String, Lease>,
     pub stats: Stats,
+    /// Shared with the metrics endpoint.
+    pub metrics: crate::metrics::Handle,
 }
 
 impl Agent {
@@ -74,6 +76,7 @@ impl Agent {
             lease,
             programmed: HashMap::new(),
             stats: Stats::default(),
+            metrics: Default::default(),
         };
         // Nothing half-configured: if the device or the subnet file cannot be
         // set up, give the subnet back before failing.
@@ -142,7 +145,22 @@ impl Agent {
             log(format!("peer {} ({} at {}) programmed", p.node, p.subnet, p.public_ip));
         }
         self.stats.peers = self.programmed.len();
+        self.publish(true);
         Ok(())
+    }
+
+    /// Copies the counters to the metrics endpoint.
+    fn publish(&mut self, store_up: bool) {
+        if let Ok(mut m) = self.metrics.lock() {
+            m.node = self.cfg.node.clone();
+            m.subnet = self.lease.subnet.to_string();
+            m.peers = self.programmed.len();
+            m.renewals = self.stats.renewals;
+            m.repairs = self.stats.repairs;
+            m.reconciles += 1;
+            m.store_up = store_up;
+            m.device_up = self.dev != 0;
+        }
     }
 
     /// Compares the kernel with what should be there and repairs: a missing
@@ -200,6 +218,10 @@ impl Agent {
             }
         }
         self.stats.repairs += repairs as u64;
+        if let Ok(mut m) = self.metrics.lock() {
+            m.repairs = self.stats.repairs;
+            m.device_up = true;
+        }
         Ok(repairs)
     }
 
@@ -253,6 +275,9 @@ impl Agent {
                 Err(e) => {
                     // Keep the programmed state: pod traffic keeps flowing
                     // while the store is away.
+                    if let Ok(mut m) = self.metrics.lock() {
+                        m.store_up = false;
+                    }
                     if store_ok {
                         log(format!("lease store unreachable, keeping the current peers: {e}"));
                         store_ok = false;
@@ -263,7 +288,12 @@ impl Agent {
             if Instant::now() >= next_renew && store_ok {
                 match self.renew() {
                     Ok(()) => next_renew = Instant::now() + renew_every,
-                    Err(e) => log(format!("renewing the lease: {e}")),
+                    Err(e) => {
+                        if let Ok(mut m) = self.metrics.lock() {
+                            m.renew_failures += 1;
+                        }
+                        log(format!("renewing the lease: {e}"))
+                    }
                 }
             }
             if Instant::now() >= next_resync {

@@ -5,6 +5,7 @@
 pub mod agent;
 pub mod error;
 pub mod lease;
+pub mod metrics;
 pub mod plugin;
 pub mod status;
 pub mod store;

@@ -13,7 +13,13 @@
 //!   migration tests and the benchmark;
 //! - small address helpers ([`parse_cidr`], [`subnet_contains`], [`v4_add`]);
 //! - [`bench`]: statistics, machine description and markdown helpers shared by `berth-bench`;
-//! - [`fixture`]: a per-test host-local network (own tempdir as `dataDir`) for terse tests.
+//! - [`fixture`]: a per-test host-local network (own tempdir as `dataDir`) for terse tests;
+//! - [`netns`]: kernel-level fixtures for the main plugins (a `Host` netns that runs the plugin,
+//!   `Pod` netns attached through it, an `Outside` netns behind the host, state readers for
+//!   links, addresses, nft sets, iptables chains and the attachment records), all removed by
+//!   guards on drop;
+//! - [`runtime`]: real container runtimes (podman, containerd + ctr) confined to a test's host
+//!   netns and a private mount namespace, and the busybox image they run.
 //!
 //! The core functions return `Result`s; only [`fixture`], which exists to make test code short,
 //! panics (with a message saying what failed), as a test assertion would.
@@ -30,6 +36,9 @@ use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde_json::{json, Value};
+
+pub mod netns;
+pub mod runtime;
 
 /// Every CNI spec version berth plugins speak, oldest first.
 pub const SPEC_VERSIONS: [&str; 7] = ["0.1.0", "0.2.0", "0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"];
@@ -167,12 +176,28 @@ pub struct CniRun {
     env: Vec<(String, String)>,
     stdin: Vec<u8>,
     timeout: Duration,
+    netns: Option<PathBuf>,
 }
 
 impl CniRun {
     /// A run of `program` with no arguments, no `CNI_*` variables and empty stdin.
     pub fn new(program: impl Into<PathBuf>) -> Self {
-        CniRun { program: program.into(), args: Vec::new(), env: Vec::new(), stdin: Vec::new(), timeout: DEFAULT_TIMEOUT }
+        CniRun {
+            program: program.into(),
+            args: Vec::new(),
+            env: Vec::new(),
+            stdin: Vec::new(),
+            timeout: DEFAULT_TIMEOUT,
+            netns: None,
+        }
+    }
+
+    /// Run the plugin inside the network namespace bound at `path` (e.g. `/run/netns/<name>`):
+    /// the child enters it (setns) between fork and exec, so the plugin binary itself is the
+    /// process that is timed and measured, as when a runtime living in that netns execs it.
+    pub fn in_netns(mut self, path: impl Into<PathBuf>) -> Self {
+        self.netns = Some(path.into());
+        self
     }
 
     /// Set (or replace) an environment variable of the child.
@@ -259,7 +284,17 @@ impl CniRun {
     /// Start the plugin and feed it stdin; stdout and stderr are pipes the caller must drain
     /// (use [`wait_output`]). For starting many processes at once.
     pub fn spawn(&self) -> io::Result<Child> {
-        let mut child = self.command_line().spawn()?;
+        let mut cmd = self.command_line();
+        let ns = match &self.netns {
+            Some(path) => Some(netns::NsFiles::open(&[(path.as_path(), libc::CLONE_NEWNET)])?),
+            None => None,
+        };
+        if let Some(ns) = &ns {
+            ns.install(&mut cmd);
+        }
+        let spawned = cmd.spawn();
+        drop(ns);
+        let mut child = spawned?;
         if let Some(mut pipe) = child.stdin.take() {
             let data = self.stdin.clone();
             if data.len() <= 32 * 1024 {
@@ -309,9 +344,97 @@ impl CniRun {
         Ok(out)
     }
 
+    /// Run the plugin to completion under ptrace and return, with its output, the peak resident
+    /// set of the plugin process itself (`VmHWM` of its address space, read from
+    /// `/proc/<pid>/status` when it stops at exit), in KiB.
+    ///
+    /// Unlike `ru_maxrss` from wait4 ([`CniOutput::max_rss_kb`]), this excludes the address space
+    /// the child had before exec (a copy of, or with vfork the very, parent's; Linux folds its
+    /// high-water mark into `ru_maxrss` at exec) and the children the plugin waited for (its
+    /// IPAM). For measurements only: the ptrace stops slow the run down, and there is no time
+    /// limit. Must be called from the thread that will wait (ptrace binds the tracer thread).
+    pub fn run_peak_rss(&self) -> io::Result<(CniOutput, Option<u64>)> {
+        let start = Instant::now();
+        let mut cmd = self.command_line();
+        let ns = match &self.netns {
+            Some(path) => Some(netns::NsFiles::open(&[(path.as_path(), libc::CLONE_NEWNET)])?),
+            None => None,
+        };
+        if let Some(ns) = &ns {
+            ns.install(&mut cmd);
+        }
+        // SAFETY: runs in the forked child; ptrace(PTRACE_TRACEME) is a plain system call. The
+        // child then stops with SIGTRAP right after exec.
+        unsafe {
+            std::os::unix::process::CommandExt::pre_exec(&mut cmd, || {
+                if libc::ptrace(libc::PTRACE_TRACEME, 0, 0, 0) != 0 {
+                    return Err(io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let spawned = cmd.spawn();
+        drop(ns);
+        let mut child = spawned?;
+        if let Some(mut pipe) = child.stdin.take() {
+            let data = self.stdin.clone();
+            thread::spawn(move || {
+                let _ = pipe.write_all(&data);
+            });
+        }
+        let stdout = child.stdout.take().map(drain_thread);
+        let stderr = child.stderr.take().map(drain_thread);
+        let pid = child.id() as libc::pid_t;
+        let mut hwm = None;
+        let mut exec_seen = false;
+        let (status, rss) = loop {
+            let mut status: libc::c_int = 0;
+            // SAFETY: wait4 writes only into the status int and the zeroed rusage we own.
+            let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+            let rc = unsafe { libc::wait4(pid, &mut status, libc::__WALL, &mut usage) };
+            if rc < 0 {
+                let err = io::Error::last_os_error();
+                if err.raw_os_error() == Some(libc::EINTR) {
+                    continue;
+                }
+                return Err(err);
+            }
+            if libc::WIFSTOPPED(status) {
+                let sig = libc::WSTOPSIG(status);
+                let event = (status >> 16) & 0xffff;
+                // SAFETY: ptrace requests on our own stopped tracee, from the tracer thread.
+                unsafe {
+                    if sig == libc::SIGTRAP && event == libc::PTRACE_EVENT_EXIT {
+                        hwm = read_vm_hwm(pid as u32);
+                        libc::ptrace(libc::PTRACE_CONT, pid, 0, 0);
+                    } else if sig == libc::SIGTRAP && !exec_seen {
+                        exec_seen = true;
+                        let opts = (libc::PTRACE_O_TRACEEXIT | libc::PTRACE_O_EXITKILL) as libc::c_long;
+                        libc::ptrace(libc::PTRACE_SETOPTIONS, pid, 0, opts);
+                        libc::ptrace(libc::PTRACE_CONT, pid, 0, 0);
+                    } else {
+                        // A signal for the plugin (SIGCHLD from its IPAM, Go's SIGURG, ...).
+                        libc::ptrace(libc::PTRACE_CONT, pid, 0, sig as libc::c_long);
+                    }
+                }
+                continue;
+            }
+            use std::os::unix::process::ExitStatusExt;
+            break (ExitStatus::from_raw(status), u64::try_from(usage.ru_maxrss).ok().filter(|kb| *kb > 0));
+        };
+        let stdout = stdout.and_then(|h| h.join().ok()).unwrap_or_default();
+        let stderr = stderr.and_then(|h| h.join().ok()).unwrap_or_default();
+        let mut out = CniOutput::new(status, stdout, stderr, start.elapsed(), false);
+        out.max_rss_kb = rss;
+        Ok((out, hwm))
+    }
+
     /// A shell-like rendering of this run, for failure messages.
     pub fn describe(&self) -> String {
         let mut s = String::new();
+        if let Some(ns) = &self.netns {
+            s.push_str(&format!("[in netns {}] ", ns.display()));
+        }
         for (k, v) in &self.env {
             s.push_str(&format!("{k}={v} "));
         }
@@ -331,6 +454,13 @@ fn drain_thread<R: Read + Send + 'static>(mut pipe: R) -> JoinHandle<Vec<u8>> {
         let _ = pipe.read_to_end(&mut buf);
         buf
     })
+}
+
+/// `VmHWM` (peak resident set of the current address space) of `pid`, in KiB.
+pub fn read_vm_hwm(pid: u32) -> Option<u64> {
+    let status = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
 }
 
 /// Block until `pid` has exited, without reaping it (so the pid cannot be reused while the
@@ -367,11 +497,40 @@ pub fn wait_output(mut child: Child, timeout: Duration) -> io::Result<CniOutput>
             true
         }
     };
-    let status = child.wait()?;
+    let (status, max_rss_kb) = reap_with_rusage(&mut child)?;
     let elapsed = start.elapsed();
     let stdout = stdout.and_then(|h| h.join().ok()).unwrap_or_default();
     let stderr = stderr.and_then(|h| h.join().ok()).unwrap_or_default();
-    Ok(CniOutput::new(status, stdout, stderr, elapsed, timed_out))
+    let mut out = CniOutput::new(status, stdout, stderr, elapsed, timed_out);
+    out.max_rss_kb = max_rss_kb;
+    Ok(out)
+}
+
+/// Reap `child` with wait4(2) to get its resource usage along with the status. `ru_maxrss`
+/// (KiB) is the peak resident set of the child or of any descendant it waited for (Linux fills
+/// it from RUSAGE_BOTH), e.g. a main plugin and the IPAM plugin it exec'd.
+fn reap_with_rusage(child: &mut Child) -> io::Result<(ExitStatus, Option<u64>)> {
+    use std::os::unix::process::ExitStatusExt;
+    let pid = child.id() as libc::pid_t;
+    loop {
+        let mut status: libc::c_int = 0;
+        // SAFETY: wait4 writes only into the status int and the zeroed rusage we own.
+        let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+        let rc = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
+        if rc == pid {
+            let rss = u64::try_from(usage.ru_maxrss).ok().filter(|kb| *kb > 0);
+            return Ok((ExitStatus::from_raw(status), rss));
+        }
+        let err = io::Error::last_os_error();
+        if err.raw_os_error() == Some(libc::EINTR) {
+            continue;
+        }
+        if err.raw_os_error() == Some(libc::ECHILD) {
+            // Already reaped elsewhere: fall back to what std knows.
+            return Ok((child.wait()?, None));
+        }
+        return Err(err);
+    }
 }
 
 /// A spawned plugin whose stderr is read line by line.
@@ -479,12 +638,15 @@ pub struct CniOutput {
     pub elapsed: Duration,
     /// The run hit its time limit and was killed.
     pub timed_out: bool,
+    /// Peak resident set size in KiB from wait4(2) (the process, or a descendant it reaped,
+    /// whichever peaked higher); None when not measured.
+    pub max_rss_kb: Option<u64>,
 }
 
 impl CniOutput {
     fn new(status: ExitStatus, stdout: Vec<u8>, stderr: Vec<u8>, elapsed: Duration, timed_out: bool) -> Self {
         let json = serde_json::from_slice(&stdout).ok();
-        CniOutput { status, stdout, stderr, json, elapsed, timed_out }
+        CniOutput { status, stdout, stderr, json, elapsed, timed_out, max_rss_kb: None }
     }
 
     /// Exit code (`None` when killed by a signal).

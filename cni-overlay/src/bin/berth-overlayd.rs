@@ -78,6 +78,9 @@ struct RunArgs {
     /// How often the kernel state is compared with the leases and repaired.
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     resync_interval: std::time::Duration,
+    /// Serve Prometheus metrics (/metrics) and health (/healthz) on this address (off by default).
+    #[arg(long)]
+    metrics_addr: Option<std::net::SocketAddr>,
 }
 
 static STOP: AtomicBool = AtomicBool::new(false);
@@ -145,6 +148,11 @@ fn run(cli: RunArgs) -> Result<(), OverlayError> {
         resync: cli.resync_interval,
     };
     let mut agent = Agent::start(cfg, store)?;
+    if let Some(addr) = cli.metrics_addr {
+        let bound = cni_overlay::metrics::serve(addr, agent.metrics.clone())
+            .map_err(|e| OverlayError::config("--metrics-addr", format!("cannot listen on {addr}: {e}")))?;
+        eprintln!("berth-overlayd: metrics on http://{bound}/metrics");
+    }
     agent.run(&STOP)
 }
 

@@ -5,6 +5,8 @@
 //! berth-bench ipam [--iterations N] [--sizes 0,1000,5000,20000] [--concurrency 100]
 //!                  [--reference /usr/lib/cni/host-local] [--ours <bin_dir>/berth-host-local]
 //!                  [--markdown FILE]
+//! berth-bench bridge [--iterations N] [--concurrency 100] [--masq] [--ours PATH] [--ours-ipam PATH]
+//!                    [--reference PATH] [--reference-ipam PATH] [--markdown FILE]
 //! ```
 //!
 //! A benchmark prints figures and the targets beside them; it never fails because of speed.
@@ -21,11 +23,18 @@ struct Subcommand {
     run: fn(&[String]) -> Result<(), String>,
 }
 
-const SUBCOMMANDS: &[Subcommand] = &[Subcommand {
-    name: "ipam",
-    about: "berth-host-local vs the reference host-local: ADD/DEL latency against store size, concurrent ADDs",
-    run: ipam::run,
-}];
+const SUBCOMMANDS: &[Subcommand] = &[
+    Subcommand {
+        name: "ipam",
+        about: "berth-host-local vs the reference host-local: ADD/DEL latency against store size, concurrent ADDs",
+        run: ipam::run,
+    },
+    Subcommand {
+        name: "bridge",
+        about: "berth-bridge + berth-host-local vs bridge + host-local: ADD/DEL latency, parallel ADDs, peak RSS (root)",
+        run: bridge::run,
+    },
+];
 
 fn usage() -> String {
     let mut s = String::from("usage: berth-bench <subcommand> [options]\n\nsubcommands:\n");
@@ -485,6 +494,588 @@ options:
             md.push_str(&markdown_table(&header, &rows));
             if !conc.is_empty() {
                 md.push_str(&format!("\n{} ADDs spawned at once on an empty store:\n\n", opts.concurrency));
+                md.push_str(&markdown_table(&conc_header, &conc_rows));
+            }
+            md.push_str("\nTargets:\n\n");
+            for t in &targets {
+                md.push_str(&format!("- {t}\n"));
+            }
+            md.push('\n');
+            let mut f = fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .map_err(|e| format!("--markdown {}: {e}", path.display()))?;
+            f.write_all(md.as_bytes()).map_err(|e| format!("--markdown {}: {e}", path.display()))?;
+            println!("\nmarkdown section appended to {}", path.display());
+        }
+        Ok(())
+    }
+}
+
+mod bridge {
+    //! `berth-bench bridge`: the main plugin side by side with the reference, through the same
+    //! exec harness (`CniRun` entering a fresh host netns between fork and exec, so the timed
+    //! and measured process is the plugin itself), each plugin in its own host netns.
+
+    use std::collections::BTreeSet;
+    use std::fs;
+    use std::io::Write;
+    use std::path::{Path, PathBuf};
+    use std::time::{Duration, Instant};
+
+    use berth_tests::bench::{self, markdown_table, median, ms, opt_f, ratio, text_table};
+    use berth_tests::netns::{Host, Netns, BRIDGE_BIN, REFERENCE_BRIDGE};
+    use berth_tests::{bin_dir, conf_bytes, wait_output, CniOutput, CniRun, HOST_LOCAL_BIN, REFERENCE_HOST_LOCAL};
+    use serde_json::{json, Value};
+
+    const NETWORK: &str = "berth-bench";
+    const SUBNET: &str = "10.128.0.0/16";
+    const CNI_VERSION: &str = "1.0.0"; // the newest the reference speaks
+    const RUN_TIMEOUT: Duration = Duration::from_secs(300);
+    const ADD_DEL_TARGET: f64 = 0.2;
+    const RSS_TARGET: f64 = 0.5;
+
+    const HELP: &str = "\
+usage: berth-bench bridge [options]   (root: creates network namespaces, never touches the root one)
+
+Times berth-bridge + berth-host-local (ours) against the reference bridge + host-local, each in
+its own fresh host netns, cniVersion 1.0.0, isGateway true: median ADD, DEL and ADD+DEL over N
+iterations (ours and reference alternate), 100 pods attached in parallel on a fresh host (wall
+time, errors), and the peak RSS of the plugin process of an ADD (VmHWM at its exit, under
+ptrace; wait4's ru_maxrss is printed too).
+
+options:
+  --iterations N          timed ADD+DEL pairs per plugin and row (default 30)
+  --concurrency N         pods attached at once on a fresh host (default 100; 0 skips)
+  --masq                  add a second row with ipMasq true (ours: nftables; reference: iptables)
+  --ours PATH             berth-bridge (default <bin_dir>/berth-bridge)
+  --ours-ipam PATH        berth-host-local (default <bin_dir>/berth-host-local)
+  --reference PATH        reference bridge (default /usr/lib/cni/bridge)
+  --reference-ipam PATH   reference host-local (default /usr/lib/cni/host-local)
+  --markdown FILE         also append a markdown section (machine, date, command, tables) to FILE
+";
+
+    struct Opts {
+        iterations: usize,
+        concurrency: usize,
+        masq: bool,
+        ours: Plugin,
+        reference: Plugin,
+        markdown: Option<PathBuf>,
+    }
+
+    /// A main plugin and its IPAM (found through CNI_PATH = the IPAM's directory).
+    #[derive(Clone)]
+    struct Plugin {
+        label: &'static str,
+        bin: PathBuf,
+        ipam: PathBuf,
+    }
+
+    impl Plugin {
+        fn ipam_type(&self) -> String {
+            self.ipam.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()
+        }
+        fn cni_path(&self) -> String {
+            self.ipam.parent().map(|p| p.to_string_lossy().into_owned()).unwrap_or_default()
+        }
+    }
+
+    fn parse(args: &[String]) -> Result<Option<Opts>, String> {
+        let flags = bench::parse_flags(
+            args,
+            &["iterations", "concurrency", "ours", "ours-ipam", "reference", "reference-ipam", "markdown"],
+            &["help", "masq"],
+        )?;
+        if flags.contains_key("help") {
+            print!("{HELP}");
+            return Ok(None);
+        }
+        let num = |k: &str, default: usize| -> Result<usize, String> {
+            match flags.get(k) {
+                Some(v) => v.trim().parse().map_err(|_| format!("--{k}: not a number: {v:?}")),
+                None => Ok(default),
+            }
+        };
+        let path = |k: &str, default: PathBuf| -> Result<PathBuf, String> {
+            let p = flags.get(k).map(PathBuf::from).unwrap_or(default);
+            if p.is_file() {
+                Ok(p)
+            } else {
+                Err(format!("{} not found (--{k}); build with `cargo build --release --workspace` or install containernetworking-plugins", p.display()))
+            }
+        };
+        let iterations = num("iterations", 30)?;
+        if iterations == 0 {
+            return Err("--iterations must be at least 1".into());
+        }
+        let ours = Plugin {
+            label: "ours",
+            bin: path("ours", bin_dir().join(BRIDGE_BIN))?,
+            ipam: path("ours-ipam", bin_dir().join(HOST_LOCAL_BIN))?,
+        };
+        let reference = Plugin {
+            label: "reference",
+            bin: path("reference", PathBuf::from(REFERENCE_BRIDGE))?,
+            ipam: path("reference-ipam", PathBuf::from(REFERENCE_HOST_LOCAL))?,
+        };
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            return Err("needs root (it creates network namespaces)".into());
+        }
+        Ok(Some(Opts {
+            iterations,
+            concurrency: num("concurrency", 100)?,
+            masq: flags.contains_key("masq"),
+            ours,
+            reference,
+            markdown: flags.get("markdown").map(PathBuf::from),
+        }))
+    }
+
+    /// A plugin bound to its own fresh host netns, pod netns and data directory.
+    struct Target {
+        plugin: Plugin,
+        host: Host,
+        pod: Netns,
+        _dir: tempfile::TempDir,
+        conf: Vec<u8>,
+    }
+
+    impl Target {
+        fn new(plugin: &Plugin, masq: bool) -> Result<Target, String> {
+            let dir = tempfile::Builder::new().prefix("berth-bench-bridge-").tempdir().map_err(|e| format!("tempdir: {e}"))?;
+            let host = Host { ns: Netns::try_create("bbh")? };
+            let pod = Netns::try_create("bbp")?;
+            let conf: Value = json!({
+                "cniVersion": CNI_VERSION,
+                "name": NETWORK,
+                "type": plugin.bin.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
+                "bridge": "berth0",
+                "isGateway": true,
+                "ipMasq": masq,
+                "dataDir": dir.path().join("bridge").to_string_lossy(),
+                "ipam": {
+                    "type": plugin.ipam_type(),
+                    "dataDir": dir.path().join("ipam").to_string_lossy(),
+                    "ranges": [[{ "subnet": SUBNET }]],
+                },
+            });
+            Ok(Target { plugin: plugin.clone(), host, pod, _dir: dir, conf: conf_bytes(&conf) })
+        }
+
+        fn cmd(&self, command: &str, container: &str, netns: &Path) -> CniRun {
+            CniRun::new(&self.plugin.bin)
+                .command(command)
+                .container_id(container)
+                .netns(&netns.to_string_lossy())
+                .ifname("eth0")
+                .cni_path(self.plugin.cni_path())
+                .stdin(self.conf.clone())
+                .timeout(RUN_TIMEOUT)
+                .in_netns(self.host.ns.path())
+        }
+
+        fn exec(&self, command: &str, container: &str) -> Result<CniOutput, String> {
+            self.cmd(command, container, self.pod.path()).run().map_err(|e| format!("cannot run {}: {e}", self.plugin.bin.display()))
+        }
+    }
+
+    #[derive(Default)]
+    struct Samples {
+        add: Vec<Duration>,
+        del: Vec<Duration>,
+        pair: Vec<Duration>,
+        /// ru_maxrss (wait4) of the timed ADD execs.
+        rss_kb: Vec<u64>,
+        /// VmHWM of the plugin process at exit, from the untimed measurement ADDs.
+        hwm_kb: Vec<u64>,
+        errors: usize,
+        first_error: Option<String>,
+    }
+
+    impl Samples {
+        fn record(&mut self, out: &CniOutput, what: &str) -> bool {
+            if out.success() {
+                return true;
+            }
+            self.errors += 1;
+            if self.first_error.is_none() {
+                self.first_error = Some(format!("{what}: exit {:?}: {} {}", out.exit_code(), out.stdout_text().trim(), out.stderr_text().trim()));
+            }
+            false
+        }
+        fn peak_rss(&self) -> Option<u64> {
+            self.rss_kb.iter().copied().max()
+        }
+        fn peak_hwm(&self) -> Option<u64> {
+            self.hwm_kb.iter().copied().max()
+        }
+    }
+
+    struct RowResult {
+        masq: bool,
+        ours: Samples,
+        reference: Samples,
+        /// ru_maxrss of /bin/true exec'd the same way: what wait4 reports for any child of
+        /// this harness, whatever the program (the pre-exec address space counts).
+        floor: Option<u64>,
+    }
+
+    /// Untimed ADDs per plugin and row for the VmHWM measurement.
+    const RSS_RUNS: usize = 5;
+
+    fn bench_row(opts: &Opts, masq: bool) -> Result<RowResult, String> {
+        let targets = [Target::new(&opts.ours, masq)?, Target::new(&opts.reference, masq)?];
+        // Untimed warm-up: creates the bridge, NAT tables and stores, fills the page cache.
+        for t in &targets {
+            for cmd in ["ADD", "DEL"] {
+                let out = t.exec(cmd, "bench-warmup")?;
+                if !out.success() {
+                    return Err(format!("{} warm-up {cmd} failed: {}", t.plugin.label, out.describe()));
+                }
+            }
+        }
+        let mut samples = [Samples::default(), Samples::default()];
+        for i in 0..opts.iterations {
+            let container = format!("bench-{i}");
+            let order = if i % 2 == 0 { [0, 1] } else { [1, 0] };
+            for k in order {
+                let (t, s) = (&targets[k], &mut samples[k]);
+                let add = t.exec("ADD", &container)?;
+                let add_ok = s.record(&add, "ADD");
+                if add_ok {
+                    s.add.push(add.elapsed);
+                    if let Some(kb) = add.max_rss_kb {
+                        s.rss_kb.push(kb);
+                    }
+                }
+                let del = t.exec("DEL", &container)?;
+                if s.record(&del, "DEL") {
+                    s.del.push(del.elapsed);
+                    if add_ok {
+                        s.pair.push(add.elapsed + del.elapsed);
+                    }
+                }
+            }
+        }
+        // Untimed: the plugin's own peak RSS, read at its exit stop under ptrace.
+        for i in 0..RSS_RUNS {
+            let container = format!("bench-rss-{i}");
+            for (t, s) in targets.iter().zip(samples.iter_mut()) {
+                let (add, hwm) = t
+                    .cmd("ADD", &container, t.pod.path())
+                    .run_peak_rss()
+                    .map_err(|e| format!("cannot run {}: {e}", t.plugin.bin.display()))?;
+                if s.record(&add, "ADD (RSS run)") {
+                    s.hwm_kb.extend(hwm);
+                }
+                let del = t.exec("DEL", &container)?;
+                s.record(&del, "DEL (RSS run)");
+            }
+        }
+        let floor = {
+            let t = &targets[0];
+            let out = CniRun::new("/bin/true").in_netns(t.host.ns.path()).run().map_err(|e| format!("/bin/true: {e}"))?;
+            out.max_rss_kb
+        };
+        let [ours, reference] = samples;
+        Ok(RowResult { masq, ours, reference, floor })
+    }
+
+    struct ConcResult {
+        label: &'static str,
+        wall: Duration,
+        errors: usize,
+        distinct: usize,
+        del_wall: Duration,
+        del_errors: usize,
+        first_error: Option<String>,
+    }
+
+    fn bench_concurrency(plugin: &Plugin, n: usize) -> Result<ConcResult, String> {
+        let t = Target::new(plugin, false)?;
+        let pods: Vec<Netns> = (0..n).map(|_| Netns::try_create("bbc")).collect::<Result<_, _>>()?;
+        let ids: Vec<String> = (0..n).map(|i| format!("bench-conc-{i}")).collect();
+        let mut errors = 0;
+        let mut first_error = None;
+        let run_all = |command: &str, errors: &mut usize, first_error: &mut Option<String>| -> (Duration, Vec<CniOutput>) {
+            let start = Instant::now();
+            let mut children = Vec::with_capacity(n);
+            for (id, pod) in ids.iter().zip(&pods) {
+                match t.cmd(command, id, pod.path()).spawn() {
+                    Ok(c) => children.push(c),
+                    Err(e) => {
+                        *errors += 1;
+                        first_error.get_or_insert_with(|| format!("spawn: {e}"));
+                    }
+                }
+            }
+            let mut outs = Vec::with_capacity(children.len());
+            for c in children {
+                match wait_output(c, RUN_TIMEOUT) {
+                    Ok(o) => outs.push(o),
+                    Err(e) => {
+                        *errors += 1;
+                        first_error.get_or_insert_with(|| format!("wait: {e}"));
+                    }
+                }
+            }
+            (start.elapsed(), outs)
+        };
+        let (wall, outs) = run_all("ADD", &mut errors, &mut first_error);
+        let mut addrs = BTreeSet::new();
+        for o in &outs {
+            if o.success() {
+                addrs.extend(o.addresses());
+            } else {
+                errors += 1;
+                first_error.get_or_insert_with(|| format!("ADD exit {:?}: {} {}", o.exit_code(), o.stdout_text().trim(), o.stderr_text().trim()));
+            }
+        }
+        let mut del_errors = 0;
+        let (del_wall, douts) = run_all("DEL", &mut del_errors, &mut first_error);
+        for o in &douts {
+            if !o.success() {
+                del_errors += 1;
+                first_error.get_or_insert_with(|| format!("DEL exit {:?}: {}", o.exit_code(), o.stdout_text().trim()));
+            }
+        }
+        Ok(ConcResult { label: plugin.label, wall, errors, distinct: addrs.len(), del_wall, del_errors, first_error })
+    }
+
+    /// Peak RSS of the IPAM plugin alone (ADD then DEL, outside any netns: host-local does not
+    /// touch the kernel), to tell the main plugin's share in ru_maxrss (which covers the IPAM
+    /// child the main plugin waited for).
+    fn ipam_alone_rss(plugin: &Plugin) -> Result<Option<u64>, String> {
+        let dir = tempfile::Builder::new().prefix("berth-bench-ipam-").tempdir().map_err(|e| e.to_string())?;
+        let conf = conf_bytes(&json!({
+            "cniVersion": CNI_VERSION, "name": NETWORK, "type": "bench",
+            "ipam": { "type": plugin.ipam_type(), "dataDir": dir.path().to_string_lossy(), "ranges": [[{ "subnet": SUBNET }]] },
+        }));
+        let mut peak = None;
+        for (cmd, id) in [("ADD", "rss-0"), ("DEL", "rss-0"), ("ADD", "rss-1"), ("DEL", "rss-1")] {
+            let (out, hwm) = CniRun::new(&plugin.ipam)
+                .command(cmd)
+                .container_id(id)
+                .netns("/var/run/netns/berth-bench")
+                .ifname("eth0")
+                .cni_path(plugin.cni_path())
+                .stdin(conf.clone())
+                .run_peak_rss()
+                .map_err(|e| format!("{}: {e}", plugin.ipam.display()))?;
+            if cmd == "ADD" && out.success() {
+                peak = peak.max(hwm);
+            }
+        }
+        Ok(peak)
+    }
+
+    fn med(v: &[Duration]) -> Option<Duration> {
+        median(v)
+    }
+
+    /// Median wall time of `ip link add <veth pair>` and `ip link del` in a scratch netns: the
+    /// kernel's share of an ADD and a DEL (deleting a veth waits for RCU grace periods), plus
+    /// the exec of `ip` (compare with /bin/true's exec).
+    fn kernel_floor(iterations: usize) -> Result<[Option<Duration>; 3], String> {
+        let ns = Netns::try_create("bbk")?;
+        let (mut add, mut del, mut noop) = (Vec::new(), Vec::new(), Vec::new());
+        for _ in 0..iterations.clamp(5, 30) {
+            for (argv, v) in [
+                (&["ip", "link", "add", "fa0", "type", "veth", "peer", "name", "fb0"][..], &mut add),
+                (&["ip", "link", "del", "fa0"][..], &mut del),
+                (&["true"][..], &mut noop),
+            ] {
+                let t = Instant::now();
+                ns.try_exec(argv)?;
+                v.push(t.elapsed());
+            }
+        }
+        Ok([med(&add), med(&del), med(&noop)])
+    }
+
+    fn ms_opt(d: Option<Duration>) -> String {
+        d.map(ms).unwrap_or_else(|| "n/a".into())
+    }
+
+    fn ratio_opt(a: Option<Duration>, b: Option<Duration>) -> Option<f64> {
+        match (a, b) {
+            (Some(a), Some(b)) => ratio(a, b),
+            _ => None,
+        }
+    }
+
+    fn mib(kb: Option<u64>) -> String {
+        kb.map(|k| format!("{:.1}", k as f64 / 1024.0)).unwrap_or_else(|| "n/a".into())
+    }
+
+    fn target_line(what: &str, value: Option<f64>, target: f64) -> String {
+        let verdict = match value {
+            Some(v) if v <= target => "met",
+            Some(_) => "NOT met",
+            None => "not measured",
+        };
+        format!("{what}: {} (target <= {target}) -> {verdict}", opt_f(value, 3))
+    }
+
+    pub fn run(args: &[String]) -> Result<(), String> {
+        let Some(opts) = parse(args)? else { return Ok(()) };
+        println!("berth-bench bridge: ours      = {} + {}", opts.ours.bin.display(), opts.ours.ipam.display());
+        println!("                    reference = {} + {}", opts.reference.bin.display(), opts.reference.ipam.display());
+        println!(
+            "                    {} iterations, cniVersion {CNI_VERSION}, isGateway true, subnet {SUBNET}, each plugin in its own fresh host netns\n",
+            opts.iterations
+        );
+
+        let mut rows = Vec::new();
+        rows.push(bench_row(&opts, false)?);
+        if opts.masq {
+            rows.push(bench_row(&opts, true)?);
+        }
+        for r in &rows {
+            for (label, s) in [("ours", &r.ours), ("reference", &r.reference)] {
+                if let Some(e) = &s.first_error {
+                    eprintln!("ipMasq {}: {label}: {} error(s); first: {e}", r.masq, s.errors);
+                }
+            }
+        }
+        let ipam_rss = [ipam_alone_rss(&opts.ours)?, ipam_alone_rss(&opts.reference)?];
+        let [k_add, k_del, k_noop] = kernel_floor(opts.iterations)?;
+        let floor_line = format!(
+            "kernel floor (scratch netns, median): `ip link add` veth pair {} ms, `ip link del` veth {} ms, exec of `true` {} ms",
+            ms_opt(k_add),
+            ms_opt(k_del),
+            ms_opt(k_noop)
+        );
+
+        let header = [
+            "ipMasq",
+            "plugin",
+            "ADD ms",
+            "DEL ms",
+            "ADD+DEL ms",
+            "plugin RSS MiB",
+            "ru_maxrss MiB",
+            "IPAM alone MiB",
+            "errors",
+        ];
+        let mut table = Vec::new();
+        for r in &rows {
+            for (i, (label, s)) in [("ours", &r.ours), ("reference", &r.reference)].into_iter().enumerate() {
+                table.push(vec![
+                    r.masq.to_string(),
+                    label.to_string(),
+                    ms_opt(med(&s.add)),
+                    ms_opt(med(&s.del)),
+                    ms_opt(med(&s.pair)),
+                    mib(s.peak_hwm()),
+                    mib(s.peak_rss()),
+                    mib(ipam_rss[i]),
+                    s.errors.to_string(),
+                ]);
+            }
+        }
+        let kb_ratio = |a: Option<u64>, b: Option<u64>| match (a, b) {
+            (Some(a), Some(b)) if b > 0 => Some(a as f64 / b as f64),
+            _ => None,
+        };
+        let ratio_header = [
+            "ipMasq",
+            "ADD ours/ref",
+            "DEL ours/ref",
+            "ADD+DEL ours/ref (target <= 0.2)",
+            "plugin RSS ours/ref (target <= 0.5)",
+            "ru_maxrss ours/ref",
+        ];
+        let mut ratio_rows = Vec::new();
+        let mut targets = Vec::new();
+        for r in &rows {
+            let pair = ratio_opt(med(&r.ours.pair), med(&r.reference.pair));
+            let rss = kb_ratio(r.ours.peak_hwm(), r.reference.peak_hwm());
+            ratio_rows.push(vec![
+                r.masq.to_string(),
+                opt_f(ratio_opt(med(&r.ours.add), med(&r.reference.add)), 3),
+                opt_f(ratio_opt(med(&r.ours.del), med(&r.reference.del)), 3),
+                opt_f(pair, 3),
+                opt_f(rss, 3),
+                opt_f(kb_ratio(r.ours.peak_rss(), r.reference.peak_rss()), 3),
+            ]);
+            targets.push(target_line(&format!("ipMasq {}: ADD+DEL ours/reference", r.masq), pair, ADD_DEL_TARGET));
+            targets.push(target_line(&format!("ipMasq {}: plugin peak RSS ours/reference", r.masq), rss, RSS_TARGET));
+        }
+        println!("Medians over {} iterations. RSS columns:", opts.iterations);
+        println!("  plugin RSS = VmHWM of the plugin process itself at exit (ptrace exit stop; {RSS_RUNS} untimed ADDs, max)");
+        println!(
+            "  ru_maxrss  = wait4 of the timed ADDs (max): also covers the IPAM child and the harness's pre-exec address space \
+             (/bin/true exec'd the same way: {} MiB)",
+            mib(rows[0].floor)
+        );
+        print!("{}", text_table(&header, &table));
+        println!("{floor_line}");
+        println!("\nRatios:");
+        print!("{}", text_table(&ratio_header, &ratio_rows));
+
+        let mut conc = Vec::new();
+        if opts.concurrency > 0 {
+            conc.push(bench_concurrency(&opts.ours, opts.concurrency)?);
+            conc.push(bench_concurrency(&opts.reference, opts.concurrency)?);
+        }
+        let conc_header = ["plugin", "pods", "ADD wall ms", "ADD errors", "distinct addresses", "DEL wall ms", "DEL errors"];
+        let conc_rows: Vec<Vec<String>> = conc
+            .iter()
+            .map(|c| {
+                vec![
+                    c.label.to_string(),
+                    opts.concurrency.to_string(),
+                    ms(c.wall),
+                    c.errors.to_string(),
+                    c.distinct.to_string(),
+                    ms(c.del_wall),
+                    c.del_errors.to_string(),
+                ]
+            })
+            .collect();
+        if !conc.is_empty() {
+            println!("\n{} pods attached at once on a fresh host (bridge not yet created), then detached at once:", opts.concurrency);
+            print!("{}", text_table(&conc_header, &conc_rows));
+            for c in &conc {
+                if let Some(e) = &c.first_error {
+                    eprintln!("concurrency: {}: first error: {e}", c.label);
+                }
+            }
+            if let [o, r] = &conc[..] {
+                targets.push(format!(
+                    "{} parallel ADDs wall ours/reference: {} (no target)",
+                    opts.concurrency,
+                    opt_f(ratio(o.wall, r.wall), 3)
+                ));
+            }
+        }
+        println!("\nTargets (printed, never asserted):");
+        for t in &targets {
+            println!("  {t}");
+        }
+
+        if let Some(path) = &opts.markdown {
+            let mut md = String::new();
+            md.push_str("## Bridge: berth-bridge + berth-host-local vs reference bridge + host-local\n\n");
+            md.push_str(&bench::machine_markdown());
+            md.push_str(&format!(
+                "- ours: `{}` + `{}`\n- reference: `{}` + `{}`\n- {} iterations; cniVersion {CNI_VERSION}; isGateway true; {SUBNET}; each plugin in its own fresh host netns, entered between fork and exec (the timed process is the plugin); ours and reference alternate each iteration; warm-up ADD+DEL untimed\n- plugin RSS: `VmHWM` of the plugin process itself, read at its ptrace exit stop (max of {RSS_RUNS} untimed ADDs); \"IPAM alone\": the same for the IPAM plugin exec'd by itself\n- ru_maxrss: max `ru_maxrss` from wait4 over the timed ADD execs; it also covers the IPAM child and the address space the child had before exec (Linux folds it in at exec): /bin/true exec'd the same way reports {} MiB\n\n",
+                opts.ours.bin.display(),
+                opts.ours.ipam.display(),
+                opts.reference.bin.display(),
+                opts.reference.ipam.display(),
+                opts.iterations,
+                mib(rows[0].floor)
+            ));
+            md.push_str(&markdown_table(&header, &table));
+            md.push_str(&format!("\n{floor_line}\n\n"));
+            md.push_str(&markdown_table(&ratio_header, &ratio_rows));
+            if !conc.is_empty() {
+                md.push_str(&format!("\n{} pods attached at once on a fresh host, then detached at once:\n\n", opts.concurrency));
                 md.push_str(&markdown_table(&conc_header, &conc_rows));
             }
             md.push_str("\nTargets:\n\n");
