@@ -46,5 +46,5 @@ find_cargo() {
 
 build_release() {
     echo "==> building (release)"
-    (cd "$ROOT" && cargo build --release --workspace --locked)
+    (cd "$ROOT" && cargo build --release --workspace)
 }

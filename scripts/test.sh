@@ -8,4 +8,4 @@ find_cargo
 build_release
 echo "==> running every test"
 cd "$ROOT"
-BERTH_BIN_DIR="$ROOT/target/release" cargo test --release --workspace --locked -- --test-threads="${TEST_THREADS:-4}"
+BERTH_BIN_DIR="$ROOT/target/release" cargo test --release --workspace -- --test-threads="${TEST_THREADS:-4}"
