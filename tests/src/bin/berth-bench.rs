@@ -16,6 +16,9 @@
 
 use std::process::ExitCode;
 
+#[path = "bench/overlay.rs"]
+mod overlay;
+
 /// A benchmark subcommand: name, one-line description, entry point.
 struct Subcommand {
     name: &'static str,
@@ -28,6 +31,11 @@ const SUBCOMMANDS: &[Subcommand] = &[
         name: "ipam",
         about: "berth-host-local vs the reference host-local: ADD/DEL latency against store size, concurrent ADDs",
         run: ipam::run,
+    },
+    Subcommand {
+        name: "overlay",
+        about: "VXLAN overlay vs underlay throughput (iperf3), convergence with 10 hosts, 1,000 peers (root)",
+        run: overlay::run,
     },
     Subcommand {
         name: "bridge",

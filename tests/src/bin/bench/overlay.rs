@@ -1,0 +1,332 @@
+//! `berth-bench overlay`: the VXLAN overlay against the underlay it runs on.
+//!
+//! Hosts are network namespaces on a bridge that lives in its own namespace (the underlay), each
+//! running the real `berth-overlayd` with the embedded store; pods are attached with the real
+//! `berth-overlay`. Three figures: iperf3 throughput pod-to-pod across two hosts vs host-to-host
+//! on the underlay (same run), convergence (a new node's start until every existing pod pings a
+//! pod on it, with N hosts), and the time one node takes to program 1,000 peers (synthetic
+//! leases in the store).
+
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use berth_tests::bench::{self, markdown_table, text_table};
+use berth_tests::netns::{spawn_in_netns, Netns};
+use berth_tests::{bin_dir, conf_bytes, CniRun};
+use serde_json::{json, Value};
+
+const HELP: &str = "\
+usage: berth-bench overlay [options]   (root: creates network namespaces, never touches the root one)
+
+options:
+  --hosts N          hosts in the convergence run (default 10)
+  --peers N          synthetic peers programmed on one node (default 1000)
+  --seconds N        iperf3 duration per direction (default 5)
+  --markdown FILE    also append a markdown section to FILE
+";
+
+const NETWORK: &str = "10.244.0.0/16";
+
+/// A daemon killed on drop.
+struct Proc(Option<Child>);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.0.take() {
+            // SAFETY: kill(2) on our own child.
+            unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
+            let deadline = Instant::now() + Duration::from_secs(3);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = c.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+struct Node {
+    ns: Netns,
+    ip: String,
+    subnet_file: PathBuf,
+    data_dir: PathBuf,
+    daemon: Option<Proc>,
+}
+
+struct Cluster {
+    ul: Netns,
+    nodes: Vec<Node>,
+    dir: tempfile::TempDir,
+}
+
+fn must(ns: &Netns, argv: &[&str]) -> Result<String, String> {
+    ns.try_exec(argv)
+}
+
+impl Cluster {
+    fn new() -> Result<Cluster, String> {
+        let ul = Netns::try_create("bbul")?;
+        must(&ul, &["ip", "link", "add", "br-ul", "type", "bridge"])?;
+        must(&ul, &["ip", "link", "set", "br-ul", "up"])?;
+        let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+        Ok(Cluster { ul, nodes: Vec::new(), dir })
+    }
+
+    fn add_node(&mut self) -> Result<usize, String> {
+        let i = self.nodes.len() + 1;
+        let ns = Netns::try_create("bbh")?;
+        let end = format!("u{i}");
+        must(&self.ul, &["ip", "link", "add", &end, "type", "veth", "peer", "name", "eth0", "netns", ns.name()])?;
+        must(&self.ul, &["ip", "link", "set", &end, "master", "br-ul", "up"])?;
+        let ip = format!("172.31.{}.{}", i / 250, i % 250 + 1);
+        must(&ns, &["ip", "addr", "add", &format!("{ip}/16"), "dev", "eth0"])?;
+        must(&ns, &["ip", "link", "set", "eth0", "up"])?;
+        let d = self.dir.path().join(format!("n{i}"));
+        self.nodes.push(Node { ns, ip, subnet_file: d.join("subnet.env"), data_dir: d.join("data"), daemon: None });
+        Ok(i - 1)
+    }
+
+    fn spawn_daemon(&mut self, i: usize) -> Result<(), String> {
+        let n = &self.nodes[i];
+        let mut cmd = Command::new(bin_dir().join("berth-overlayd"));
+        cmd.args(["--node-name", &format!("node{}", i + 1), "--network", NETWORK, "--iface", "eth0"])
+            .arg("--store")
+            .arg(format!("dir:{}", self.dir.path().join("store").display()))
+            .arg("--subnet-file")
+            .arg(&n.subnet_file)
+            .args(["--lease-ttl", "10m", "--resync-interval", "5s"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        let child = spawn_in_netns(n.ns.path(), cmd).map_err(|e| format!("starting berth-overlayd: {e}"))?;
+        self.nodes[i].daemon = Some(Proc(Some(child)));
+        Ok(())
+    }
+
+    fn wait_subnet(&self, i: usize) -> Result<(), String> {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !self.nodes[i].subnet_file.exists() {
+            if Instant::now() > deadline {
+                return Err(format!("node {i} wrote no subnet file"));
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        Ok(())
+    }
+
+    /// Attaches a pod on node `i`; returns its netns and IPv4 address.
+    fn pod(&self, i: usize) -> Result<(Netns, String), String> {
+        let n = &self.nodes[i];
+        let pod = Netns::try_create("bbp")?;
+        let conf = json!({"cniVersion":"1.1.0","name":"pods","type":"berth-overlay",
+            "subnetFile": n.subnet_file, "dataDir": n.data_dir});
+        let out = CniRun::new(bin_dir().join("berth-overlay"))
+            .in_netns(n.ns.path())
+            .command("ADD")
+            .container_id(pod.name())
+            .netns(&pod.path_str())
+            .ifname("eth0")
+            .cni_path(bin_dir())
+            .stdin(conf_bytes(&conf))
+            .run()
+            .map_err(|e| e.to_string())?;
+        if !out.success() {
+            return Err(format!("ADD on node {i}: {}", out.describe()));
+        }
+        let addr = out
+            .addresses()
+            .into_iter()
+            .find(|a| !a.contains(':'))
+            .ok_or("no IPv4 address in the result")?;
+        Ok((pod, berth_tests::strip_prefix_len(&addr).to_string()))
+    }
+}
+
+fn ping(from: &Netns, to: &str) -> bool {
+    from.output(&["ping", "-c", "1", "-W", "1", to]).map(|o| o.status.success()).unwrap_or(false)
+}
+
+/// iperf3 from `client` to `server_ip` where the server runs in `server`; Gbit/s.
+fn iperf(server: &Netns, client: &Netns, server_ip: &str, seconds: u32) -> Result<f64, String> {
+    let mut cmd = Command::new("iperf3");
+    cmd.args(["-s", "-1", "-p", "5201"]).stdout(Stdio::null()).stderr(Stdio::null());
+    let srv = Proc(Some(spawn_in_netns(server.path(), cmd).map_err(|e| format!("iperf3 server: {e} (is iperf3 installed?)"))?));
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let secs = seconds.to_string();
+    loop {
+        let out = client
+            .output(&["iperf3", "-c", server_ip, "-p", "5201", "-t", &secs, "-J"])
+            .map_err(|e| e.to_string())?;
+        // iperf3 -J can exit 0 with an "error" member (e.g. the server is
+        // not listening yet): only a rate counts as success.
+        let v: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+        if let Some(bps) = v["end"]["sum_received"]["bits_per_second"].as_f64() {
+            drop(srv);
+            return Ok(bps / 1e9);
+        }
+        if Instant::now() > deadline {
+            return Err(format!("iperf3 client failed: {} {}", v.get("error").cloned().unwrap_or(Value::Null), String::from_utf8_lossy(&out.stderr)));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn throughput(seconds: u32) -> Result<(f64, f64), String> {
+    let mut c = Cluster::new()?;
+    for _ in 0..2 {
+        let i = c.add_node()?;
+        c.spawn_daemon(i)?;
+    }
+    c.wait_subnet(0)?;
+    c.wait_subnet(1)?;
+    let (p0, _) = c.pod(0)?;
+    let (p1, a1) = c.pod(1)?;
+    if !berth_tests::netns::wait_until(Duration::from_secs(10), || ping(&p0, &a1)) {
+        return Err("pods cannot reach each other".into());
+    }
+    let overlay = iperf(&p1, &p0, &a1, seconds)?;
+    let underlay = iperf(&c.nodes[1].ns, &c.nodes[0].ns, &c.nodes[1].ip.clone(), seconds)?;
+    Ok((overlay, underlay))
+}
+
+fn convergence(hosts: usize) -> Result<Duration, String> {
+    let mut c = Cluster::new()?;
+    for _ in 0..hosts {
+        c.add_node()?;
+    }
+    for i in 0..hosts - 1 {
+        c.spawn_daemon(i)?;
+    }
+    let mut pods = Vec::new();
+    for i in 0..hosts - 1 {
+        c.wait_subnet(i)?;
+        pods.push(c.pod(i)?);
+    }
+    let last = hosts - 1;
+    let t0 = Instant::now();
+    c.spawn_daemon(last)?;
+    c.wait_subnet(last)?;
+    let (_pn, an) = c.pod(last)?;
+    let mut pending: Vec<&Netns> = pods.iter().map(|(p, _)| p).collect();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !pending.is_empty() {
+        pending.retain(|p| !ping(p, &an));
+        if Instant::now() > deadline {
+            return Err(format!("{} pods still cannot reach the new node after 30 s", pending.len()));
+        }
+    }
+    Ok(t0.elapsed())
+}
+
+fn many_peers(peers: usize) -> Result<Duration, String> {
+    use cni_overlay::lease::{now, Lease};
+    use cni_overlay::store::dir::DirStore;
+    use cni_overlay::store::LeaseStore;
+    let mut c = Cluster::new()?;
+    let i = c.add_node()?;
+    let mut store = DirStore::open(&c.dir.path().join("store"), NETWORK).map_err(|e| e.to_string())?;
+    // Peers in 10.244.0.0/16 as /28s would not fit 1000 with /24s; use /26 subnets of a /16.
+    for k in 0..peers {
+        let base = u32::from(std::net::Ipv4Addr::new(10, 244, 0, 0)) + ((k as u32 + 1) << 6);
+        let l = Lease {
+            node: format!("synthetic-{k}"),
+            subnet: ipnetwork::Ipv4Network::new(base.into(), 26).map_err(|e| e.to_string())?,
+            subnet6: None,
+            public_ip: std::net::IpAddr::V4(std::net::Ipv4Addr::new(172, 30, (k / 250) as u8, (k % 250 + 1) as u8)),
+            vtep_mac: format!("02:00:00:{:02x}:{:02x}:{:02x}", (k >> 16) & 0xff, (k >> 8) & 0xff, k & 0xff),
+            expires_at: now() + 3600,
+        };
+        if !store.try_acquire(&l).map_err(|e| e.to_string())? {
+            return Err(format!("synthetic lease {k} refused"));
+        }
+    }
+    let n = &c.nodes[i];
+    let mut cmd = Command::new(bin_dir().join("berth-overlayd"));
+    cmd.args(["--node-name", "measured", "--network", NETWORK, "--subnet-len", "26", "--iface", "eth0"])
+        .arg("--store")
+        .arg(format!("dir:{}", c.dir.path().join("store").display()))
+        .arg("--subnet-file")
+        .arg(&n.subnet_file)
+        .args(["--lease-ttl", "10m", "--resync-interval", "60s"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    let t0 = Instant::now();
+    let child = spawn_in_netns(n.ns.path(), cmd).map_err(|e| e.to_string())?;
+    let _guard = Proc(Some(child));
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let out = n.ns.output(&["ip", "-4", "route", "show", "dev", "berth.1"]).map_err(|e| e.to_string())?;
+        let routes = String::from_utf8_lossy(&out.stdout).lines().filter(|l| l.contains(" via ")).count();
+        if routes >= peers {
+            return Ok(t0.elapsed());
+        }
+        if Instant::now() > deadline {
+            return Err(format!("only {routes} of {peers} peer routes after 60 s"));
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+pub fn run(args: &[String]) -> Result<(), String> {
+    if args.iter().any(|a| a == "--help" || a == "-h") {
+        print!("{HELP}");
+        return Ok(());
+    }
+    let flags = bench::parse_flags(args, &["hosts", "peers", "seconds", "markdown"], &[])?;
+    let num = |k: &str, d: usize| -> Result<usize, String> {
+        flags.get(k).map(|v| v.parse::<usize>().map_err(|_| format!("--{k}: {v:?} is not a number"))).unwrap_or(Ok(d))
+    };
+    let hosts = num("hosts", 10)?.max(2);
+    let peers = num("peers", 1000)?;
+    let seconds = num("seconds", 5)? as u32;
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        return Err("needs root (it creates network namespaces)".into());
+    }
+
+    println!("berth-bench overlay: throughput ({seconds} s per run), convergence with {hosts} hosts, {peers} peers");
+    let (overlay, underlay) = throughput(seconds)?;
+    let conv = convergence(hosts)?;
+    let prog = many_peers(peers)?;
+
+    let rows = vec![
+        vec![
+            "throughput pod-to-pod across hosts vs host-to-host (Gbit/s)".to_string(),
+            format!("{overlay:.2} vs {underlay:.2} = {:.2}x", overlay / underlay),
+            ">= 0.85x".into(),
+            if overlay / underlay >= 0.85 { "met" } else { "NOT met" }.into(),
+        ],
+        vec![
+            format!("convergence: new node start -> every pod of {} hosts pings a pod on it", hosts - 1),
+            format!("{} ms", conv.as_millis()),
+            "< 1000 ms".into(),
+            if conv < Duration::from_secs(1) { "met" } else { "NOT met" }.into(),
+        ],
+        vec![
+            format!("one node programs {peers} peers (start -> all routes present)"),
+            format!("{} ms", prog.as_millis()),
+            "< 2000 ms".into(),
+            if prog < Duration::from_secs(2) { "met" } else { "NOT met" }.into(),
+        ],
+    ];
+    let header = ["figure", "measured", "target", ""];
+    print!("{}", text_table(&header, &rows));
+    if let Some(path) = flags.get("markdown") {
+        let mut md = String::from("## Overlay: VXLAN vs underlay, convergence, peer programming\n\n");
+        md.push_str(&bench::machine_markdown());
+        md.push_str(&format!(
+            "- hosts are network namespaces on a bridge in another namespace; embedded (dir) store; iperf3 {seconds} s, one TCP stream\n\n"
+        ));
+        md.push_str(&markdown_table(&header, &rows));
+        md.push('\n');
+        let mut f = fs::OpenOptions::new().create(true).append(true).open(Path::new(path)).map_err(|e| e.to_string())?;
+        f.write_all(md.as_bytes()).map_err(|e| e.to_string())?;
+        println!("markdown section appended to {path}");
+    }
+    Ok(())
+}
