@@ -236,9 +236,13 @@ impl Cluster {
     }
 
     fn start(&mut self, i: usize) {
+        self.start_with(i, &[]);
+    }
+
+    fn start_with(&mut self, i: usize, extra: &[&str]) {
         let log = self.dir.join(format!("overlayd-{i}-{}.log", COUNTER.fetch_add(1, Ordering::SeqCst)));
         let child = self
-            .daemon_cmd(i, &[])
+            .daemon_cmd(i, extra)
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).expect("log"))
             .spawn()
@@ -633,4 +637,29 @@ fn dual_stack_pods_reach_each_other_over_ipv6() {
     assert!(v6.starts_with("fd00:244:"), "{v6}");
     let ping6 = || p0.exec(&["ping", "-6", "-c", "1", "-W", "2", &v6]).status.success();
     assert!(eventually(Duration::from_secs(10), ping6), "IPv6 pod-to-pod across hosts failed:\n{}", c.logs());
+}
+
+#[test]
+fn metrics_and_health_are_served_when_asked() {
+    need_root!();
+    let mut c = Cluster::new(2, false);
+    c.start_with(0, &["--metrics-addr", "127.0.0.1:9464"]);
+    c.start(1);
+    let get = |path: &str| {
+        let script = format!(
+            "exec 3<>/dev/tcp/127.0.0.1/9464; printf 'GET {path} HTTP/1.1\\r\\nHost: x\\r\\n\\r\\n' >&3; cat <&3"
+        );
+        String::from_utf8_lossy(&c.hosts[0].ns.exec(&["bash", "-c", &script]).stdout).to_string()
+    };
+    assert!(
+        eventually(Duration::from_secs(5), || get("/metrics").contains("berth_overlay_peers_programmed 1")),
+        "metrics never showed the peer: {}",
+        get("/metrics")
+    );
+    let m = get("/metrics");
+    assert!(m.starts_with("HTTP/1.1 200"), "{m}");
+    for name in ["berth_overlay_lease_renewals_total", "berth_overlay_resync_repairs_total", "berth_overlay_store_up 1", "berth_overlay_lease_info{"] {
+        assert!(m.contains(name), "{name} missing from {m}");
+    }
+    assert!(get("/healthz").starts_with("HTTP/1.1 200"));
 }
