@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# Runs the whole test suite: unit tests and the integration tests that exec
-# the real binaries. Installs what it needs first.
+# Runs the whole test suite: unit tests, the integration tests that exec the
+# real binaries (CNI plugins in test network namespaces, the CSI driver with
+# real loop devices and mounts, podman and containerd), and the demo in its
+# short mode. Installs what it needs first.
 source "$(dirname "$0")/lib.sh"
 need_root
 install_packages
@@ -9,3 +11,10 @@ build_release
 echo "==> running every test"
 cd "$ROOT"
 BERTH_BIN_DIR="$ROOT/target/release" cargo test --release --workspace -- --test-threads="${TEST_THREADS:-4}"
+echo "==> the demo, short mode"
+"$ROOT/target/release/berth-demo" --short
+left=$(ip netns list | grep -c -E '^bd(ul|h|pod|probe)-' || true)
+if [ "$left" != "0" ]; then
+    echo "error: the demo left $left network namespaces behind" >&2
+    exit 1
+fi

@@ -1,1 +1,17 @@
-//! CSI v1.10 wire definitions. Filled by the CSI issue.
+//! CSI v1.10 wire definitions (`csi.v1`), generated at build time from
+//! `proto/csi.proto` with tonic + prost. Servers and clients for every CSI
+//! service live in `csi::v1::{identity,controller,node,...}_{server,client}`.
+
+/// The `csi` protobuf package.
+pub mod csi {
+    /// The `csi.v1` protobuf package: messages, enums, clients and servers.
+    #[allow(clippy::all, missing_docs, rustdoc::all)]
+    pub mod v1 {
+        tonic::include_proto!("csi.v1");
+    }
+}
+
+pub use csi::v1;
+
+/// The CSI spec version these definitions follow.
+pub const CSI_SPEC_VERSION: &str = "1.10.0";

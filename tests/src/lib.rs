@@ -39,6 +39,7 @@ use serde_json::{json, Value};
 
 pub mod netns;
 pub mod runtime;
+pub mod svg;
 
 /// Every CNI spec version berth plugins speak, oldest first.
 pub const SPEC_VERSIONS: [&str; 7] = ["0.1.0", "0.2.0", "0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"];

@@ -18,6 +18,12 @@ use std::process::ExitCode;
 
 #[path = "bench/overlay.rs"]
 mod overlay;
+#[path = "bench/report.rs"]
+mod report;
+
+fn run_report(args: &[String]) -> Result<(), String> {
+    report::run(args, ipam::run, bridge::run, overlay::run)
+}
 
 /// A benchmark subcommand: name, one-line description, entry point.
 struct Subcommand {
@@ -27,6 +33,11 @@ struct Subcommand {
 }
 
 const SUBCOMMANDS: &[Subcommand] = &[
+    Subcommand {
+        name: "report",
+        about: "run every benchmark and write BENCHMARKS.md plus the SVG charts in bench/ (root)",
+        run: run_report,
+    },
     Subcommand {
         name: "ipam",
         about: "berth-host-local vs the reference host-local: ADD/DEL latency against store size, concurrent ADDs",

@@ -1,0 +1,104 @@
+//! `berth-csi`: parses flags and runs the driver library.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Parser;
+use csi_driver::config::{Config, FsType, Mode};
+
+/// CSI driver csi.berth.dev: local-disk volumes (image files on loop devices).
+#[derive(Parser, Debug)]
+#[command(name = "berth-csi", version, about, long_about = None)]
+struct Args {
+    /// gRPC endpoint: unix:///path/to/csi.sock (a stale socket is removed at start).
+    #[arg(long, env = "CSI_ENDPOINT", default_value = "unix:///run/csi/csi.sock")]
+    endpoint: String,
+
+    /// This node's id, also its topology value (topology.csi.berth.dev/node).
+    #[arg(long, env = "CSI_NODE_ID")]
+    node_id: String,
+
+    /// Directory of the SQLite state (berth-csi.db).
+    #[arg(long, default_value = "/var/lib/berth-csi")]
+    state_dir: PathBuf,
+
+    /// Directory holding volume and snapshot image files (default: <state-dir>/pool).
+    #[arg(long)]
+    local_pool: Option<PathBuf>,
+
+    /// Services to serve besides Identity: all, controller or node.
+    #[arg(long, default_value = "all")]
+    mode: Mode,
+
+    /// Attach limit reported by NodeGetInfo and enforced by ControllerPublishVolume (0 = no limit).
+    #[arg(long, default_value_t = 0)]
+    max_volumes_per_node: i64,
+
+    /// Filesystem for mount volumes whose capability has no fs_type: ext4 or xfs.
+    #[arg(long, default_value = "ext4", value_parser = parse_fs)]
+    default_fs_type: FsType,
+}
+
+fn parse_fs(s: &str) -> Result<FsType, String> {
+    FsType::parse(s).ok_or_else(|| format!("{s:?} is not supported (ext4 or xfs)"))
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_ansi(false)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("BERTH_CSI_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
+    let socket = match Config::parse_endpoint(&args.endpoint) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("berth-csi: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let pool = args
+        .local_pool
+        .clone()
+        .unwrap_or_else(|| args.state_dir.join("pool"));
+    let config = Config {
+        socket,
+        node_id: args.node_id,
+        state_dir: args.state_dir,
+        pool_dir: pool,
+        mode: args.mode,
+        max_volumes_per_node: args.max_volumes_per_node,
+        default_fs_type: args.default_fs_type,
+    };
+    let driver = match csi_driver::Driver::open(config) {
+        Ok(d) => d,
+        Err(e) => {
+            eprintln!("berth-csi: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("berth-csi: starting the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let r = rt.block_on(csi_driver::server::serve(driver));
+    // Give engine work already running (a copy, an fsync) time to finish.
+    rt.shutdown_timeout(std::time::Duration::from_secs(30));
+    match r {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = %e, "berth-csi stopped");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,110 @@
+//! The gRPC server on a unix socket: stale-socket handling, service
+//! registration by mode, and a clean stop on SIGTERM / SIGINT (the socket is
+//! removed; volumes stay mounted for the next start to pick up).
+
+use std::os::unix::fs::FileTypeExt;
+use std::path::Path;
+use std::sync::Arc;
+
+use proto::v1::controller_server::ControllerServer;
+use proto::v1::identity_server::IdentityServer;
+use proto::v1::node_server::NodeServer;
+use tokio::net::UnixListener;
+use tokio::signal::unix::{signal, SignalKind};
+use tokio_stream::wrappers::UnixListenerStream;
+use tonic::transport::Server;
+
+use crate::controller::ControllerService;
+use crate::error::{Error, Result};
+use crate::identity::IdentityService;
+use crate::node::NodeService;
+use crate::{blocking, Driver};
+
+/// Removes a socket file left by a previous run; refuses to take over a
+/// socket another live process still answers on, or a path that is not a socket.
+pub fn clear_stale_socket(path: &Path) -> Result<()> {
+    let meta = match std::fs::symlink_metadata(path) {
+        Ok(m) => m,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(Error::io(format!("inspecting {}", path.display()), e)),
+    };
+    if !meta.file_type().is_socket() {
+        return Err(Error::invalid(
+            "--endpoint",
+            format!("{} exists and is not a socket", path.display()),
+        ));
+    }
+    if std::os::unix::net::UnixStream::connect(path).is_ok() {
+        return Err(Error::FailedPrecondition(format!(
+            "another process is serving on {}",
+            path.display()
+        )));
+    }
+    tracing::info!(socket = %path.display(), "removing stale socket");
+    std::fs::remove_file(path).map_err(|e| Error::io(format!("removing {}", path.display()), e))
+}
+
+/// Reconciles, then serves until SIGTERM or SIGINT.
+pub async fn serve(driver: Arc<Driver>) -> Result<()> {
+    let socket = driver.config.socket.clone();
+    {
+        let d = driver.clone();
+        blocking(move || crate::reconcile::reconcile(&d)).await?;
+    }
+    if let Some(parent) = socket.parent() {
+        std::fs::create_dir_all(parent)
+            .map_err(|e| Error::io(format!("creating {}", parent.display()), e))?;
+    }
+    clear_stale_socket(&socket)?;
+    let listener = UnixListener::bind(&socket)
+        .map_err(|e| Error::io(format!("listening on {}", socket.display()), e))?;
+    let mut term =
+        signal(SignalKind::terminate()).map_err(|e| Error::io("installing SIGTERM handler", e))?;
+    let mut int =
+        signal(SignalKind::interrupt()).map_err(|e| Error::io("installing SIGINT handler", e))?;
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let shutdown = async move {
+        let _ = stop_rx.await;
+    };
+    let mode = driver.config.mode;
+    let mut builder = Server::builder();
+    let router = builder
+        .add_service(IdentityServer::new(IdentityService::new(driver.clone())))
+        .add_optional_service(
+            mode.controller()
+                .then(|| ControllerServer::new(ControllerService::new(driver.clone()))),
+        )
+        .add_optional_service(
+            mode.node()
+                .then(|| NodeServer::new(NodeService::new(driver.clone()))),
+        );
+    tracing::info!(socket = %socket.display(), node = %driver.config.node_id, mode = ?mode, "serving");
+    let mut server =
+        Box::pin(router.serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown));
+    let r = tokio::select! {
+        r = &mut server => r,
+        _ = term.recv() => { tracing::info!("SIGTERM: shutting down"); drain(stop_tx, server).await }
+        _ = int.recv() => { tracing::info!("SIGINT: shutting down"); drain(stop_tx, server).await }
+    };
+    let _ = std::fs::remove_file(&socket);
+    r.map_err(|e| Error::Internal(format!("gRPC server: {e}")))
+}
+
+/// Stops accepting, lets running calls finish for a grace period, then
+/// returns even if clients keep their connections open (sidecars do).
+async fn drain<F>(
+    stop: tokio::sync::oneshot::Sender<()>,
+    server: std::pin::Pin<Box<F>>,
+) -> Result<(), tonic::transport::Error>
+where
+    F: std::future::Future<Output = Result<(), tonic::transport::Error>>,
+{
+    let _ = stop.send(());
+    match tokio::time::timeout(std::time::Duration::from_secs(5), server).await {
+        Ok(r) => r,
+        Err(_) => {
+            tracing::info!("clients still connected after 5 s; exiting");
+            Ok(())
+        }
+    }
+}
