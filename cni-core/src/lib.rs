@@ -9,6 +9,7 @@ pub mod env;
 pub mod error;
 pub mod fault;
 pub mod log;
+pub mod metrics_http;
 pub mod netlink;
 pub mod netns;
 pub mod result;

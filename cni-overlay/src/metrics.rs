@@ -1,11 +1,8 @@
 //! Prometheus metrics and a health endpoint for `berth-overlayd`, served on
-//! `--metrics-addr` (off by default) by a small HTTP/1.1 responder: two
-//! fixed paths, read-only, so a full HTTP stack is not worth its weight.
+//! `--metrics-addr` (off by default).
 
-use std::io::{BufRead, BufReader, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 /// What the agent reports; shared with the HTTP thread.
 #[derive(Debug, Default, Clone)]
@@ -43,57 +40,30 @@ pub fn render(s: &Shared) -> String {
     o
 }
 
-fn respond(mut stream: TcpStream, shared: &Handle) {
-    let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
-    let mut line = String::new();
-    let mut reader = BufReader::new(match stream.try_clone() {
-        Ok(s) => s,
-        Err(_) => return,
-    });
-    if reader.read_line(&mut line).is_err() {
-        return;
-    }
-    // Drain the headers.
-    loop {
-        let mut h = String::new();
-        match reader.read_line(&mut h) {
-            Ok(0) | Err(_) => break,
-            Ok(_) if h == "\r\n" || h == "\n" => break,
-            Ok(_) => {}
-        }
-    }
-    let path = line.split_whitespace().nth(1).unwrap_or("/");
-    let snapshot = shared.lock().map(|s| s.clone()).unwrap_or_default();
-    let (status, ctype, body) = match path {
-        "/metrics" => ("200 OK", "text/plain; version=0.0.4", render(&snapshot)),
-        "/healthz" | "/health" => {
-            if snapshot.device_up {
-                ("200 OK", "text/plain", "ok\n".to_string())
-            } else {
-                ("503 Service Unavailable", "text/plain", "VXLAN device not up\n".to_string())
-            }
-        }
-        _ => ("404 Not Found", "text/plain", "try /metrics or /healthz\n".to_string()),
-    };
-    let _ = write!(stream, "HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len());
-}
-
 /// Starts serving on `addr` in a background thread.
 pub fn serve(addr: SocketAddr, shared: Handle) -> std::io::Result<SocketAddr> {
-    let listener = TcpListener::bind(addr)?;
-    let local = listener.local_addr()?;
-    std::thread::Builder::new().name("metrics".into()).spawn(move || {
-        for conn in listener.incoming().flatten() {
-            respond(conn, &shared);
+    let handler: cni_core::metrics_http::Handler = Arc::new(move |path: &str| {
+        let snapshot = shared.lock().map(|s| s.clone()).unwrap_or_default();
+        match path {
+            "/metrics" => ("200 OK", "text/plain; version=0.0.4", render(&snapshot)),
+            "/healthz" | "/health" => {
+                if snapshot.device_up {
+                    ("200 OK", "text/plain", "ok\n".to_string())
+                } else {
+                    ("503 Service Unavailable", "text/plain", "VXLAN device not up\n".to_string())
+                }
+            }
+            _ => ("404 Not Found", "text/plain", "try /metrics or /healthz\n".to_string()),
         }
-    })?;
-    Ok(local)
+    });
+    cni_core::metrics_http::serve(addr, handler)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::io::Read;
+    use std::io::{Read, Write};
+    use std::net::TcpStream;
 
     #[test]
     fn serves_metrics_and_health() {

@@ -98,6 +98,8 @@ pub struct Config {
     pub max_volumes_per_node: i64,
     /// Filesystem used when a mount capability has no fs_type.
     pub default_fs_type: FsType,
+    /// Where to serve Prometheus metrics and health (off when None).
+    pub metrics_addr: Option<std::net::SocketAddr>,
 }
 
 impl Config {

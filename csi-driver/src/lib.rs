@@ -14,6 +14,7 @@ pub mod engine;
 pub mod error;
 pub mod identity;
 pub mod locks;
+pub mod metrics;
 pub mod node;
 pub mod reconcile;
 pub mod server;

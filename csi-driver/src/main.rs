@@ -37,6 +37,10 @@ struct Args {
     /// Filesystem for mount volumes whose capability has no fs_type: ext4 or xfs.
     #[arg(long, default_value = "ext4", value_parser = parse_fs)]
     default_fs_type: FsType,
+
+    /// Serve Prometheus metrics (/metrics) and health (/healthz) on this address (off by default).
+    #[arg(long)]
+    metrics_addr: Option<std::net::SocketAddr>,
 }
 
 fn parse_fs(s: &str) -> Result<FsType, String> {
@@ -72,6 +76,7 @@ fn main() -> ExitCode {
         mode: args.mode,
         max_volumes_per_node: args.max_volumes_per_node,
         default_fs_type: args.default_fs_type,
+        metrics_addr: args.metrics_addr,
     };
     let driver = match csi_driver::Driver::open(config) {
         Ok(d) => d,

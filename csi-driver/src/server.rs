@@ -67,7 +67,13 @@ pub async fn serve(driver: Arc<Driver>) -> Result<()> {
         let _ = stop_rx.await;
     };
     let mode = driver.config.mode;
-    let mut builder = Server::builder();
+    let rpc = Arc::new(crate::metrics::RpcMetrics::default());
+    if let Some(addr) = driver.config.metrics_addr {
+        let bound = crate::metrics::serve(addr, driver.clone(), rpc.clone())
+            .map_err(|e| Error::io(format!("--metrics-addr: listening on {addr}"), e))?;
+        tracing::info!(%bound, "metrics on /metrics, health on /healthz");
+    }
+    let mut builder = Server::builder().layer(crate::metrics::MetricsLayer(rpc));
     let router = builder
         .add_service(IdentityServer::new(IdentityService::new(driver.clone())))
         .add_optional_service(
