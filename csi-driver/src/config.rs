@@ -127,6 +127,12 @@ impl Config {
         if id.is_empty() || id.len() > 90 {
             return Err(Error::invalid("--node-id", "must be 1 to 90 characters"));
         }
+        if id.starts_with('.') || id.contains("..") {
+            return Err(Error::invalid(
+                "--node-id",
+                "may not start with '.' or contain '..' (it becomes part of every volume id)",
+            ));
+        }
         if !id
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_'))

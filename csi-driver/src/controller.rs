@@ -367,7 +367,11 @@ fn create_volume(d: &Driver, req: CreateVolumeRequest) -> Result<Volume> {
             "capacity_range.limit_bytes is below the source's size {src_size}"
         )));
     }
-    d.pool.ensure_space(size)?;
+    if params.preallocate {
+        d.pool.ensure_free(size)?;
+    } else {
+        d.pool.ensure_space(size)?;
+    }
 
     // --- create: record first, then the file, then mark ready
     let lid = LocalId::generate(Kind::Volume, &d.config.node_id)?;

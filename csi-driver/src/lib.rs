@@ -44,10 +44,19 @@ pub struct Driver {
 
 impl Driver {
     /// Opens the state store and the pool.
-    pub fn open(config: Config) -> Result<Arc<Driver>> {
+    pub fn open(mut config: Config) -> Result<Arc<Driver>> {
         config.validate()?;
         let state = State::open(&config.state_dir)?;
         let pool = Pool::open(&config.pool_dir)?;
+        // The kernel reports loop backing files by their resolved path; keep
+        // the pool's resolved path so they compare equal through symlinks.
+        let pool = match std::fs::canonicalize(&config.pool_dir) {
+            Ok(real) if real != config.pool_dir => {
+                config.pool_dir = real;
+                Pool::open(&config.pool_dir)?
+            }
+            _ => pool,
+        };
         Ok(Arc::new(Driver {
             config,
             state,

@@ -1386,3 +1386,23 @@ async fn secrets_and_parameters_are_checked_but_not_logged() {
     h.controller.create_volume(r).await.unwrap();
     assert!(!h.log().contains("hunter2-s3cr3t"));
 }
+
+#[tokio::test]
+async fn sparse_volumes_need_room_in_the_pool_not_free_space() {
+    if !require_root() {
+        return;
+    }
+    let mut h = Harness::start().await;
+    let s = nix::sys::statvfs::statvfs(h.dir.as_path()).expect("statvfs");
+    let total = s.blocks() as i64 * s.fragment_size() as i64;
+    let free = s.blocks_available() as i64 * s.fragment_size() as i64;
+    // Larger than what is free, within the filesystem: a sparse image fits.
+    let size = ((free + total) / 2 / MIB) * MIB;
+    if size <= free {
+        eprintln!("skipped: the pool filesystem is almost empty, cannot ask for more than is free");
+        return;
+    }
+    let v = h.create("bigger-than-free", size, mount_cap("")).await;
+    assert_eq!(v.capacity_bytes, size);
+    h.delete(&v.volume_id).await.expect("delete");
+}

@@ -98,6 +98,9 @@ impl std::fmt::Display for LocalId {
     }
 }
 
+/// Below this much free space the pool takes no new volumes.
+pub const MIN_FREE: u64 = 16 << 20;
+
 /// The pool directory.
 #[derive(Clone, Debug)]
 pub struct Pool {
@@ -146,8 +149,33 @@ impl Pool {
         Ok(s.blocks_available() as u64 * s.fragment_size() as u64)
     }
 
-    /// Fails with RESOURCE_EXHAUSTED when `bytes` more would not fit.
+    /// Fails with RESOURCE_EXHAUSTED when `bytes` more cannot fit. Images are
+    /// sparse: a new volume uses almost nothing until data is written, so it
+    /// is refused only when it is larger than the whole pool filesystem (it
+    /// could never be filled) or when the pool is out of space already.
+    /// Preallocated images need the bytes free now (`ensure_free`).
     pub fn ensure_space(&self, bytes: u64) -> Result<()> {
+        let s = nix::sys::statvfs::statvfs(&self.root)
+            .map_err(|e| Error::sys(format!("statvfs {}", self.root.display()), e))?;
+        let total = s.blocks() as u64 * s.fragment_size() as u64;
+        let avail = s.blocks_available() as u64 * s.fragment_size() as u64;
+        if bytes > total {
+            return Err(Error::ResourceExhausted(format!(
+                "the pool {} is {total} bytes in all, smaller than the {bytes} bytes asked for",
+                self.root.display()
+            )));
+        }
+        if avail < MIN_FREE {
+            return Err(Error::ResourceExhausted(format!(
+                "the pool {} is full ({avail} bytes free)",
+                self.root.display()
+            )));
+        }
+        Ok(())
+    }
+
+    /// Fails with RESOURCE_EXHAUSTED unless `bytes` are free now.
+    pub fn ensure_free(&self, bytes: u64) -> Result<()> {
         let avail = self.available()?;
         if bytes > avail {
             return Err(Error::ResourceExhausted(format!(

@@ -133,7 +133,26 @@ pub fn attach(image: &Path, read_only: bool) -> Result<PathBuf> {
 }
 
 fn open_dev(dev: &Path, read_only: bool) -> std::io::Result<File> {
-    OpenOptions::new().read(true).write(!read_only).open(dev)
+    match OpenOptions::new().read(true).write(!read_only).open(dev) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            // In a container /dev may lack the node the kernel just made
+            // free: create it (block device, major 7) and try again.
+            let minor = dev
+                .to_str()
+                .and_then(|s| s.strip_prefix("/dev/loop"))
+                .and_then(|n| n.parse::<u64>().ok())
+                .ok_or(e)?;
+            nix::sys::stat::mknod(
+                dev,
+                nix::sys::stat::SFlag::S_IFBLK,
+                nix::sys::stat::Mode::from_bits_truncate(0o660),
+                nix::sys::stat::makedev(7, minor),
+            )
+            .map_err(std::io::Error::from)?;
+            OpenOptions::new().read(true).write(!read_only).open(dev)
+        }
+        other => other,
+    }
 }
 
 /// Releases a loop device, but only if it is still bound to `image` (never
