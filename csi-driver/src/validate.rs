@@ -88,6 +88,11 @@ pub fn abs_path(field: &str, value: &str, forbidden: &[&Path]) -> Result<PathBuf
     if out == Path::new("/") {
         return Err(Error::invalid(field, "must not be the root directory"));
     }
+    // The kernel reports mounts by resolved path and mount(2) follows
+    // symlinks: resolve the part that exists, so a path through a symlinked
+    // directory is recognised when repeated, and cannot lead into our own
+    // directories unnoticed.
+    let out = resolve_existing(&out);
     for f in forbidden {
         if out.starts_with(f) || f.starts_with(&out) {
             return Err(Error::invalid(
@@ -100,6 +105,28 @@ pub fn abs_path(field: &str, value: &str, forbidden: &[&Path]) -> Result<PathBuf
         }
     }
     Ok(out)
+}
+
+/// `p` with its longest existing ancestor replaced by its canonical form.
+fn resolve_existing(p: &Path) -> PathBuf {
+    let mut existing = p.to_path_buf();
+    let mut rest: Vec<std::ffi::OsString> = Vec::new();
+    loop {
+        if let Ok(real) = std::fs::canonicalize(&existing) {
+            let mut out = real;
+            for c in rest.iter().rev() {
+                out.push(c);
+            }
+            return out;
+        }
+        match (existing.file_name().map(|n| n.to_os_string()), existing.parent().map(Path::to_path_buf)) {
+            (Some(name), Some(parent)) => {
+                rest.push(name);
+                existing = parent;
+            }
+            _ => return p.to_path_buf(),
+        }
+    }
 }
 
 /// How a capability wants the volume: block device, or filesystem with
@@ -400,6 +427,14 @@ mod tests {
         assert!(abs_path("target_path", "/", &[pool]).is_err());
         assert!(abs_path("target_path", "/var/lib/pool/v", &[pool]).is_err());
         assert!(abs_path("target_path", "/var/lib", &[pool]).is_err());
+        // A path through a symlinked directory resolves to the real place.
+        let d = std::env::temp_dir().join(format!("berth-validate-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(d.join("real")).unwrap();
+        std::os::unix::fs::symlink(d.join("real"), d.join("link")).unwrap();
+        let got = abs_path("target_path", &d.join("link/vol/mount").display().to_string(), &[pool]).unwrap();
+        assert_eq!(got, std::fs::canonicalize(d.join("real")).unwrap().join("vol/mount"));
+        let _ = std::fs::remove_dir_all(&d);
         assert_eq!(
             abs_path("target_path", "/mnt//x/./y", &[pool]).unwrap(),
             PathBuf::from("/mnt/x/y")
