@@ -84,8 +84,11 @@ impl FsType {
 /// Everything `berth-csi` needs to run.
 #[derive(Clone, Debug)]
 pub struct Config {
-    /// Path of the unix socket to serve on.
-    pub socket: PathBuf,
+    /// Where the gRPC server listens.
+    pub endpoint: Endpoint,
+    /// Bound on each NFS request (controller RPCs over the network, node
+    /// mount/unmount/stat of NFS paths).
+    pub nfs_timeout: std::time::Duration,
     /// This node's id (also the topology value).
     pub node_id: String,
     /// SQLite state lives here.
@@ -102,9 +105,27 @@ pub struct Config {
     pub metrics_addr: Option<std::net::SocketAddr>,
 }
 
+/// A gRPC listening address.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Endpoint {
+    /// A unix socket (what a kubelet and the sidecars use).
+    Unix(PathBuf),
+    /// A TCP address (for a driver reached over a network, e.g. in a VM).
+    Tcp(std::net::SocketAddr),
+}
+
 impl Config {
-    /// Parses `unix:///path`, `unix:/path` or a bare absolute path into a socket path.
-    pub fn parse_endpoint(endpoint: &str) -> Result<PathBuf> {
+    /// Parses `unix:///path`, `unix:/path`, a bare absolute path, or
+    /// `tcp://host:port` (an IP address and port).
+    pub fn parse_endpoint(endpoint: &str) -> Result<Endpoint> {
+        if let Some(rest) = endpoint.strip_prefix("tcp://") {
+            return rest.trim_end_matches('/').parse().map(Endpoint::Tcp).map_err(|_| {
+                Error::invalid(
+                    "--endpoint",
+                    format!("{endpoint:?} is not tcp://<ip>:<port>"),
+                )
+            });
+        }
         let path = if let Some(rest) = endpoint.strip_prefix("unix://") {
             rest
         } else if let Some(rest) = endpoint.strip_prefix("unix:") {
@@ -118,7 +139,7 @@ impl Config {
                 format!("{endpoint:?} is not unix:///absolute/path"),
             ));
         }
-        Ok(PathBuf::from(path))
+        Ok(Endpoint::Unix(PathBuf::from(path)))
     }
 
     /// Checks the values the binary cannot check with types alone.

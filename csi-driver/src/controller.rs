@@ -76,6 +76,9 @@ fn content_source(v: &state::Volume) -> Option<VolumeContentSource> {
 }
 
 fn to_volume(d: &Driver, v: &state::Volume) -> Volume {
+    if let Some(nfs) = crate::nfs::to_volume(v) {
+        return nfs;
+    }
     Volume {
         capacity_bytes: v.size as i64,
         volume_id: v.id.clone(),
@@ -202,7 +205,7 @@ fn align_up(n: u64) -> u64 {
 
 /// Picks the image size for a new volume. Honours the range exactly when
 /// it can; OUT_OF_RANGE when the limit is below what the volume needs.
-fn choose_size(range: Range, floor: u64) -> Result<u64> {
+pub(crate) fn choose_size(range: Range, floor: u64) -> Result<u64> {
     let base = match (range.required, range.limit) {
         (Some(r), _) => r,
         (None, Some(l)) => l.min(DEFAULT_VOLUME_SIZE),
@@ -458,6 +461,9 @@ fn controller_publish(
     d: &Driver,
     req: ControllerPublishVolumeRequest,
 ) -> Result<ControllerPublishVolumeResponse> {
+    if crate::nfs::id::is_volume(&req.volume_id) {
+        return crate::nfs::controller_publish(&req);
+    }
     validate::id("volume_id", &req.volume_id)?;
     if req.node_id.is_empty() {
         return Err(Error::missing("node_id"));
@@ -535,6 +541,9 @@ fn controller_publish(
 }
 
 fn controller_unpublish(d: &Driver, req: ControllerUnpublishVolumeRequest) -> Result<()> {
+    if crate::nfs::id::is_volume(&req.volume_id) {
+        return crate::nfs::id::VolumeId::parse("volume_id", &req.volume_id).map(|_| ());
+    }
     validate::id("volume_id", &req.volume_id)?;
     if !req.node_id.is_empty() {
         validate::id("node_id", &req.node_id)?;
@@ -760,6 +769,9 @@ fn expand_volume(
     d: &Driver,
     req: ControllerExpandVolumeRequest,
 ) -> Result<ControllerExpandVolumeResponse> {
+    if crate::nfs::id::is_volume(&req.volume_id) {
+        return crate::nfs::expand_volume(d, &req);
+    }
     validate::id("volume_id", &req.volume_id)?;
     let range = req
         .capacity_range
@@ -842,6 +854,11 @@ fn get_volume(d: &Driver, req: ControllerGetVolumeRequest) -> Result<ControllerG
     })
 }
 
+fn nfs_status(e: Error) -> Status {
+    tracing::debug!(error = %e, "NFS request failed");
+    Status::from(e)
+}
+
 macro_rules! run {
     ($self:ident, $req:ident, $f:ident) => {{
         let d = $self.driver.clone();
@@ -859,6 +876,11 @@ impl Controller for ControllerService {
         &self,
         req: Request<CreateVolumeRequest>,
     ) -> Result<Response<CreateVolumeResponse>, Status> {
+        if crate::nfs::params::selects_nfs(&req.get_ref().parameters) {
+            let d = self.driver.clone();
+            let r = req.into_inner();
+            return crate::nfs::create_volume(d, r).await.map(|v| Response::new(CreateVolumeResponse { volume: Some(v) })).map_err(nfs_status);
+        }
         let v = run!(self, req, create_volume)?;
         Ok(Response::new(CreateVolumeResponse { volume: Some(v) }))
     }
@@ -867,6 +889,11 @@ impl Controller for ControllerService {
         &self,
         req: Request<DeleteVolumeRequest>,
     ) -> Result<Response<DeleteVolumeResponse>, Status> {
+        if crate::nfs::id::is_volume(&req.get_ref().volume_id) {
+            let d = self.driver.clone();
+            let r = req.into_inner();
+            return crate::nfs::delete_volume(d, &r.volume_id).await.map(|_| Response::new(DeleteVolumeResponse {})).map_err(nfs_status);
+        }
         run!(self, req, delete_volume)?;
         Ok(Response::new(DeleteVolumeResponse {}))
     }
@@ -890,6 +917,11 @@ impl Controller for ControllerService {
         &self,
         req: Request<ValidateVolumeCapabilitiesRequest>,
     ) -> Result<Response<ValidateVolumeCapabilitiesResponse>, Status> {
+        if crate::nfs::id::is_volume(&req.get_ref().volume_id) {
+            let d = self.driver.clone();
+            let r = req.into_inner();
+            return crate::nfs::validate_caps(d, r).await.map(Response::new).map_err(nfs_status);
+        }
         Ok(Response::new(run!(self, req, validate_caps)?))
     }
 
@@ -904,6 +936,11 @@ impl Controller for ControllerService {
         &self,
         req: Request<GetCapacityRequest>,
     ) -> Result<Response<GetCapacityResponse>, Status> {
+        if crate::nfs::params::selects_nfs(&req.get_ref().parameters) {
+            let d = self.driver.clone();
+            let r = req.into_inner();
+            return crate::nfs::get_capacity(d, r).await.map(Response::new).map_err(nfs_status);
+        }
         Ok(Response::new(run!(self, req, get_capacity)?))
     }
 
@@ -925,6 +962,11 @@ impl Controller for ControllerService {
         &self,
         req: Request<CreateSnapshotRequest>,
     ) -> Result<Response<CreateSnapshotResponse>, Status> {
+        if crate::nfs::id::is_volume(&req.get_ref().source_volume_id) {
+            let d = self.driver.clone();
+            let r = req.into_inner();
+            return crate::nfs::create_snapshot(d, r).await.map(|s| Response::new(CreateSnapshotResponse { snapshot: Some(s) })).map_err(nfs_status);
+        }
         let s = run!(self, req, create_snapshot)?;
         Ok(Response::new(CreateSnapshotResponse { snapshot: Some(s) }))
     }
@@ -933,6 +975,11 @@ impl Controller for ControllerService {
         &self,
         req: Request<DeleteSnapshotRequest>,
     ) -> Result<Response<DeleteSnapshotResponse>, Status> {
+        if crate::nfs::id::is_snapshot(&req.get_ref().snapshot_id) {
+            let d = self.driver.clone();
+            let r = req.into_inner();
+            return crate::nfs::delete_snapshot(d, &r.snapshot_id).await.map(|_| Response::new(DeleteSnapshotResponse {})).map_err(nfs_status);
+        }
         run!(self, req, delete_snapshot)?;
         Ok(Response::new(DeleteSnapshotResponse {}))
     }
@@ -955,6 +1002,11 @@ impl Controller for ControllerService {
         &self,
         req: Request<ControllerGetVolumeRequest>,
     ) -> Result<Response<ControllerGetVolumeResponse>, Status> {
+        if crate::nfs::id::is_volume(&req.get_ref().volume_id) {
+            let d = self.driver.clone();
+            let r = req.into_inner();
+            return crate::nfs::get_volume(d, &r.volume_id).await.map(Response::new).map_err(nfs_status);
+        }
         Ok(Response::new(run!(self, req, get_volume)?))
     }
 

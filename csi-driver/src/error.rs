@@ -37,6 +37,13 @@ pub enum Error {
     /// The RPC is not served in this mode.
     #[error("{0}")]
     Unimplemented(String),
+    /// A remote service (an NFS server) cannot be reached now; retrying
+    /// later may succeed.
+    #[error("{0}")]
+    Unavailable(String),
+    /// A remote service did not answer within the driver's bound.
+    #[error("{0}")]
+    DeadlineExceeded(String),
     /// A system call, command or state-store failure.
     #[error("{0}")]
     Internal(String),
@@ -77,6 +84,8 @@ impl Error {
             Error::ResourceExhausted(_) => Code::ResourceExhausted,
             Error::FailedPrecondition(_) => Code::FailedPrecondition,
             Error::Unimplemented(_) => Code::Unimplemented,
+            Error::Unavailable(_) => Code::Unavailable,
+            Error::DeadlineExceeded(_) => Code::DeadlineExceeded,
             Error::Internal(_) => Code::Internal,
         }
     }

@@ -15,6 +15,7 @@ pub mod error;
 pub mod identity;
 pub mod locks;
 pub mod metrics;
+pub mod nfs;
 pub mod node;
 pub mod reconcile;
 pub mod server;

@@ -6,11 +6,11 @@ use std::process::ExitCode;
 use clap::Parser;
 use csi_driver::config::{Config, FsType, Mode};
 
-/// CSI driver csi.berth.dev: local-disk volumes (image files on loop devices).
+/// CSI driver csi.berth.dev: local-disk volumes (image files on loop devices) and NFS volumes (subdirectories of NFS exports).
 #[derive(Parser, Debug)]
 #[command(name = "berth-csi", version, about, long_about = None)]
 struct Args {
-    /// gRPC endpoint: unix:///path/to/csi.sock (a stale socket is removed at start).
+    /// gRPC endpoint: unix:///path/to/csi.sock (a stale socket is removed at start) or tcp://ip:port.
     #[arg(long, env = "CSI_ENDPOINT", default_value = "unix:///run/csi/csi.sock")]
     endpoint: String,
 
@@ -38,6 +38,11 @@ struct Args {
     #[arg(long, default_value = "ext4", value_parser = parse_fs)]
     default_fs_type: FsType,
 
+    /// Bound in seconds on each NFS request: controller calls to the server,
+    /// and node mounts, unmounts and stats of NFS paths.
+    #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    nfs_timeout: u64,
+
     /// Serve Prometheus metrics (/metrics) and health (/healthz) on this address (off by default).
     #[arg(long)]
     metrics_addr: Option<std::net::SocketAddr>,
@@ -57,7 +62,7 @@ fn main() -> ExitCode {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .init();
-    let socket = match Config::parse_endpoint(&args.endpoint) {
+    let endpoint = match Config::parse_endpoint(&args.endpoint) {
         Ok(s) => s,
         Err(e) => {
             eprintln!("berth-csi: {e}");
@@ -69,7 +74,8 @@ fn main() -> ExitCode {
         .clone()
         .unwrap_or_else(|| args.state_dir.join("pool"));
     let config = Config {
-        socket,
+        endpoint,
+        nfs_timeout: std::time::Duration::from_secs(args.nfs_timeout),
         node_id: args.node_id,
         state_dir: args.state_dir,
         pool_dir: pool,

@@ -129,6 +129,9 @@ pub(crate) fn teardown_staging(d: &Driver, image: &Path, s: &state::Staging) -> 
 }
 
 fn node_stage(d: &Driver, req: NodeStageVolumeRequest) -> Result<()> {
+    if crate::nfs::id::is_volume(&req.volume_id) {
+        return crate::nfs::node::stage(d, &req);
+    }
     validate::id("volume_id", &req.volume_id)?;
     let path = validate::abs_path(
         "staging_target_path",
@@ -215,6 +218,9 @@ fn node_stage(d: &Driver, req: NodeStageVolumeRequest) -> Result<()> {
 }
 
 fn node_unstage(d: &Driver, req: NodeUnstageVolumeRequest) -> Result<()> {
+    if crate::nfs::id::is_volume(&req.volume_id) {
+        return crate::nfs::node::unstage(d, &req);
+    }
     validate::id("volume_id", &req.volume_id)?;
     let path = validate::abs_path(
         "staging_target_path",
@@ -334,6 +340,9 @@ fn teardown_publication(d: &Driver, image: &Path, p: &state::Publication) -> Res
 }
 
 fn node_publish(d: &Driver, req: NodePublishVolumeRequest) -> Result<()> {
+    if crate::nfs::id::is_volume(&req.volume_id) {
+        return crate::nfs::node::publish(d, req);
+    }
     validate::id("volume_id", &req.volume_id)?;
     if req.staging_target_path.is_empty() {
         return Err(Error::missing("staging_target_path"));
@@ -426,6 +435,9 @@ fn node_publish(d: &Driver, req: NodePublishVolumeRequest) -> Result<()> {
 }
 
 fn node_unpublish(d: &Driver, req: NodeUnpublishVolumeRequest) -> Result<()> {
+    if crate::nfs::id::is_volume(&req.volume_id) {
+        return crate::nfs::node::unpublish(d, req);
+    }
     validate::id("volume_id", &req.volume_id)?;
     let target = validate::abs_path("target_path", &req.target_path, &d.own_dirs())?;
     let Some(lid) = LocalId::parse(Kind::Volume, &req.volume_id) else {
@@ -506,6 +518,9 @@ fn volume_at(
 }
 
 fn node_stats(d: &Driver, req: NodeGetVolumeStatsRequest) -> Result<NodeGetVolumeStatsResponse> {
+    if crate::nfs::id::is_volume(&req.volume_id) {
+        return crate::nfs::node::stats(d, req);
+    }
     validate::id("volume_id", &req.volume_id)?;
     if req.volume_path.is_empty() {
         return Err(Error::missing("volume_path"));
@@ -566,6 +581,9 @@ fn node_stats(d: &Driver, req: NodeGetVolumeStatsRequest) -> Result<NodeGetVolum
 }
 
 fn node_expand(d: &Driver, req: NodeExpandVolumeRequest) -> Result<NodeExpandVolumeResponse> {
+    if crate::nfs::id::is_volume(&req.volume_id) {
+        return crate::nfs::node::expand(&req);
+    }
     validate::id("volume_id", &req.volume_id)?;
     if req.volume_path.is_empty() {
         return Err(Error::missing("volume_path"));

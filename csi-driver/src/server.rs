@@ -1,4 +1,4 @@
-//! The gRPC server on a unix socket: stale-socket handling, service
+//! The gRPC server on a unix socket (or a TCP address): stale-socket handling, service
 //! registration by mode, and a clean stop on SIGTERM / SIGINT (the socket is
 //! removed; volumes stay mounted for the next start to pick up).
 
@@ -14,6 +14,7 @@ use tokio::signal::unix::{signal, SignalKind};
 use tokio_stream::wrappers::UnixListenerStream;
 use tonic::transport::Server;
 
+use crate::config::Endpoint;
 use crate::controller::ControllerService;
 use crate::error::{Error, Result};
 use crate::identity::IdentityService;
@@ -44,20 +45,35 @@ pub fn clear_stale_socket(path: &Path) -> Result<()> {
     std::fs::remove_file(path).map_err(|e| Error::io(format!("removing {}", path.display()), e))
 }
 
+enum Incoming {
+    Unix(UnixListenerStream),
+    Tcp(tokio_stream::wrappers::TcpListenerStream),
+}
+
 /// Reconciles, then serves until SIGTERM or SIGINT.
 pub async fn serve(driver: Arc<Driver>) -> Result<()> {
-    let socket = driver.config.socket.clone();
     {
         let d = driver.clone();
         blocking(move || crate::reconcile::reconcile(&d)).await?;
     }
-    if let Some(parent) = socket.parent() {
-        std::fs::create_dir_all(parent)
-            .map_err(|e| Error::io(format!("creating {}", parent.display()), e))?;
-    }
-    clear_stale_socket(&socket)?;
-    let listener = UnixListener::bind(&socket)
-        .map_err(|e| Error::io(format!("listening on {}", socket.display()), e))?;
+    let incoming = match &driver.config.endpoint {
+        Endpoint::Unix(socket) => {
+            if let Some(parent) = socket.parent() {
+                std::fs::create_dir_all(parent)
+                    .map_err(|e| Error::io(format!("creating {}", parent.display()), e))?;
+            }
+            clear_stale_socket(socket)?;
+            let listener = UnixListener::bind(socket)
+                .map_err(|e| Error::io(format!("listening on {}", socket.display()), e))?;
+            Incoming::Unix(UnixListenerStream::new(listener))
+        }
+        Endpoint::Tcp(addr) => {
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(|e| Error::io(format!("listening on {addr}"), e))?;
+            Incoming::Tcp(tokio_stream::wrappers::TcpListenerStream::new(listener))
+        }
+    };
     let mut term =
         signal(SignalKind::terminate()).map_err(|e| Error::io("installing SIGTERM handler", e))?;
     let mut int =
@@ -84,21 +100,28 @@ pub async fn serve(driver: Arc<Driver>) -> Result<()> {
             mode.node()
                 .then(|| NodeServer::new(NodeService::new(driver.clone()))),
         );
-    tracing::info!(socket = %socket.display(), node = %driver.config.node_id, mode = ?mode, "serving");
-    let mut server =
-        Box::pin(router.serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown));
+    tracing::info!(endpoint = ?driver.config.endpoint, node = %driver.config.node_id, mode = ?mode, "serving");
+    type Serving = std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<(), tonic::transport::Error>> + Send>,
+    >;
+    let mut server: Serving = match incoming {
+        Incoming::Unix(s) => Box::pin(router.serve_with_incoming_shutdown(s, shutdown)),
+        Incoming::Tcp(s) => Box::pin(router.serve_with_incoming_shutdown(s, shutdown)),
+    };
     let r = tokio::select! {
         r = &mut server => r,
         _ = term.recv() => { tracing::info!("SIGTERM: shutting down"); drain(stop_tx, server).await }
         _ = int.recv() => { tracing::info!("SIGINT: shutting down"); drain(stop_tx, server).await }
     };
-    let _ = std::fs::remove_file(&socket);
+    if let Endpoint::Unix(socket) = &driver.config.endpoint {
+        let _ = std::fs::remove_file(socket);
+    }
     r.map_err(|e| Error::Internal(format!("gRPC server: {e}")))
 }
 
 /// Stops accepting, lets running calls finish for a grace period, then
 /// returns even if clients keep their connections open (sidecars do).
-async fn drain<F>(
+async fn drain<F: ?Sized>(
     stop: tokio::sync::oneshot::Sender<()>,
     server: std::pin::Pin<Box<F>>,
 ) -> Result<(), tonic::transport::Error>

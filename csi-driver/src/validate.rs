@@ -59,6 +59,16 @@ pub fn id(field: &str, value: &str) -> Result<()> {
 /// Refuses relative paths, `..`, the root, and anything inside `forbidden`
 /// (the pool and state directories).
 pub fn abs_path(field: &str, value: &str, forbidden: &[&Path]) -> Result<PathBuf> {
+    abs_path_with(field, value, forbidden, true)
+}
+
+/// [`abs_path`] without resolving symlinks: for paths that may be NFS
+/// mounts of a server that no longer answers, where even `lstat` can block.
+pub fn abs_path_lexical(field: &str, value: &str, forbidden: &[&Path]) -> Result<PathBuf> {
+    abs_path_with(field, value, forbidden, false)
+}
+
+fn abs_path_with(field: &str, value: &str, forbidden: &[&Path], resolve: bool) -> Result<PathBuf> {
     if value.is_empty() {
         return Err(Error::missing(field));
     }
@@ -88,17 +98,24 @@ pub fn abs_path(field: &str, value: &str, forbidden: &[&Path]) -> Result<PathBuf
     if out == Path::new("/") {
         return Err(Error::invalid(field, "must not be the root directory"));
     }
+    if !resolve {
+        return check_forbidden(field, out, forbidden);
+    }
     // The kernel reports mounts by resolved path and mount(2) follows
     // symlinks: resolve the part that exists, so a path through a symlinked
     // directory is recognised when repeated, and cannot lead into our own
     // directories unnoticed.
-    let out = resolve_existing(&out);
+    check_forbidden(field, resolve_existing(&out), forbidden)
+}
+
+fn check_forbidden(field: &str, out: PathBuf, forbidden: &[&Path]) -> Result<PathBuf> {
     for f in forbidden {
         if out.starts_with(f) || f.starts_with(&out) {
             return Err(Error::invalid(
                 field,
                 format!(
-                    "{value:?} overlaps the driver's own directory {}",
+                    "{:?} overlaps the driver's own directory {}",
+                    out.display().to_string(),
                     f.display()
                 ),
             ));
@@ -202,6 +219,21 @@ const KNOWN_MOUNT_FLAGS: &[&str] = &[
 /// Unsupported access modes (multi-node ones: a local disk is on one node)
 /// are INVALID_ARGUMENT.
 pub fn capability(field: &str, cap: &VolumeCapability) -> Result<Capability> {
+    capability_for(field, cap, Backend::Local)
+}
+
+/// Which storage backend a capability is checked for: local disks live on
+/// one node; NFS volumes are filesystems reachable from every node.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    /// Image files on loop devices.
+    Local,
+    /// Subdirectories of NFS exports.
+    Nfs,
+}
+
+/// [`capability`] for a given backend.
+pub fn capability_for(field: &str, cap: &VolumeCapability, backend: Backend) -> Result<Capability> {
     let mode_field = format!("{field}.access_mode");
     let mode = cap
         .access_mode
@@ -217,6 +249,12 @@ pub fn capability(field: &str, cap: &VolumeCapability) -> Result<Capability> {
         AccessMode::SingleNodeWriter => false,
         AccessMode::SingleNodeReaderOnly => true,
         AccessMode::Unknown => return Err(Error::missing(format!("{mode_field}.mode"))),
+        AccessMode::MultiNodeReaderOnly if backend == Backend::Nfs => true,
+        AccessMode::MultiNodeSingleWriter | AccessMode::MultiNodeMultiWriter
+            if backend == Backend::Nfs =>
+        {
+            false
+        }
         other => {
             return Err(Error::invalid(
                 format!("{mode_field}.mode"),
@@ -234,7 +272,37 @@ pub fn capability(field: &str, cap: &VolumeCapability) -> Result<Capability> {
                 "one of block or mount is required",
             ))
         }
+        Some(AccessType::Block(_)) if backend == Backend::Nfs => {
+            return Err(Error::invalid(
+                format!("{field}.block"),
+                "NFS volumes are filesystems; block access is not possible",
+            ))
+        }
         Some(AccessType::Block(_)) => Access::Block,
+        Some(AccessType::Mount(m)) if backend == Backend::Nfs => {
+            if !matches!(m.fs_type.as_str(), "" | "nfs" | "nfs4") {
+                return Err(Error::invalid(
+                    format!("{field}.mount.fs_type"),
+                    format!("{:?} is not an NFS filesystem type (nfs, nfs4 or empty)", m.fs_type),
+                ));
+            }
+            if m.mount_flags.iter().map(String::len).sum::<usize>() > 4096 {
+                return Err(Error::invalid(format!("{field}.mount.mount_flags"), "exceed 4 KiB"));
+            }
+            for (i, f) in m.mount_flags.iter().enumerate() {
+                crate::nfs::params::check_mount_option(&format!("{field}.mount.mount_flags[{i}]"), f)?;
+            }
+            if !m.volume_mount_group.is_empty() {
+                return Err(Error::invalid(
+                    format!("{field}.mount.volume_mount_group"),
+                    "is not supported (no VOLUME_MOUNT_GROUP capability)",
+                ));
+            }
+            Access::Mount {
+                fs_type: None,
+                flags: m.mount_flags.clone(),
+            }
+        }
         Some(AccessType::Mount(m)) => {
             let fs_type = if m.fs_type.is_empty() {
                 None
@@ -283,12 +351,21 @@ pub fn capability(field: &str, cap: &VolumeCapability) -> Result<Capability> {
 
 /// Validates a required list of capabilities.
 pub fn capabilities(field: &str, caps: &[VolumeCapability]) -> Result<Vec<Capability>> {
+    capabilities_for(field, caps, Backend::Local)
+}
+
+/// [`capabilities`] for a given backend.
+pub fn capabilities_for(
+    field: &str,
+    caps: &[VolumeCapability],
+    backend: Backend,
+) -> Result<Vec<Capability>> {
     if caps.is_empty() {
         return Err(Error::missing(field));
     }
     caps.iter()
         .enumerate()
-        .map(|(i, c)| capability(&format!("{field}[{i}]"), c))
+        .map(|(i, c)| capability_for(&format!("{field}[{i}]"), c, backend))
         .collect()
 }
 

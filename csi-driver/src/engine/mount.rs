@@ -124,7 +124,7 @@ pub fn mount_fs(
 }
 
 /// Splits mount options into mount(2) flags and the filesystem data string.
-fn split_flags(flags: &[String]) -> (MsFlags, String) {
+pub fn split_flags(flags: &[String]) -> (MsFlags, String) {
     let mut ms = MsFlags::empty();
     let mut data = Vec::new();
     for f in flags {
