@@ -347,6 +347,17 @@ impl State {
 
     // ---- snapshots
 
+    /// Marks a snapshot ready with its final size.
+    pub fn finish_snapshot(&self, id: &str, size: u64) -> Result<()> {
+        self.with(|c| {
+            c.execute(
+                "UPDATE snapshots SET size = ?2, state = 'ready' WHERE id = ?1",
+                params![id, size as i64],
+            )
+            .map(|_| ())
+        })
+    }
+
     /// Inserts a snapshot in state `creating`.
     pub fn insert_snapshot(&self, s: &Snapshot) -> Result<()> {
         self.with(|c| {

@@ -421,8 +421,7 @@ pub async fn create_snapshot(d: Arc<Driver>, req: CreateSnapshotRequest) -> Resu
         Ok(size) => {
             rec.size = size;
             rec.state = "ready".into();
-            d.state.delete_snapshot(&snap_id)?;
-            d.state.insert_snapshot(&rec)?;
+            d.state.finish_snapshot(&snap_id, size)?;
             tracing::info!(snapshot = %snap_id, volume = %req.source_volume_id, size, "NFS snapshot created");
             Ok(to_snapshot(&rec))
         }

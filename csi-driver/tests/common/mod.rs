@@ -5,6 +5,9 @@
 
 #![allow(dead_code)]
 
+pub mod nfs_server;
+pub mod guest;
+
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -34,6 +37,8 @@ pub struct Harness {
     pub pool: PathBuf,
     pub node_id: String,
     pub extra_args: Vec<String>,
+    /// Network namespace the driver runs in (`ip netns exec`), if any.
+    pub netns: Option<String>,
     child: Option<Child>,
     pub identity: IdentityClient<Channel>,
     pub controller: ControllerClient<Channel>,
@@ -55,8 +60,15 @@ fn spawn(h: &Harness) -> Child {
         .append(true)
         .open(h.dir.join("driver.log"))
         .expect("driver log");
-    Command::new(bin)
-        .arg("--endpoint")
+    let mut cmd = match &h.netns {
+        Some(ns) => {
+            let mut c = Command::new("ip");
+            c.args(["netns", "exec", ns.as_str(), bin]);
+            c
+        }
+        None => Command::new(bin),
+    };
+    cmd.arg("--endpoint")
         .arg(format!("unix://{}", h.socket.display()))
         .arg("--node-id")
         .arg(&h.node_id)
@@ -105,6 +117,12 @@ impl Harness {
 
     /// Starts a driver with extra flags.
     pub async fn start_with(extra: &[&str]) -> Harness {
+        Self::start_in(None, extra).await
+    }
+
+    /// Starts a driver inside network namespace `netns` (so it reaches
+    /// servers there), talking to it over its unix socket as usual.
+    pub async fn start_in(netns: Option<&str>, extra: &[&str]) -> Harness {
         let n = COUNTER.fetch_add(1, Ordering::SeqCst);
         let dir = PathBuf::from(format!("/tmp/berth-csi-test-{}-{n}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
@@ -119,6 +137,7 @@ impl Harness {
             pool,
             node_id: format!("node-{n}"),
             extra_args: extra.iter().map(|s| s.to_string()).collect(),
+            netns: netns.map(str::to_string),
             child: None,
             identity: IdentityClient::new(Channel::from_static("http://[::]:1").connect_lazy()),
             controller: ControllerClient::new(Channel::from_static("http://[::]:1").connect_lazy()),
