@@ -13,7 +13,12 @@ PACKAGES=(ca-certificates gcc libc6-dev pkg-config make
           containernetworking-plugins iproute2 nftables iptables iputils-ping
           sqlite3 procps util-linux e2fsprogs xfsprogs jq
           podman containerd runc conmon busybox-static
-          etcd-server protobuf-compiler iperf3 bash)
+          etcd-server protobuf-compiler iperf3 bash
+          nfs-ganesha nfs-ganesha-vfs rpcbind cpio tar)
+
+# Installed without their recommended packages (QEMU would otherwise pull in
+# a desktop stack): the emulator that boots the NFS client guests.
+LEAN_PACKAGES=(qemu-system-x86)
 
 need_root() {
     if [ "$(id -u)" -ne 0 ]; then
@@ -27,10 +32,19 @@ install_packages() {
     for p in "${PACKAGES[@]}"; do
         dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
     done
-    if [ "${#missing[@]}" -gt 0 ]; then
-        echo "==> installing ${missing[*]}"
+    local lean=()
+    for p in "${LEAN_PACKAGES[@]}"; do
+        dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || lean+=("$p")
+    done
+    if [ "${#missing[@]}" -gt 0 ] || [ "${#lean[@]}" -gt 0 ]; then
+        echo "==> installing ${missing[*]} ${lean[*]}"
         apt-get update -qq
+    fi
+    if [ "${#missing[@]}" -gt 0 ]; then
         DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+    fi
+    if [ "${#lean[@]}" -gt 0 ]; then
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${lean[@]}" >/dev/null
     fi
 }
 
@@ -47,4 +61,21 @@ find_cargo() {
 build_release() {
     echo "==> building (release)"
     (cd "$ROOT" && cargo build --release --workspace)
+}
+
+# A statically linked berth-csi for the QEMU guests of the NFS node tests
+# (their initramfs has no C library). Not fatal: without it the tests copy
+# the dynamic binary and its libraries into the guest.
+build_static_csi() {
+    [ "$(uname -m)" = "x86_64" ] || return 0
+    echo "==> building a static berth-csi for the test guests"
+    (cd "$ROOT" && RUSTFLAGS="-C target-feature=+crt-static" \
+        cargo build --release -p csi-driver --bin berth-csi --target x86_64-unknown-linux-gnu) \
+        || echo "warning: no static berth-csi; the guest tests use the dynamic one" >&2
+}
+
+# The guest kernel for the NFS node tests (downloaded, never installed).
+prepare_guest_kernel() {
+    "$ROOT/scripts/guest-kernel.sh" \
+        || echo "warning: no guest kernel; the NFS node tests will say they skip" >&2
 }

@@ -527,6 +527,61 @@ async fn nfs_bad_input_names_the_field_and_makes_nothing() {
         assert_eq!(e.code(), Code::InvalidArgument);
     }
 
+    // Node side, checked before anything is mounted.
+    let good = create(&mut h, nfs_req("node-checks", params(&srv, &[]))).await.expect("create");
+    let target = h.path_s("target");
+    let pub_req = |id: &str, target: &str, cap: VolumeCapability| NodePublishVolumeRequest {
+        volume_id: id.into(),
+        target_path: target.into(),
+        volume_capability: Some(cap),
+        ..Default::default()
+    };
+    let block = VolumeCapability {
+        access_mode: Some(AccessMode { mode: Mode::MultiNodeMultiWriter as i32 }),
+        access_type: Some(AccessType::Block(BlockVolume {})),
+    };
+    let with_flag = VolumeCapability {
+        access_mode: Some(AccessMode { mode: Mode::MultiNodeMultiWriter as i32 }),
+        access_type: Some(AccessType::Mount(MountVolume {
+            mount_flags: vec!["clientaddr=192.0.2.9".into()],
+            ..Default::default()
+        })),
+    };
+    for (req, field) in [
+        (pub_req(&good.volume_id, &target, block), "volume_capability.block"),
+        (pub_req(&good.volume_id, &target, with_flag), "volume_capability.mount.mount_flags[0]"),
+        (pub_req(&good.volume_id, "relative/dir", nfs_cap(Mode::MultiNodeMultiWriter)), "target_path"),
+        (pub_req(&good.volume_id, "/a/../etc", nfs_cap(Mode::MultiNodeMultiWriter)), "target_path"),
+        (pub_req("nfs#x", &target, nfs_cap(Mode::MultiNodeMultiWriter)), "volume_id"),
+    ] {
+        let e = h.node.node_publish_volume(req).await.expect_err(field);
+        assert_eq!(e.code(), Code::InvalidArgument, "{field}: {}", e.message());
+        assert!(e.message().starts_with(field), "{field}: {}", e.message());
+    }
+    // This host's kernel has no NFS client (TESTBED.md): a real publish says
+    // so instead of failing obscurely. Where the kernel has one, it mounts.
+    let has_nfs = std::fs::read_to_string("/proc/filesystems").unwrap_or_default().contains("nfs");
+    let r = h
+        .node
+        .node_publish_volume(pub_req(&good.volume_id, &target, nfs_cap(Mode::MultiNodeMultiWriter)))
+        .await;
+    if has_nfs {
+        r.expect("publish on a kernel with NFS");
+    } else {
+        let e = r.expect_err("no NFS client here");
+        assert_eq!(e.code(), Code::FailedPrecondition, "{}", e.message());
+        assert!(e.message().contains("no NFS client"), "{}", e.message());
+    }
+    h.node
+        .node_unpublish_volume(NodeUnpublishVolumeRequest {
+            volume_id: good.volume_id.clone(),
+            target_path: target.clone(),
+        })
+        .await
+        .expect("unpublish");
+    assert!(!Path::new(&target).exists(), "target removed");
+    delete(&mut h, &good.volume_id).await.expect("delete");
+
     assert_eq!(tree(&export), before, "failed calls left something on the export");
     assert!(
         h.controller
