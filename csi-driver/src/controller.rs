@@ -583,13 +583,22 @@ fn validate_caps(
     if let Err(e) = validate::params("parameters", &req.parameters) {
         problems.push(e.to_string());
     }
+    Ok(validation_answer(problems, req))
+}
+
+/// The ValidateVolumeCapabilities answer: confirmed as asked when nothing
+/// is wrong, otherwise unconfirmed with every problem in the message.
+pub(crate) fn validation_answer(
+    problems: Vec<String>,
+    req: ValidateVolumeCapabilitiesRequest,
+) -> ValidateVolumeCapabilitiesResponse {
     if !problems.is_empty() {
-        return Ok(ValidateVolumeCapabilitiesResponse {
+        return ValidateVolumeCapabilitiesResponse {
             confirmed: None,
             message: problems.join("; "),
-        });
+        };
     }
-    Ok(ValidateVolumeCapabilitiesResponse {
+    ValidateVolumeCapabilitiesResponse {
         confirmed: Some(validate_volume_capabilities_response::Confirmed {
             volume_context: req.volume_context,
             volume_capabilities: req.volume_capabilities,
@@ -597,7 +606,7 @@ fn validate_caps(
             mutable_parameters: Default::default(),
         }),
         message: String::new(),
-    })
+    }
 }
 
 fn list_volumes(d: &Driver, req: ListVolumesRequest) -> Result<ListVolumesResponse> {

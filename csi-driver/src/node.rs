@@ -517,6 +517,24 @@ fn volume_at(
     Ok((p, stg))
 }
 
+/// Bytes and inodes as NodeGetVolumeStats reports them.
+pub(crate) fn usage_entries(b: mount::Counts, i: mount::Counts) -> Vec<VolumeUsage> {
+    vec![
+        VolumeUsage {
+            total: b.0 as i64,
+            available: b.1 as i64,
+            used: b.2 as i64,
+            unit: volume_usage::Unit::Bytes as i32,
+        },
+        VolumeUsage {
+            total: i.0 as i64,
+            available: i.1 as i64,
+            used: i.2 as i64,
+            unit: volume_usage::Unit::Inodes as i32,
+        },
+    ]
+}
+
 fn node_stats(d: &Driver, req: NodeGetVolumeStatsRequest) -> Result<NodeGetVolumeStatsResponse> {
     if crate::nfs::id::is_volume(&req.volume_id) {
         return crate::nfs::node::stats(d, req);
@@ -551,20 +569,7 @@ fn node_stats(d: &Driver, req: NodeGetVolumeStatsRequest) -> Result<NodeGetVolum
             };
         }
         let (b, i) = mount::usage(&path)?;
-        vec![
-            VolumeUsage {
-                total: b.0 as i64,
-                available: b.1 as i64,
-                used: b.2 as i64,
-                unit: volume_usage::Unit::Bytes as i32,
-            },
-            VolumeUsage {
-                total: i.0 as i64,
-                available: i.1 as i64,
-                used: i.2 as i64,
-                unit: volume_usage::Unit::Inodes as i32,
-            },
-        ]
+        usage_entries(b, i)
     } else {
         let total = loopdev::size_of(Path::new(&stg.loop_device)).unwrap_or(v.size);
         vec![VolumeUsage {

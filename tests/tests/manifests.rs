@@ -236,3 +236,35 @@ fn every_shipped_cni_configuration_is_valid() {
         }
     }
 }
+
+#[test]
+fn the_nfs_example_is_accepted_by_the_driver() {
+    let text = std::fs::read_to_string(root().join("deploy/examples/nfs.yaml")).expect("deploy/examples/nfs.yaml");
+    let docs: Vec<Value> = serde_yaml_ng::Deserializer::from_str(&text)
+        .map(|de| Value::deserialize(de).expect("valid YAML"))
+        .filter(|v| !v.is_null())
+        .collect();
+    let sc = docs.iter().find(|d| d["kind"] == "StorageClass").expect("a StorageClass");
+    assert_eq!(sc["provisioner"], "csi.berth.dev");
+    let mut params: std::collections::HashMap<String, String> = sc["parameters"]
+        .as_object()
+        .expect("parameters")
+        .iter()
+        .map(|(k, v)| (k.clone(), v.as_str().expect("string parameter").to_string()))
+        .collect();
+    // What the provisioner adds with --extra-create-metadata.
+    params.insert("csi.storage.k8s.io/pvc/name".into(), "shared-data".into());
+    params.insert("csi.storage.k8s.io/pvc/namespace".into(), "default".into());
+    let p = csi_driver::nfs::params::parse("parameters", &params, "pvc-0").expect("parameters the driver accepts");
+    assert_eq!(p.subdir, "default/shared-data");
+    for (i, o) in sc["mountOptions"].as_array().expect("mountOptions").iter().enumerate() {
+        csi_driver::nfs::params::check_mount_option(&format!("mountOptions[{i}]"), o.as_str().unwrap_or_default())
+            .expect("a mount option the driver accepts");
+    }
+    let pvc = docs.iter().find(|d| d["kind"] == "PersistentVolumeClaim").expect("a claim");
+    assert_eq!(pvc["spec"]["storageClassName"], sc["metadata"]["name"]);
+    assert_eq!(pvc["spec"]["accessModes"][0], "ReadWriteMany");
+    let dep = docs.iter().find(|d| d["kind"] == "Deployment").expect("a Deployment");
+    let vols = &dep["spec"]["template"]["spec"]["volumes"];
+    assert_eq!(vols[0]["persistentVolumeClaim"]["claimName"], pvc["metadata"]["name"]);
+}

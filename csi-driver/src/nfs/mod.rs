@@ -511,21 +511,7 @@ pub async fn validate_caps(
             problems.push(e.to_string());
         }
     }
-    if !problems.is_empty() {
-        return Ok(ValidateVolumeCapabilitiesResponse {
-            confirmed: None,
-            message: problems.join("; "),
-        });
-    }
-    Ok(ValidateVolumeCapabilitiesResponse {
-        confirmed: Some(validate_volume_capabilities_response::Confirmed {
-            volume_context: req.volume_context,
-            volume_capabilities: req.volume_capabilities,
-            parameters: req.parameters,
-            mutable_parameters: Default::default(),
-        }),
-        message: String::new(),
-    })
+    Ok(crate::controller::validation_answer(problems, req))
 }
 
 /// ControllerGetVolume of an NFS volume (condition from the server).

@@ -342,20 +342,7 @@ pub fn stats(d: &Driver, req: NodeGetVolumeStatsRequest) -> Result<NodeGetVolume
                 abnormal: false,
                 message: "volume is healthy".into(),
             },
-            vec![
-                VolumeUsage {
-                    total: b.0 as i64,
-                    available: b.1 as i64,
-                    used: b.2 as i64,
-                    unit: volume_usage::Unit::Bytes as i32,
-                },
-                VolumeUsage {
-                    total: i.0 as i64,
-                    available: i.1 as i64,
-                    used: i.2 as i64,
-                    unit: volume_usage::Unit::Inodes as i32,
-                },
-            ],
+            crate::node::usage_entries(b, i),
         ),
         Err(e) => (
             VolumeCondition {
