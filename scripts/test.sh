@@ -13,7 +13,7 @@ build_static_csi
 prepare_guest_kernel
 echo "==> running every test"
 cd "$ROOT"
-BERTH_BIN_DIR="$ROOT/target/release" cargo test --release --workspace -- --test-threads="${TEST_THREADS:-4}"
+BERTH_BIN_DIR="$ROOT/target/release" cargo test --release --workspace --no-fail-fast -- --test-threads="${TEST_THREADS:-4}"
 echo "==> the demo, short mode"
 "$ROOT/target/release/berth-demo" --short
 left=$(ip netns list | grep -c -E '^(bd(ul|h|pod|probe)|bnfs)-' || true)

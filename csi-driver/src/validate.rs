@@ -419,7 +419,8 @@ pub struct Params {
     pub preallocate: bool,
 }
 
-/// Validates CreateVolume parameters. Known keys: `backend` (`local`),
+/// Validates CreateVolume parameters of local volumes (`backend: nfs` goes
+/// to [`crate::nfs::params`]). Known keys: `backend` (`local`),
 /// `preallocate` (`true`/`false`); keys under `csi.storage.k8s.io/` are
 /// metadata the sidecars add and are ignored. Anything else is refused.
 pub fn params(field: &str, map: &HashMap<String, String>) -> Result<Params> {
@@ -430,7 +431,7 @@ pub fn params(field: &str, map: &HashMap<String, String>) -> Result<Params> {
                 if v != "local" {
                     return Err(Error::invalid(
                         format!("{field}[backend]"),
-                        format!("{v:?} is not an available backend (local)"),
+                        format!("{v:?} is not an available backend (local, nfs)"),
                     ));
                 }
             }

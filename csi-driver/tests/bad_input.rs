@@ -214,7 +214,7 @@ async fn sizes_fs_types_flags_and_parameters() {
     // Unknown parameters, wrong backend, bad values.
     for (k, v, field) in [
         ("colour", "blue", "parameters[colour]"),
-        ("backend", "nfs", "parameters[backend]"),
+        ("backend", "ceph", "parameters[backend]"),
         ("preallocate", "maybe", "parameters[preallocate]"),
     ] {
         let mut r = create_req("params", 16 * MIB, mount_cap(""));

@@ -60,7 +60,9 @@ fn same_source(a: &str, b: &str) -> bool {
     a.trim_end_matches('/') == b.trim_end_matches('/')
 }
 
-/// Stat of a mount point under a bound: Ok, stale handle, or no answer.
+/// Whether a mount answers, under a bound: Ok, stale handle, or no answer.
+/// statfs always asks the server (stat may be answered from the client's
+/// attribute cache), so a stopped server or a replaced directory shows.
 enum Health {
     Ok,
     Stale,
@@ -70,7 +72,7 @@ enum Health {
 
 fn health(path: &Path, bound: Duration) -> Health {
     let p = path.to_path_buf();
-    match bounded(bound, move || nix::sys::stat::stat(&p)) {
+    match bounded(bound, move || nix::sys::statvfs::statvfs(&p)) {
         None => Health::NoAnswer,
         Some(Ok(_)) => Health::Ok,
         Some(Err(nix::Error::ESTALE)) => Health::Stale,
