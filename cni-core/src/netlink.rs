@@ -821,8 +821,8 @@ impl Netlink {
                         NeighbourAttribute::Destination(NeighbourAddress::Inet(x)) => Some(IpAddr::V4(*x)),
                         NeighbourAttribute::Destination(NeighbourAddress::Inet6(x)) => Some(IpAddr::V6(*x)),
                         NeighbourAttribute::Destination(NeighbourAddress::Other(b)) => match b.len() {
-                            4 => <[u8; 4]>::try_from(b.as_slice()).ok().map(|a| IpAddr::from(a)),
-                            16 => <[u8; 16]>::try_from(b.as_slice()).ok().map(|a| IpAddr::from(a)),
+                            4 => <[u8; 4]>::try_from(b.as_slice()).ok().map(IpAddr::from),
+                            16 => <[u8; 16]>::try_from(b.as_slice()).ok().map(IpAddr::from),
                             _ => None,
                         },
                         _ => None,

@@ -121,12 +121,12 @@ pub async fn serve(driver: Arc<Driver>) -> Result<()> {
 
 /// Stops accepting, lets running calls finish for a grace period, then
 /// returns even if clients keep their connections open (sidecars do).
-async fn drain<F: ?Sized>(
+async fn drain<F>(
     stop: tokio::sync::oneshot::Sender<()>,
     server: std::pin::Pin<Box<F>>,
 ) -> Result<(), tonic::transport::Error>
 where
-    F: std::future::Future<Output = Result<(), tonic::transport::Error>>,
+    F: std::future::Future<Output = Result<(), tonic::transport::Error>> + ?Sized,
 {
     let _ = stop.send(());
     match tokio::time::timeout(std::time::Duration::from_secs(5), server).await {
