@@ -119,12 +119,16 @@ impl Config {
     /// `tcp://host:port` (an IP address and port).
     pub fn parse_endpoint(endpoint: &str) -> Result<Endpoint> {
         if let Some(rest) = endpoint.strip_prefix("tcp://") {
-            return rest.trim_end_matches('/').parse().map(Endpoint::Tcp).map_err(|_| {
-                Error::invalid(
-                    "--endpoint",
-                    format!("{endpoint:?} is not tcp://<ip>:<port>"),
-                )
-            });
+            return rest
+                .trim_end_matches('/')
+                .parse()
+                .map(Endpoint::Tcp)
+                .map_err(|_| {
+                    Error::invalid(
+                        "--endpoint",
+                        format!("{endpoint:?} is not tcp://<ip>:<port>"),
+                    )
+                });
         }
         let path = if let Some(rest) = endpoint.strip_prefix("unix://") {
             rest

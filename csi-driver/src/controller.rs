@@ -888,7 +888,10 @@ impl Controller for ControllerService {
         if crate::nfs::params::selects_nfs(&req.get_ref().parameters) {
             let d = self.driver.clone();
             let r = req.into_inner();
-            return crate::nfs::create_volume(d, r).await.map(|v| Response::new(CreateVolumeResponse { volume: Some(v) })).map_err(nfs_status);
+            return crate::nfs::create_volume(d, r)
+                .await
+                .map(|v| Response::new(CreateVolumeResponse { volume: Some(v) }))
+                .map_err(nfs_status);
         }
         let v = run!(self, req, create_volume)?;
         Ok(Response::new(CreateVolumeResponse { volume: Some(v) }))
@@ -901,7 +904,10 @@ impl Controller for ControllerService {
         if crate::nfs::id::is_volume(&req.get_ref().volume_id) {
             let d = self.driver.clone();
             let r = req.into_inner();
-            return crate::nfs::delete_volume(d, &r.volume_id).await.map(|_| Response::new(DeleteVolumeResponse {})).map_err(nfs_status);
+            return crate::nfs::delete_volume(d, &r.volume_id)
+                .await
+                .map(|_| Response::new(DeleteVolumeResponse {}))
+                .map_err(nfs_status);
         }
         run!(self, req, delete_volume)?;
         Ok(Response::new(DeleteVolumeResponse {}))
@@ -929,7 +935,10 @@ impl Controller for ControllerService {
         if crate::nfs::id::is_volume(&req.get_ref().volume_id) {
             let d = self.driver.clone();
             let r = req.into_inner();
-            return crate::nfs::validate_caps(d, r).await.map(Response::new).map_err(nfs_status);
+            return crate::nfs::validate_caps(d, r)
+                .await
+                .map(Response::new)
+                .map_err(nfs_status);
         }
         Ok(Response::new(run!(self, req, validate_caps)?))
     }
@@ -948,7 +957,10 @@ impl Controller for ControllerService {
         if crate::nfs::params::selects_nfs(&req.get_ref().parameters) {
             let d = self.driver.clone();
             let r = req.into_inner();
-            return crate::nfs::get_capacity(d, r).await.map(Response::new).map_err(nfs_status);
+            return crate::nfs::get_capacity(d, r)
+                .await
+                .map(Response::new)
+                .map_err(nfs_status);
         }
         Ok(Response::new(run!(self, req, get_capacity)?))
     }
@@ -974,7 +986,10 @@ impl Controller for ControllerService {
         if crate::nfs::id::is_volume(&req.get_ref().source_volume_id) {
             let d = self.driver.clone();
             let r = req.into_inner();
-            return crate::nfs::create_snapshot(d, r).await.map(|s| Response::new(CreateSnapshotResponse { snapshot: Some(s) })).map_err(nfs_status);
+            return crate::nfs::create_snapshot(d, r)
+                .await
+                .map(|s| Response::new(CreateSnapshotResponse { snapshot: Some(s) }))
+                .map_err(nfs_status);
         }
         let s = run!(self, req, create_snapshot)?;
         Ok(Response::new(CreateSnapshotResponse { snapshot: Some(s) }))
@@ -987,7 +1002,10 @@ impl Controller for ControllerService {
         if crate::nfs::id::is_snapshot(&req.get_ref().snapshot_id) {
             let d = self.driver.clone();
             let r = req.into_inner();
-            return crate::nfs::delete_snapshot(d, &r.snapshot_id).await.map(|_| Response::new(DeleteSnapshotResponse {})).map_err(nfs_status);
+            return crate::nfs::delete_snapshot(d, &r.snapshot_id)
+                .await
+                .map(|_| Response::new(DeleteSnapshotResponse {}))
+                .map_err(nfs_status);
         }
         run!(self, req, delete_snapshot)?;
         Ok(Response::new(DeleteSnapshotResponse {}))
@@ -1014,7 +1032,10 @@ impl Controller for ControllerService {
         if crate::nfs::id::is_volume(&req.get_ref().volume_id) {
             let d = self.driver.clone();
             let r = req.into_inner();
-            return crate::nfs::get_volume(d, &r.volume_id).await.map(Response::new).map_err(nfs_status);
+            return crate::nfs::get_volume(d, &r.volume_id)
+                .await
+                .map(Response::new)
+                .map_err(nfs_status);
         }
         Ok(Response::new(run!(self, req, get_volume)?))
     }

@@ -60,8 +60,13 @@ fn code_name(code: &str) -> &'static str {
 impl RpcMetrics {
     pub fn observe(&self, path: &str, code: &str, secs: f64) {
         // "/csi.v1.Controller/CreateVolume" -> "Controller/CreateVolume"
-        let method = path.trim_start_matches('/').trim_start_matches("csi.v1.").to_string();
-        let Ok(mut m) = self.by_call.lock() else { return };
+        let method = path
+            .trim_start_matches('/')
+            .trim_start_matches("csi.v1.")
+            .to_string();
+        let Ok(mut m) = self.by_call.lock() else {
+            return;
+        };
         let s = m.entry((method, code_name(code).to_string())).or_default();
         s.count += 1;
         s.sum += secs;
@@ -76,18 +81,41 @@ impl RpcMetrics {
         let Ok(m) = self.by_call.lock() else { return };
         let counts: Vec<(String, String)> = m
             .iter()
-            .map(|((method, code), s)| (format!("method=\"{method}\",code=\"{code}\""), s.count.to_string()))
+            .map(|((method, code), s)| {
+                (
+                    format!("method=\"{method}\",code=\"{code}\""),
+                    s.count.to_string(),
+                )
+            })
             .collect();
-        family(out, "berth_csi_rpc_total", "counter", "gRPC calls by method and status code.", &counts);
+        family(
+            out,
+            "berth_csi_rpc_total",
+            "counter",
+            "gRPC calls by method and status code.",
+            &counts,
+        );
         out.push_str("# HELP berth_csi_rpc_duration_seconds gRPC call latency by method and status code.\n# TYPE berth_csi_rpc_duration_seconds histogram\n");
         for ((method, code), s) in m.iter() {
             let l = format!("method=\"{method}\",code=\"{code}\"");
             for (i, b) in BUCKETS.iter().enumerate() {
-                out.push_str(&format!("berth_csi_rpc_duration_seconds_bucket{{{l},le=\"{b}\"}} {}\n", s.buckets[i]));
+                out.push_str(&format!(
+                    "berth_csi_rpc_duration_seconds_bucket{{{l},le=\"{b}\"}} {}\n",
+                    s.buckets[i]
+                ));
             }
-            out.push_str(&format!("berth_csi_rpc_duration_seconds_bucket{{{l},le=\"+Inf\"}} {}\n", s.count));
-            out.push_str(&format!("berth_csi_rpc_duration_seconds_sum{{{l}}} {}\n", s.sum));
-            out.push_str(&format!("berth_csi_rpc_duration_seconds_count{{{l}}} {}\n", s.count));
+            out.push_str(&format!(
+                "berth_csi_rpc_duration_seconds_bucket{{{l},le=\"+Inf\"}} {}\n",
+                s.count
+            ));
+            out.push_str(&format!(
+                "berth_csi_rpc_duration_seconds_sum{{{l}}} {}\n",
+                s.sum
+            ));
+            out.push_str(&format!(
+                "berth_csi_rpc_duration_seconds_count{{{l}}} {}\n",
+                s.count
+            ));
         }
     }
 }
@@ -99,7 +127,10 @@ pub struct MetricsLayer(pub Arc<RpcMetrics>);
 impl<S> Layer<S> for MetricsLayer {
     type Service = MetricsService<S>;
     fn layer(&self, inner: S) -> Self::Service {
-        MetricsService { inner, metrics: self.0.clone() }
+        MetricsService {
+            inner,
+            metrics: self.0.clone(),
+        }
     }
 }
 
@@ -134,7 +165,12 @@ where
             // Errors are "trailers-only" responses with grpc-status in the
             // headers; a success carries it in the trailers: absent here = OK.
             let code = match &r {
-                Ok(resp) => resp.headers().get("grpc-status").and_then(|v| v.to_str().ok()).unwrap_or("0").to_string(),
+                Ok(resp) => resp
+                    .headers()
+                    .get("grpc-status")
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or("0")
+                    .to_string(),
                 Err(_) => "2".to_string(),
             };
             metrics.observe(&path, &code, started.elapsed().as_secs_f64());
@@ -150,25 +186,61 @@ pub fn render(driver: &Driver, rpc: &RpcMetrics) -> String {
     let vols = driver.state.all_volumes().unwrap_or_default();
     let snaps = driver.state.all_snapshots().unwrap_or_default();
     let bytes: u64 = vols.iter().map(|v| v.size).sum();
-    family(&mut out, "berth_csi_volumes", "gauge", "Volumes in the state store.", &[(String::new(), vols.len().to_string())]);
-    family(&mut out, "berth_csi_volume_bytes_provisioned", "gauge", "Sum of the provisioned sizes of all volumes.", &[(String::new(), bytes.to_string())]);
-    family(&mut out, "berth_csi_snapshots", "gauge", "Snapshots in the state store.", &[(String::new(), snaps.len().to_string())]);
-    family(&mut out, "berth_csi_state_healthy", "gauge", "1 when the state store answers.", &[(String::new(), u8::from(driver.state.healthy()).to_string())]);
+    family(
+        &mut out,
+        "berth_csi_volumes",
+        "gauge",
+        "Volumes in the state store.",
+        &[(String::new(), vols.len().to_string())],
+    );
+    family(
+        &mut out,
+        "berth_csi_volume_bytes_provisioned",
+        "gauge",
+        "Sum of the provisioned sizes of all volumes.",
+        &[(String::new(), bytes.to_string())],
+    );
+    family(
+        &mut out,
+        "berth_csi_snapshots",
+        "gauge",
+        "Snapshots in the state store.",
+        &[(String::new(), snaps.len().to_string())],
+    );
+    family(
+        &mut out,
+        "berth_csi_state_healthy",
+        "gauge",
+        "1 when the state store answers.",
+        &[(String::new(), u8::from(driver.state.healthy()).to_string())],
+    );
     out
 }
 
 /// Serves /metrics and /healthz on `addr`.
-pub fn serve(addr: SocketAddr, driver: Arc<Driver>, rpc: Arc<RpcMetrics>) -> std::io::Result<SocketAddr> {
+pub fn serve(
+    addr: SocketAddr,
+    driver: Arc<Driver>,
+    rpc: Arc<RpcMetrics>,
+) -> std::io::Result<SocketAddr> {
     let handler: Handler = Arc::new(move |path: &str| match path {
         "/metrics" => ("200 OK", "text/plain; version=0.0.4", render(&driver, &rpc)),
         "/healthz" | "/health" => {
             if driver.state.healthy() && driver.config.pool_dir.is_dir() {
                 ("200 OK", "text/plain", "ok\n".to_string())
             } else {
-                ("503 Service Unavailable", "text/plain", "state store or pool unusable\n".to_string())
+                (
+                    "503 Service Unavailable",
+                    "text/plain",
+                    "state store or pool unusable\n".to_string(),
+                )
             }
         }
-        _ => ("404 Not Found", "text/plain", "try /metrics or /healthz\n".to_string()),
+        _ => (
+            "404 Not Found",
+            "text/plain",
+            "try /metrics or /healthz\n".to_string(),
+        ),
     });
     cni_core::metrics_http::serve(addr, handler)
 }
@@ -184,7 +256,9 @@ mod tests {
         m.observe("/csi.v1.Controller/CreateVolume", "3", 0.2);
         let mut out = String::new();
         m.render(&mut out);
-        assert!(out.contains("berth_csi_rpc_total{method=\"Controller/CreateVolume\",code=\"OK\"} 1"));
+        assert!(
+            out.contains("berth_csi_rpc_total{method=\"Controller/CreateVolume\",code=\"OK\"} 1")
+        );
         assert!(out.contains("code=\"InvalidArgument\"} 1"));
         assert!(out.contains("berth_csi_rpc_duration_seconds_bucket{method=\"Controller/CreateVolume\",code=\"OK\",le=\"0.005\"} 1"));
     }

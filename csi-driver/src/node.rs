@@ -87,11 +87,13 @@ fn mount_staging(
             d.state.clear_fs_grow(&v.id)?;
             fs.as_str().to_string()
         }
-        (Some(t), Some(w)) if t != w.as_str() => return Err(Error::FailedPrecondition(format!(
+        (Some(t), Some(w)) if t != w.as_str() => {
+            return Err(Error::FailedPrecondition(format!(
             "volume {} already holds a {t} filesystem; volume_capability.mount.fs_type asks for {}",
             v.id,
             w.as_str()
-        ))),
+        )))
+        }
         (Some(t), _) => t,
     };
     let fresh = d

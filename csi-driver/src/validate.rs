@@ -136,7 +136,10 @@ fn resolve_existing(p: &Path) -> PathBuf {
             }
             return out;
         }
-        match (existing.file_name().map(|n| n.to_os_string()), existing.parent().map(Path::to_path_buf)) {
+        match (
+            existing.file_name().map(|n| n.to_os_string()),
+            existing.parent().map(Path::to_path_buf),
+        ) {
             (Some(name), Some(parent)) => {
                 rest.push(name);
                 existing = parent;
@@ -283,14 +286,23 @@ pub fn capability_for(field: &str, cap: &VolumeCapability, backend: Backend) -> 
             if !matches!(m.fs_type.as_str(), "" | "nfs" | "nfs4") {
                 return Err(Error::invalid(
                     format!("{field}.mount.fs_type"),
-                    format!("{:?} is not an NFS filesystem type (nfs, nfs4 or empty)", m.fs_type),
+                    format!(
+                        "{:?} is not an NFS filesystem type (nfs, nfs4 or empty)",
+                        m.fs_type
+                    ),
                 ));
             }
             if m.mount_flags.iter().map(String::len).sum::<usize>() > 4096 {
-                return Err(Error::invalid(format!("{field}.mount.mount_flags"), "exceed 4 KiB"));
+                return Err(Error::invalid(
+                    format!("{field}.mount.mount_flags"),
+                    "exceed 4 KiB",
+                ));
             }
             for (i, f) in m.mount_flags.iter().enumerate() {
-                crate::nfs::params::check_mount_option(&format!("{field}.mount.mount_flags[{i}]"), f)?;
+                crate::nfs::params::check_mount_option(
+                    &format!("{field}.mount.mount_flags[{i}]"),
+                    f,
+                )?;
             }
             if !m.volume_mount_group.is_empty() {
                 return Err(Error::invalid(
@@ -510,8 +522,18 @@ mod tests {
         let _ = std::fs::remove_dir_all(&d);
         std::fs::create_dir_all(d.join("real")).unwrap();
         std::os::unix::fs::symlink(d.join("real"), d.join("link")).unwrap();
-        let got = abs_path("target_path", &d.join("link/vol/mount").display().to_string(), &[pool]).unwrap();
-        assert_eq!(got, std::fs::canonicalize(d.join("real")).unwrap().join("vol/mount"));
+        let got = abs_path(
+            "target_path",
+            &d.join("link/vol/mount").display().to_string(),
+            &[pool],
+        )
+        .unwrap();
+        assert_eq!(
+            got,
+            std::fs::canonicalize(d.join("real"))
+                .unwrap()
+                .join("vol/mount")
+        );
         let _ = std::fs::remove_dir_all(&d);
         assert_eq!(
             abs_path("target_path", "/mnt//x/./y", &[pool]).unwrap(),

@@ -101,16 +101,30 @@ fn tree(root: &Path) -> Vec<(String, char, u32, u32, Vec<u8>)> {
             let e = e.expect("entry");
             let p = e.path();
             let m = std::fs::symlink_metadata(&p).expect("lstat");
-            let rel = p.strip_prefix(root).expect("prefix").to_string_lossy().into_owned();
+            let rel = p
+                .strip_prefix(root)
+                .expect("prefix")
+                .to_string_lossy()
+                .into_owned();
             let (kind, data) = if m.file_type().is_symlink() {
-                ('l', std::fs::read_link(&p).expect("readlink").into_os_string().into_encoded_bytes())
+                (
+                    'l',
+                    std::fs::read_link(&p)
+                        .expect("readlink")
+                        .into_os_string()
+                        .into_encoded_bytes(),
+                )
             } else if m.is_dir() {
                 stack.push(p.clone());
                 ('d', Vec::new())
             } else {
                 ('f', std::fs::read(&p).expect("read"))
             };
-            let mode = if kind == 'l' { 0 } else { m.permissions().mode() & 0o7777 };
+            let mode = if kind == 'l' {
+                0
+            } else {
+                m.permissions().mode() & 0o7777
+            };
             out.push((rel, kind, mode, m.uid(), data));
         }
     }
@@ -124,11 +138,14 @@ fn tree(root: &Path) -> Vec<(String, char, u32, u32, Vec<u8>)> {
 fn fill(dir: &Path) {
     use std::os::unix::fs::{chown, symlink};
     std::fs::create_dir_all(dir.join("a/b/c")).expect("mkdir");
-    let big: Vec<u8> = (0..3 * 1024 * 1024u32).map(|i| (i * 7 % 251) as u8).collect();
+    let big: Vec<u8> = (0..3 * 1024 * 1024u32)
+        .map(|i| (i * 7 % 251) as u8)
+        .collect();
     std::fs::write(dir.join("a/big.bin"), &big).expect("write");
     std::fs::write(dir.join("a/b/c/empty"), b"").expect("write");
     std::fs::write(dir.join("secret"), b"only the owner").expect("write");
-    std::fs::set_permissions(dir.join("secret"), std::fs::Permissions::from_mode(0o640)).expect("chmod");
+    std::fs::set_permissions(dir.join("secret"), std::fs::Permissions::from_mode(0o640))
+        .expect("chmod");
     chown(dir.join("secret"), Some(1234), Some(1234)).expect("chown");
     symlink("a/big.bin", dir.join("link")).expect("symlink");
     let long = "n".repeat(120);
@@ -139,60 +156,109 @@ fn fill(dir: &Path) {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn nfs_volumes_are_subdirectories_with_each_delete_policy() {
-    let Some((srv, mut h)) = setup(&[]).await else { return };
+    let Some((srv, mut h)) = setup(&[]).await else {
+        return;
+    };
     let export = srv.export_dir().to_path_buf();
 
     // Plain create: a subdirectory named after the volume, mode as asked.
-    let v = create(&mut h, nfs_req("vol-a", params(&srv, &[("mountPermissions", "0750")])))
-        .await
-        .expect("create");
+    let v = create(
+        &mut h,
+        nfs_req("vol-a", params(&srv, &[("mountPermissions", "0750")])),
+    )
+    .await
+    .expect("create");
     assert!(v.volume_id.starts_with("nfs#"), "{}", v.volume_id);
-    assert!(v.accessible_topology.is_empty(), "NFS volumes are reachable from every node");
-    assert_eq!(v.volume_context.get("server").map(String::as_str), Some(srv.addr()));
-    assert_eq!(v.volume_context.get("subDir").map(String::as_str), Some("vol-a"));
+    assert!(
+        v.accessible_topology.is_empty(),
+        "NFS volumes are reachable from every node"
+    );
+    assert_eq!(
+        v.volume_context.get("server").map(String::as_str),
+        Some(srv.addr())
+    );
+    assert_eq!(
+        v.volume_context.get("subDir").map(String::as_str),
+        Some("vol-a")
+    );
     assert!(export.join("vol-a").is_dir(), "{}", h.log());
     assert_eq!(mode_of(&export.join("vol-a")), 0o750);
 
     // Idempotent; a different size under the same name is refused.
-    let again = create(&mut h, nfs_req("vol-a", params(&srv, &[("mountPermissions", "0750")])))
-        .await
-        .expect("repeat");
+    let again = create(
+        &mut h,
+        nfs_req("vol-a", params(&srv, &[("mountPermissions", "0750")])),
+    )
+    .await
+    .expect("repeat");
     assert_eq!(again.volume_id, v.volume_id);
     let mut bigger = nfs_req("vol-a", params(&srv, &[("mountPermissions", "0750")]));
-    bigger.capacity_range = Some(CapacityRange { required_bytes: 1 << 40, limit_bytes: 0 });
+    bigger.capacity_range = Some(CapacityRange {
+        required_bytes: 1 << 40,
+        limit_bytes: 0,
+    });
     assert_eq!(code(create(&mut h, bigger).await), Code::AlreadyExists);
 
     // subDir templates from the provisioner's metadata.
-    let mut p = params(&srv, &[("subDir", "${pvc.metadata.namespace}/${pvc.metadata.name}")]);
+    let mut p = params(
+        &srv,
+        &[("subDir", "${pvc.metadata.namespace}/${pvc.metadata.name}")],
+    );
     p.insert("csi.storage.k8s.io/pvc/name".into(), "data".into());
     p.insert("csi.storage.k8s.io/pvc/namespace".into(), "team".into());
-    let t = create(&mut h, nfs_req("pvc-1234", p)).await.expect("templated");
+    let t = create(&mut h, nfs_req("pvc-1234", p))
+        .await
+        .expect("templated");
     assert!(export.join("team/data").is_dir());
     assert_eq!(mode_of(&export.join("team/data")), 0o777, "default mode");
 
     // A second volume whose subDir is taken by another is refused.
-    let clash = create(&mut h, nfs_req("other", params(&srv, &[("subDir", "vol-a")]))).await;
+    let clash = create(
+        &mut h,
+        nfs_req("other", params(&srv, &[("subDir", "vol-a")])),
+    )
+    .await;
     assert_eq!(code(clash), Code::AlreadyExists);
 
     // onDelete=delete (default) removes the data.
     std::fs::write(export.join("vol-a/f"), b"x").expect("write");
     delete(&mut h, &v.volume_id).await.expect("delete");
     assert!(!export.join("vol-a").exists());
-    delete(&mut h, &v.volume_id).await.expect("delete is idempotent");
-    delete(&mut h, &t.volume_id).await.expect("delete templated");
+    delete(&mut h, &v.volume_id)
+        .await
+        .expect("delete is idempotent");
+    delete(&mut h, &t.volume_id)
+        .await
+        .expect("delete templated");
     assert!(!export.join("team/data").exists());
-    assert!(export.join("team").is_dir(), "parents made for a template are shared and stay");
+    assert!(
+        export.join("team").is_dir(),
+        "parents made for a template are shared and stay"
+    );
 
     // onDelete=retain keeps it; archive renames it.
-    let r = create(&mut h, nfs_req("keep", params(&srv, &[("onDelete", "retain")]))).await.expect("retain");
+    let r = create(
+        &mut h,
+        nfs_req("keep", params(&srv, &[("onDelete", "retain")])),
+    )
+    .await
+    .expect("retain");
     std::fs::write(export.join("keep/f"), b"kept").expect("write");
     delete(&mut h, &r.volume_id).await.expect("delete retained");
     assert_eq!(std::fs::read(export.join("keep/f")).expect("kept"), b"kept");
-    let a = create(&mut h, nfs_req("arch", params(&srv, &[("onDelete", "archive")]))).await.expect("archive");
+    let a = create(
+        &mut h,
+        nfs_req("arch", params(&srv, &[("onDelete", "archive")])),
+    )
+    .await
+    .expect("archive");
     std::fs::write(export.join("arch/f"), b"archived").expect("write");
     delete(&mut h, &a.volume_id).await.expect("delete archived");
     assert!(!export.join("arch").exists());
-    assert_eq!(std::fs::read(export.join("archived-arch/f")).expect("archived"), b"archived");
+    assert_eq!(
+        std::fs::read(export.join("archived-arch/f")).expect("archived"),
+        b"archived"
+    );
 
     // ListVolumes shows NFS volumes (the retained and archived ones are gone
     // from the driver's view).
@@ -202,10 +268,10 @@ async fn nfs_volumes_are_subdirectories_with_each_delete_policy() {
         .await
         .expect("list")
         .into_inner();
-    assert!(listed
-        .entries
-        .iter()
-        .all(|e| e.volume.as_ref().is_some_and(|v| v.volume_id != r.volume_id)));
+    assert!(listed.entries.iter().all(|e| e
+        .volume
+        .as_ref()
+        .is_some_and(|v| v.volume_id != r.volume_id)));
 
     // GetCapacity: the export's free space as the server reports it.
     let cap = h
@@ -228,7 +294,9 @@ async fn nfs_volumes_are_subdirectories_with_each_delete_policy() {
     );
 
     // Multi-node modes are fine for NFS volumes; block is not.
-    let vv = create(&mut h, nfs_req("vv", params(&srv, &[]))).await.expect("create");
+    let vv = create(&mut h, nfs_req("vv", params(&srv, &[])))
+        .await
+        .expect("create");
     for (mode, ok) in [
         (Mode::MultiNodeMultiWriter, true),
         (Mode::MultiNodeReaderOnly, true),
@@ -247,7 +315,9 @@ async fn nfs_volumes_are_subdirectories_with_each_delete_policy() {
         assert_eq!(r.confirmed.is_some(), ok, "{mode:?}: {}", r.message);
     }
     let block = VolumeCapability {
-        access_mode: Some(AccessMode { mode: Mode::MultiNodeMultiWriter as i32 }),
+        access_mode: Some(AccessMode {
+            mode: Mode::MultiNodeMultiWriter as i32,
+        }),
         access_type: Some(AccessType::Block(BlockVolume {})),
     };
     let r = h
@@ -260,7 +330,11 @@ async fn nfs_volumes_are_subdirectories_with_each_delete_policy() {
         .await
         .expect("validate")
         .into_inner();
-    assert!(r.confirmed.is_none() && r.message.contains("block"), "{}", r.message);
+    assert!(
+        r.confirmed.is_none() && r.message.contains("block"),
+        "{}",
+        r.message
+    );
     // A local-disk volume still refuses multi-node modes.
     let local = h.create("local", 16 * MIB, mount_cap("ext4")).await;
     let r = h
@@ -278,35 +352,51 @@ async fn nfs_volumes_are_subdirectories_with_each_delete_policy() {
     // ControllerGetVolume reports the directory's presence.
     let got = h
         .controller
-        .controller_get_volume(ControllerGetVolumeRequest { volume_id: vv.volume_id.clone() })
+        .controller_get_volume(ControllerGetVolumeRequest {
+            volume_id: vv.volume_id.clone(),
+        })
         .await
         .expect("get")
         .into_inner();
-    let cond = got.status.and_then(|s| s.volume_condition).expect("condition");
+    let cond = got
+        .status
+        .and_then(|s| s.volume_condition)
+        .expect("condition");
     assert!(!cond.abnormal, "{}", cond.message);
     std::fs::remove_dir(export.join("vv")).expect("remove behind the driver's back");
     let got = h
         .controller
-        .controller_get_volume(ControllerGetVolumeRequest { volume_id: vv.volume_id.clone() })
+        .controller_get_volume(ControllerGetVolumeRequest {
+            volume_id: vv.volume_id.clone(),
+        })
         .await
         .expect("get")
         .into_inner();
-    let cond = got.status.and_then(|s| s.volume_condition).expect("condition");
+    let cond = got
+        .status
+        .and_then(|s| s.volume_condition)
+        .expect("condition");
     assert!(cond.abnormal, "a missing directory is abnormal");
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn nfs_clone_snapshot_and_restore_keep_the_tree() {
-    let Some((srv, mut h)) = setup(&[]).await else { return };
+    let Some((srv, mut h)) = setup(&[]).await else {
+        return;
+    };
     let export = srv.export_dir().to_path_buf();
-    let src = create(&mut h, nfs_req("src", params(&srv, &[]))).await.expect("create");
+    let src = create(&mut h, nfs_req("src", params(&srv, &[])))
+        .await
+        .expect("create");
     fill(&export.join("src"));
     let original = tree(&export.join("src"));
 
     // Clone: the same tree in a new subdirectory.
     let mut req = nfs_req("clone", params(&srv, &[]));
     req.volume_content_source = Some(VolumeContentSource {
-        r#type: Some(SourceType::Volume(VolumeSource { volume_id: src.volume_id.clone() })),
+        r#type: Some(SourceType::Volume(VolumeSource {
+            volume_id: src.volume_id.clone(),
+        })),
     });
     let clone = create(&mut h, req).await.expect("clone");
     assert!(clone.content_source.is_some());
@@ -336,9 +426,16 @@ async fn nfs_clone_snapshot_and_restore_keep_the_tree() {
         .arg(&archives[0])
         .output()
         .expect("tar");
-    assert!(listing.status.success(), "{}", String::from_utf8_lossy(&listing.stderr));
+    assert!(
+        listing.status.success(),
+        "{}",
+        String::from_utf8_lossy(&listing.stderr)
+    );
     let names = String::from_utf8_lossy(&listing.stdout);
-    assert!(names.contains("a/big.bin") && names.contains(&"n".repeat(120)), "{names}");
+    assert!(
+        names.contains("a/big.bin") && names.contains(&"n".repeat(120)),
+        "{names}"
+    );
     let again = h
         .controller
         .create_snapshot(CreateSnapshotRequest {
@@ -358,7 +455,9 @@ async fn nfs_clone_snapshot_and_restore_keep_the_tree() {
     std::fs::write(export.join("src/a/big.bin"), b"overwritten").expect("write");
     let mut req = nfs_req("restored", params(&srv, &[]));
     req.volume_content_source = Some(VolumeContentSource {
-        r#type: Some(SourceType::Snapshot(SnapshotSource { snapshot_id: snap.snapshot_id.clone() })),
+        r#type: Some(SourceType::Snapshot(SnapshotSource {
+            snapshot_id: snap.snapshot_id.clone(),
+        })),
     });
     create(&mut h, req).await.expect("restore");
     assert_eq!(tree(&export.join("restored")), original, "{}", h.log());
@@ -369,10 +468,10 @@ async fn nfs_clone_snapshot_and_restore_keep_the_tree() {
         .await
         .expect("list")
         .into_inner();
-    assert!(listed
-        .entries
-        .iter()
-        .any(|e| e.snapshot.as_ref().is_some_and(|s| s.snapshot_id == snap.snapshot_id)));
+    assert!(listed.entries.iter().any(|e| e
+        .snapshot
+        .as_ref()
+        .is_some_and(|s| s.snapshot_id == snap.snapshot_id)));
 
     // Deleting the snapshot removes its archive; restoring it then is NOT_FOUND.
     h.controller
@@ -385,17 +484,26 @@ async fn nfs_clone_snapshot_and_restore_keep_the_tree() {
     assert!(!archives[0].exists());
     let mut req = nfs_req("restored-2", params(&srv, &[]));
     req.volume_content_source = Some(VolumeContentSource {
-        r#type: Some(SourceType::Snapshot(SnapshotSource { snapshot_id: snap.snapshot_id.clone() })),
+        r#type: Some(SourceType::Snapshot(SnapshotSource {
+            snapshot_id: snap.snapshot_id.clone(),
+        })),
     });
     assert_eq!(code(create(&mut h, req).await), Code::NotFound);
-    assert!(!export.join("restored-2").exists(), "nothing made for a failed restore");
+    assert!(
+        !export.join("restored-2").exists(),
+        "nothing made for a failed restore"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn nfs_server_that_stops_gives_timely_errors_and_nothing_hangs() {
-    let Some((mut srv, mut h)) = setup(&["--nfs-timeout", "2"]).await else { return };
+    let Some((mut srv, mut h)) = setup(&["--nfs-timeout", "2"]).await else {
+        return;
+    };
     let export = srv.export_dir().to_path_buf();
-    let src = create(&mut h, nfs_req("src", params(&srv, &[]))).await.expect("create");
+    let src = create(&mut h, nfs_req("src", params(&srv, &[])))
+        .await
+        .expect("create");
     for i in 0..400 {
         std::fs::write(export.join(format!("src/f{i}")), vec![i as u8; 64 * 1024]).expect("write");
     }
@@ -403,7 +511,9 @@ async fn nfs_server_that_stops_gives_timely_errors_and_nothing_hangs() {
     // The server stops (SIGSTOP) while a clone is copying.
     let mut req = nfs_req("clone", params(&srv, &[]));
     req.volume_content_source = Some(VolumeContentSource {
-        r#type: Some(SourceType::Volume(VolumeSource { volume_id: src.volume_id.clone() })),
+        r#type: Some(SourceType::Volume(VolumeSource {
+            volume_id: src.volume_id.clone(),
+        })),
     });
     let mut c = h.controller.clone();
     let call = tokio::spawn(async move {
@@ -412,11 +522,17 @@ async fn nfs_server_that_stops_gives_timely_errors_and_nothing_hangs() {
     });
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let copied = std::fs::read_dir(export.join("clone")).map(|d| d.count()).unwrap_or(0);
+        let copied = std::fs::read_dir(export.join("clone"))
+            .map(|d| d.count())
+            .unwrap_or(0);
         if copied > 0 {
             break;
         }
-        assert!(Instant::now() < deadline, "the clone never started: {}", h.log());
+        assert!(
+            Instant::now() < deadline,
+            "the clone never started: {}",
+            h.log()
+        );
         std::thread::sleep(Duration::from_millis(2));
     }
     srv.pause().expect("pause");
@@ -430,16 +546,26 @@ async fn nfs_server_that_stops_gives_timely_errors_and_nothing_hangs() {
     // The driver answers other calls while the server is stopped, and a
     // fresh call to the stopped server also ends.
     h.identity.probe(ProbeRequest {}).await.expect("probe");
-    assert_eq!(code(delete(&mut h, &src.volume_id).await), Code::DeadlineExceeded);
-    assert!(export.join("src").is_dir(), "nothing deleted while the server was stopped");
+    assert_eq!(
+        code(delete(&mut h, &src.volume_id).await),
+        Code::DeadlineExceeded
+    );
+    assert!(
+        export.join("src").is_dir(),
+        "nothing deleted while the server was stopped"
+    );
 
     // Back: the interrupted clone is redone from scratch on retry.
     srv.resume().expect("resume");
     let mut req = nfs_req("clone", params(&srv, &[]));
     req.volume_content_source = Some(VolumeContentSource {
-        r#type: Some(SourceType::Volume(VolumeSource { volume_id: src.volume_id.clone() })),
+        r#type: Some(SourceType::Volume(VolumeSource {
+            volume_id: src.volume_id.clone(),
+        })),
     });
-    create(&mut h, req).await.expect("retry after the server is back");
+    create(&mut h, req)
+        .await
+        .expect("retry after the server is back");
     assert_eq!(tree(&export.join("clone")), tree(&export.join("src")));
 
     // Gone for good: UNAVAILABLE, quickly, and the process is fine.
@@ -452,28 +578,81 @@ async fn nfs_server_that_stops_gives_timely_errors_and_nothing_hangs() {
         h.log()
     );
     assert!(t.elapsed() < Duration::from_secs(20));
-    h.identity.probe(ProbeRequest {}).await.expect("probe after the server died");
+    h.identity
+        .probe(ProbeRequest {})
+        .await
+        .expect("probe after the server died");
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn nfs_bad_input_names_the_field_and_makes_nothing() {
-    let Some((srv, mut h)) = setup(&["--nfs-timeout", "3"]).await else { return };
+    let Some((srv, mut h)) = setup(&["--nfs-timeout", "3"]).await else {
+        return;
+    };
     let export = srv.export_dir().to_path_buf();
     let before = tree(&export);
     let cases: Vec<(Vec<(&str, &str)>, Code, &str)> = vec![
-        (vec![("server", "")], Code::InvalidArgument, "parameters[server]"),
-        (vec![("share", "")], Code::InvalidArgument, "parameters[share]"),
-        (vec![("share", "export")], Code::InvalidArgument, "parameters[share]"),
-        (vec![("subDir", "../escape")], Code::InvalidArgument, "parameters[subDir]"),
-        (vec![("subDir", "a/../../escape")], Code::InvalidArgument, "parameters[subDir]"),
-        (vec![("subDir", "${pvc.metadata.name}")], Code::InvalidArgument, "parameters[subDir]"),
-        (vec![("onDelete", "shred")], Code::InvalidArgument, "parameters[onDelete]"),
-        (vec![("mountPermissions", "rwx")], Code::InvalidArgument, "parameters[mountPermissions]"),
-        (vec![("mountOptions", "vers=4.1,addr=192.0.2.1")], Code::InvalidArgument, "parameters[mountOptions]"),
-        (vec![("preallocate", "true")], Code::InvalidArgument, "parameters[preallocate]"),
-        (vec![("share", "/no-such-export")], Code::FailedPrecondition, "/no-such-export"),
+        (
+            vec![("server", "")],
+            Code::InvalidArgument,
+            "parameters[server]",
+        ),
+        (
+            vec![("share", "")],
+            Code::InvalidArgument,
+            "parameters[share]",
+        ),
+        (
+            vec![("share", "export")],
+            Code::InvalidArgument,
+            "parameters[share]",
+        ),
+        (
+            vec![("subDir", "../escape")],
+            Code::InvalidArgument,
+            "parameters[subDir]",
+        ),
+        (
+            vec![("subDir", "a/../../escape")],
+            Code::InvalidArgument,
+            "parameters[subDir]",
+        ),
+        (
+            vec![("subDir", "${pvc.metadata.name}")],
+            Code::InvalidArgument,
+            "parameters[subDir]",
+        ),
+        (
+            vec![("onDelete", "shred")],
+            Code::InvalidArgument,
+            "parameters[onDelete]",
+        ),
+        (
+            vec![("mountPermissions", "rwx")],
+            Code::InvalidArgument,
+            "parameters[mountPermissions]",
+        ),
+        (
+            vec![("mountOptions", "vers=4.1,addr=192.0.2.1")],
+            Code::InvalidArgument,
+            "parameters[mountOptions]",
+        ),
+        (
+            vec![("preallocate", "true")],
+            Code::InvalidArgument,
+            "parameters[preallocate]",
+        ),
+        (
+            vec![("share", "/no-such-export")],
+            Code::FailedPrecondition,
+            "/no-such-export",
+        ),
         // No route from the server's namespace to this address: refused at once.
-        (vec![("server", "192.0.2.1")], Code::Unavailable, "192.0.2.1"),
+        (
+            vec![("server", "192.0.2.1")],
+            Code::Unavailable,
+            "192.0.2.1",
+        ),
     ];
     for (extra, want, field) in &cases {
         let mut p = params(&srv, &[]);
@@ -492,27 +671,43 @@ async fn nfs_bad_input_names_the_field_and_makes_nothing() {
     // Capabilities: block and foreign filesystem types.
     let mut req = nfs_req("bad", params(&srv, &[]));
     req.volume_capabilities = vec![VolumeCapability {
-        access_mode: Some(AccessMode { mode: Mode::MultiNodeMultiWriter as i32 }),
+        access_mode: Some(AccessMode {
+            mode: Mode::MultiNodeMultiWriter as i32,
+        }),
         access_type: Some(AccessType::Block(BlockVolume {})),
     }];
     let e = create(&mut h, req).await.expect_err("block");
     assert_eq!(e.code(), Code::InvalidArgument);
-    assert!(e.message().contains("volume_capabilities[0].block"), "{}", e.message());
+    assert!(
+        e.message().contains("volume_capabilities[0].block"),
+        "{}",
+        e.message()
+    );
     let mut req = nfs_req("bad", params(&srv, &[]));
     req.volume_capabilities = vec![mount_cap_mode("ext4", Mode::MultiNodeMultiWriter)];
     let e = create(&mut h, req).await.expect_err("ext4");
-    assert!(e.message().contains("volume_capabilities[0].mount.fs_type"), "{}", e.message());
+    assert!(
+        e.message().contains("volume_capabilities[0].mount.fs_type"),
+        "{}",
+        e.message()
+    );
 
     // A local-disk snapshot cannot seed an NFS volume.
     let mut req = nfs_req("bad", params(&srv, &[]));
     req.volume_content_source = Some(VolumeContentSource {
-        r#type: Some(SourceType::Snapshot(SnapshotSource { snapshot_id: "snap-node-1-abc".into() })),
+        r#type: Some(SourceType::Snapshot(SnapshotSource {
+            snapshot_id: "snap-node-1-abc".into(),
+        })),
     });
     let e = create(&mut h, req).await.expect_err("local source");
     assert_eq!(e.code(), Code::InvalidArgument);
 
     // Ids with the NFS prefix that do not parse: INVALID_ARGUMENT naming the field.
-    for id in ["nfs#", "nfs#10.0.2.2#%2Fexport#x", "nfs#10.0.2.2#%2Fexport#%2E%2E#d"] {
+    for id in [
+        "nfs#",
+        "nfs#10.0.2.2#%2Fexport#x",
+        "nfs#10.0.2.2#%2Fexport#%2E%2E#d",
+    ] {
         let e = delete(&mut h, id).await.expect_err(id);
         assert_eq!(e.code(), Code::InvalidArgument, "{id}: {}", e.message());
         assert!(e.message().starts_with("volume_id"), "{}", e.message());
@@ -528,7 +723,9 @@ async fn nfs_bad_input_names_the_field_and_makes_nothing() {
     }
 
     // Node side, checked before anything is mounted.
-    let good = create(&mut h, nfs_req("node-checks", params(&srv, &[]))).await.expect("create");
+    let good = create(&mut h, nfs_req("node-checks", params(&srv, &[])))
+        .await
+        .expect("create");
     let target = h.path_s("target");
     let pub_req = |id: &str, target: &str, cap: VolumeCapability| NodePublishVolumeRequest {
         volume_id: id.into(),
@@ -537,22 +734,49 @@ async fn nfs_bad_input_names_the_field_and_makes_nothing() {
         ..Default::default()
     };
     let block = VolumeCapability {
-        access_mode: Some(AccessMode { mode: Mode::MultiNodeMultiWriter as i32 }),
+        access_mode: Some(AccessMode {
+            mode: Mode::MultiNodeMultiWriter as i32,
+        }),
         access_type: Some(AccessType::Block(BlockVolume {})),
     };
     let with_flag = VolumeCapability {
-        access_mode: Some(AccessMode { mode: Mode::MultiNodeMultiWriter as i32 }),
+        access_mode: Some(AccessMode {
+            mode: Mode::MultiNodeMultiWriter as i32,
+        }),
         access_type: Some(AccessType::Mount(MountVolume {
             mount_flags: vec!["clientaddr=192.0.2.9".into()],
             ..Default::default()
         })),
     };
     for (req, field) in [
-        (pub_req(&good.volume_id, &target, block), "volume_capability.block"),
-        (pub_req(&good.volume_id, &target, with_flag), "volume_capability.mount.mount_flags[0]"),
-        (pub_req(&good.volume_id, "relative/dir", nfs_cap(Mode::MultiNodeMultiWriter)), "target_path"),
-        (pub_req(&good.volume_id, "/a/../etc", nfs_cap(Mode::MultiNodeMultiWriter)), "target_path"),
-        (pub_req("nfs#x", &target, nfs_cap(Mode::MultiNodeMultiWriter)), "volume_id"),
+        (
+            pub_req(&good.volume_id, &target, block),
+            "volume_capability.block",
+        ),
+        (
+            pub_req(&good.volume_id, &target, with_flag),
+            "volume_capability.mount.mount_flags[0]",
+        ),
+        (
+            pub_req(
+                &good.volume_id,
+                "relative/dir",
+                nfs_cap(Mode::MultiNodeMultiWriter),
+            ),
+            "target_path",
+        ),
+        (
+            pub_req(
+                &good.volume_id,
+                "/a/../etc",
+                nfs_cap(Mode::MultiNodeMultiWriter),
+            ),
+            "target_path",
+        ),
+        (
+            pub_req("nfs#x", &target, nfs_cap(Mode::MultiNodeMultiWriter)),
+            "volume_id",
+        ),
     ] {
         let e = h.node.node_publish_volume(req).await.expect_err(field);
         assert_eq!(e.code(), Code::InvalidArgument, "{field}: {}", e.message());
@@ -560,10 +784,16 @@ async fn nfs_bad_input_names_the_field_and_makes_nothing() {
     }
     // This host's kernel has no NFS client (TESTBED.md): a real publish says
     // so instead of failing obscurely. Where the kernel has one, it mounts.
-    let has_nfs = std::fs::read_to_string("/proc/filesystems").unwrap_or_default().contains("nfs");
+    let has_nfs = std::fs::read_to_string("/proc/filesystems")
+        .unwrap_or_default()
+        .contains("nfs");
     let r = h
         .node
-        .node_publish_volume(pub_req(&good.volume_id, &target, nfs_cap(Mode::MultiNodeMultiWriter)))
+        .node_publish_volume(pub_req(
+            &good.volume_id,
+            &target,
+            nfs_cap(Mode::MultiNodeMultiWriter),
+        ))
         .await;
     if has_nfs {
         r.expect("publish on a kernel with NFS");
@@ -582,7 +812,11 @@ async fn nfs_bad_input_names_the_field_and_makes_nothing() {
     assert!(!Path::new(&target).exists(), "target removed");
     delete(&mut h, &good.volume_id).await.expect("delete");
 
-    assert_eq!(tree(&export), before, "failed calls left something on the export");
+    assert_eq!(
+        tree(&export),
+        before,
+        "failed calls left something on the export"
+    );
     assert!(
         h.controller
             .list_volumes(ListVolumesRequest::default())

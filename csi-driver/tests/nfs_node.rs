@@ -59,14 +59,21 @@ fn boot_guests(srv: &NfsServer, n: usize) -> Option<Vec<Guest>> {
             .map(|i| s.spawn(move || boot(srv, &format!("guest-{i}"))))
             .collect();
         hs.into_iter()
-            .map(|h| h.join().unwrap_or_else(|_| Err("boot thread panicked".into())))
+            .map(|h| {
+                h.join()
+                    .unwrap_or_else(|_| Err("boot thread panicked".into()))
+            })
             .collect()
     });
     let mut out = Vec::new();
     for r in results {
         match r {
             Ok(g) => {
-                eprintln!("guest booted to a shell in {:.1?} ({})", g.boot_time(), g.kernel_version());
+                eprintln!(
+                    "guest booted to a shell in {:.1?} ({})",
+                    g.boot_time(),
+                    g.kernel_version()
+                );
                 out.push(g)
             }
             Err(e) if is_skip(&e) => {
@@ -134,12 +141,27 @@ fn publish_req(v: &Volume, target: &str, readonly: bool, mode: Mode) -> NodePubl
     }
 }
 
-async fn publish(n: &mut NodeClient<Channel>, v: &Volume, target: &str, ro: bool) -> Result<(), tonic::Status> {
-    let mode = if ro { Mode::MultiNodeReaderOnly } else { Mode::MultiNodeMultiWriter };
-    n.node_publish_volume(publish_req(v, target, ro, mode)).await.map(|_| ())
+async fn publish(
+    n: &mut NodeClient<Channel>,
+    v: &Volume,
+    target: &str,
+    ro: bool,
+) -> Result<(), tonic::Status> {
+    let mode = if ro {
+        Mode::MultiNodeReaderOnly
+    } else {
+        Mode::MultiNodeMultiWriter
+    };
+    n.node_publish_volume(publish_req(v, target, ro, mode))
+        .await
+        .map(|_| ())
 }
 
-async fn unpublish(n: &mut NodeClient<Channel>, v: &Volume, target: &str) -> Result<(), tonic::Status> {
+async fn unpublish(
+    n: &mut NodeClient<Channel>,
+    v: &Volume,
+    target: &str,
+) -> Result<(), tonic::Status> {
     n.node_unpublish_volume(NodeUnpublishVolumeRequest {
         volume_id: v.volume_id.clone(),
         target_path: target.into(),
@@ -172,7 +194,8 @@ async fn nfs_volume(h: &mut Harness, srv: &NfsServer, name: &str) -> Volume {
 }
 
 fn nfs_mounts(g: &Guest) -> String {
-    g.sh_ok("grep -E ' nfs4? ' /proc/mounts || true").expect("mounts")
+    g.sh_ok("grep -E ' nfs4? ' /proc/mounts || true")
+        .expect("mounts")
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -184,7 +207,9 @@ async fn nfs_volume_is_shared_by_two_guest_nodes() {
         Ok(s) => s,
         Err(e) => return eprintln!("skipping: {e}"),
     };
-    let Some(guests) = boot_guests(&srv, 2) else { return };
+    let Some(guests) = boot_guests(&srv, 2) else {
+        return;
+    };
     let (a, b) = (&guests[0], &guests[1]);
     let mut h = Harness::start_in(Some(srv.netns()), &[]).await;
     let v = nfs_volume(&mut h, &srv, "shared").await;
@@ -194,37 +219,68 @@ async fn nfs_volume_is_shared_by_two_guest_nodes() {
 
     // Node A publishes and writes; the file is on the server.
     let pa = "/var/lib/kubelet/pods/pa/volumes/v";
-    publish(&mut na, &v, pa, false).await.unwrap_or_else(|e| {
-        panic!("publish on A: {e:?}\n{:?}", a.daemon_log())
-    });
+    publish(&mut na, &v, pa, false)
+        .await
+        .unwrap_or_else(|e| panic!("publish on A: {e:?}\n{:?}", a.daemon_log()));
     let m = nfs_mounts(a);
-    assert!(m.contains(pa) && m.contains("vers=4.1"), "NFS 4.1 by default: {m}");
-    a.sh_ok(&format!("echo from-a > {pa}/a.txt")).expect("write on A");
-    assert_eq!(std::fs::read_to_string(export.join("a.txt")).expect("on the server"), "from-a\n");
+    assert!(
+        m.contains(pa) && m.contains("vers=4.1"),
+        "NFS 4.1 by default: {m}"
+    );
+    a.sh_ok(&format!("echo from-a > {pa}/a.txt"))
+        .expect("write on A");
+    assert_eq!(
+        std::fs::read_to_string(export.join("a.txt")).expect("on the server"),
+        "from-a\n"
+    );
 
     // Node B publishes the same volume, reads A's file, writes its own.
     let pb = "/var/lib/kubelet/pods/pb/volumes/v";
     publish(&mut nb, &v, pb, false).await.expect("publish on B");
-    assert_eq!(b.sh_ok(&format!("cat {pb}/a.txt")).expect("read on B"), "from-a\n");
-    b.sh_ok(&format!("echo from-b > {pb}/b.txt")).expect("write on B");
-    assert_eq!(a.sh_ok(&format!("cat {pa}/b.txt")).expect("read on A"), "from-b\n");
+    assert_eq!(
+        b.sh_ok(&format!("cat {pb}/a.txt")).expect("read on B"),
+        "from-a\n"
+    );
+    b.sh_ok(&format!("echo from-b > {pb}/b.txt"))
+        .expect("write on B");
+    assert_eq!(
+        a.sh_ok(&format!("cat {pa}/b.txt")).expect("read on A"),
+        "from-b\n"
+    );
 
     // A second publish on A sees the same data.
     let pa2 = "/var/lib/kubelet/pods/pa2/volumes/v";
-    publish(&mut na, &v, pa2, false).await.expect("second publish on A");
-    assert_eq!(a.sh_ok(&format!("cat {pa2}/b.txt")).expect("read"), "from-b\n");
+    publish(&mut na, &v, pa2, false)
+        .await
+        .expect("second publish on A");
+    assert_eq!(
+        a.sh_ok(&format!("cat {pa2}/b.txt")).expect("read"),
+        "from-b\n"
+    );
 
     // Read-only publish on B: reads work, writes fail.
     let pro = "/var/lib/kubelet/pods/pro/volumes/v";
-    publish(&mut nb, &v, pro, true).await.expect("read-only publish");
-    assert_eq!(b.sh_ok(&format!("cat {pro}/a.txt")).expect("read ro"), "from-a\n");
+    publish(&mut nb, &v, pro, true)
+        .await
+        .expect("read-only publish");
+    assert_eq!(
+        b.sh_ok(&format!("cat {pro}/a.txt")).expect("read ro"),
+        "from-a\n"
+    );
     let (rc, out) = b.sh(&format!("echo x > {pro}/x.txt")).expect("sh");
-    assert!(rc != 0 && out.contains("Read-only"), "write to a read-only publish: {rc} {out}");
+    assert!(
+        rc != 0 && out.contains("Read-only"),
+        "write to a read-only publish: {rc} {out}"
+    );
     assert!(!export.join("x.txt").exists());
 
     // Idempotent publish; the same target with other flags is refused.
-    publish(&mut na, &v, pa, false).await.expect("publish again");
-    let e = publish(&mut na, &v, pa, true).await.expect_err("ro over rw");
+    publish(&mut na, &v, pa, false)
+        .await
+        .expect("publish again");
+    let e = publish(&mut na, &v, pa, true)
+        .await
+        .expect_err("ro over rw");
     assert_eq!(e.code(), Code::AlreadyExists, "{}", e.message());
 
     // Volume stats: the export's real figures.
@@ -252,7 +308,12 @@ async fn nfs_volume_is_shared_by_two_guest_nodes() {
     assert!(!st.volume_condition.expect("condition").abnormal);
 
     // Unpublish everything: targets removed, no NFS mounts left; repeatable.
-    for (mut n, t) in [(na.clone(), pa), (na.clone(), pa2), (nb.clone(), pb), (nb.clone(), pro)] {
+    for (mut n, t) in [
+        (na.clone(), pa),
+        (na.clone(), pa2),
+        (nb.clone(), pb),
+        (nb.clone(), pro),
+    ] {
         unpublish(&mut n, &v, t).await.expect("unpublish");
         unpublish(&mut n, &v, t).await.expect("unpublish again");
     }
@@ -263,7 +324,10 @@ async fn nfs_volume_is_shared_by_two_guest_nodes() {
             assert_ne!(rc, 0, "{t} left behind");
         }
     }
-    assert_eq!(std::fs::read_to_string(export.join("b.txt")).expect("data stays"), "from-b\n");
+    assert_eq!(
+        std::fs::read_to_string(export.join("b.txt")).expect("data stays"),
+        "from-b\n"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -275,7 +339,9 @@ async fn nfs_stale_handles_are_remounted_and_dead_servers_unpublish() {
         Ok(s) => s,
         Err(e) => return eprintln!("skipping: {e}"),
     };
-    let Some(guests) = boot_guests(&srv, 1) else { return };
+    let Some(guests) = boot_guests(&srv, 1) else {
+        return;
+    };
     let g = &guests[0];
     let mut h = Harness::start_in(Some(srv.netns()), &[]).await;
     let v = nfs_volume(&mut h, &srv, "stale").await;
@@ -291,11 +357,22 @@ async fn nfs_stale_handles_are_remounted_and_dead_servers_unpublish() {
     std::fs::create_dir(&export).expect("recreate");
     std::fs::write(export.join("g"), b"two").expect("write on the server");
     let (rc, out) = g.sh(&format!("ls {p1}")).expect("sh");
-    assert!(rc != 0 && out.contains("Stale"), "expected a stale handle: {rc} {out}");
-    publish(&mut n, &v, p1, false).await.expect("publish over a stale mount");
-    assert_eq!(g.sh_ok(&format!("cat {p1}/g")).expect("read after remount"), "two");
+    assert!(
+        rc != 0 && out.contains("Stale"),
+        "expected a stale handle: {rc} {out}"
+    );
+    publish(&mut n, &v, p1, false)
+        .await
+        .expect("publish over a stale mount");
+    assert_eq!(
+        g.sh_ok(&format!("cat {p1}/g")).expect("read after remount"),
+        "two"
+    );
     let log = g.daemon_log().unwrap_or_default();
-    assert!(log.contains("stale"), "the driver says why it remounted: {log}");
+    assert!(
+        log.contains("stale"),
+        "the driver says why it remounted: {log}"
+    );
 
     // The server stops answering: a publish check ends with
     // DEADLINE_EXCEEDED, unpublish still succeeds (lazy detach at worst).
@@ -303,12 +380,20 @@ async fn nfs_stale_handles_are_remounted_and_dead_servers_unpublish() {
     publish(&mut n, &v, p2, false).await.expect("publish p2");
     srv.pause().expect("pause");
     let t = Instant::now();
-    let e = publish(&mut n, &v, p2, false).await.expect_err("server stopped");
+    let e = publish(&mut n, &v, p2, false)
+        .await
+        .expect_err("server stopped");
     assert_eq!(e.code(), Code::DeadlineExceeded, "{}", e.message());
     for p in [p1, p2] {
-        unpublish(&mut n, &v, p).await.expect("unpublish with the server stopped");
+        unpublish(&mut n, &v, p)
+            .await
+            .expect("unpublish with the server stopped");
     }
-    assert!(t.elapsed() < Duration::from_secs(60), "took {:?}", t.elapsed());
+    assert!(
+        t.elapsed() < Duration::from_secs(60),
+        "took {:?}",
+        t.elapsed()
+    );
     assert_eq!(nfs_mounts(g).trim(), "", "detached");
     for p in [p1, p2] {
         let (rc, _) = g.sh(&format!("test -e {p}")).expect("sh");

@@ -121,12 +121,26 @@ pub async fn write(nfs: &mut Nfs, src: &nfs_fh3, dst: &nfs_fh3) -> Result<u64> {
             match a.type_ {
                 ftype3::NF3DIR => {
                     path.push(b'/');
-                    let h = base_header(EntryType::Directory, a.mode, a.uid, a.gid, a.mtime.seconds, 0);
+                    let h = base_header(
+                        EntryType::Directory,
+                        a.mode,
+                        a.uid,
+                        a.gid,
+                        a.mtime.seconds,
+                        0,
+                    );
                     w.header(nfs, h, &path, None).await?;
                     stack.push((e.fh.clone(), path));
                 }
                 ftype3::NF3REG => {
-                    let h = base_header(EntryType::Regular, a.mode, a.uid, a.gid, a.mtime.seconds, a.size);
+                    let h = base_header(
+                        EntryType::Regular,
+                        a.mode,
+                        a.uid,
+                        a.gid,
+                        a.mtime.seconds,
+                        a.size,
+                    );
                     w.header(nfs, h, &path, None).await?;
                     // Write exactly the size announced in the header even if
                     // the file changes while we read it.
@@ -149,7 +163,8 @@ pub async fn write(nfs: &mut Nfs, src: &nfs_fh3, dst: &nfs_fh3) -> Result<u64> {
                 }
                 ftype3::NF3LNK => {
                     let target = nfs.readlink(&e.fh).await?;
-                    let h = base_header(EntryType::Symlink, a.mode, a.uid, a.gid, a.mtime.seconds, 0);
+                    let h =
+                        base_header(EntryType::Symlink, a.mode, a.uid, a.gid, a.mtime.seconds, 0);
                     w.header(nfs, h, &path, Some(&target)).await?;
                 }
                 other => tracing::warn!(
@@ -221,7 +236,10 @@ fn bad(why: impl std::fmt::Display) -> Error {
 /// `..`, which would write outside the destination.
 fn components(path: &[u8]) -> Result<Vec<Vec<u8>>> {
     if path.first() == Some(&b'/') {
-        return Err(bad(format!("absolute path {:?}", String::from_utf8_lossy(path))));
+        return Err(bad(format!(
+            "absolute path {:?}",
+            String::from_utf8_lossy(path)
+        )));
     }
     let mut out = Vec::new();
     for c in path.split(|b| *b == b'/') {
@@ -286,7 +304,9 @@ pub async fn restore(nfs: &mut Nfs, src: &nfs_fh3, dst: &nfs_fh3) -> Result<()> 
             }
             continue;
         }
-        let path = long_name.take().unwrap_or_else(|| h.path_bytes().into_owned());
+        let path = long_name
+            .take()
+            .unwrap_or_else(|| h.path_bytes().into_owned());
         let link = long_link
             .take()
             .or_else(|| h.link_name_bytes().map(|l| l.into_owned()));
@@ -372,7 +392,10 @@ mod tests {
     #[test]
     fn archive_paths_cannot_leave_the_volume() {
         assert_eq!(components(b"a/b/c").expect("ok").len(), 3);
-        assert_eq!(components(b"./a//b/").expect("ok"), vec![b"a".to_vec(), b"b".to_vec()]);
+        assert_eq!(
+            components(b"./a//b/").expect("ok"),
+            vec![b"a".to_vec(), b"b".to_vec()]
+        );
         assert!(components(b"/etc/passwd").is_err());
         assert!(components(b"a/../../x").is_err());
     }

@@ -9,8 +9,8 @@ use std::net::IpAddr;
 use std::time::Duration;
 
 use nfs3_client::nfs3_types::nfs3::{
-    self, createhow3, diropargs3, fattr3, filename3, ftype3, nfs_fh3, nfsstat3, nfspath3,
-    sattr3, set_atime, set_mtime, stable_how, symlinkdata3, Nfs3Option, Nfs3Result,
+    self, createhow3, diropargs3, fattr3, filename3, ftype3, nfs_fh3, nfspath3, nfsstat3, sattr3,
+    set_atime, set_mtime, stable_how, symlinkdata3, Nfs3Option, Nfs3Result,
 };
 use nfs3_client::nfs3_types::rpc::{auth_unix, opaque_auth};
 use nfs3_client::nfs3_types::xdr_codec::Opaque;
@@ -74,7 +74,9 @@ pub fn status_error(server: &str, op: &str, st: nfsstat3) -> Error {
         nfsstat3::NFS3ERR_NOENT | nfsstat3::NFS3ERR_STALE => Error::NotFound(msg),
         nfsstat3::NFS3ERR_NOSPC | nfsstat3::NFS3ERR_DQUOT => Error::ResourceExhausted(msg),
         nfsstat3::NFS3ERR_ACCES | nfsstat3::NFS3ERR_PERM | nfsstat3::NFS3ERR_ROFS => {
-            Error::FailedPrecondition(format!("{msg} (check the export's access and squash settings)"))
+            Error::FailedPrecondition(format!(
+                "{msg} (check the export's access and squash settings)"
+            ))
         }
         nfsstat3::NFS3ERR_JUKEBOX => Error::Unavailable(msg),
         _ => Error::Internal(msg),
@@ -169,12 +171,10 @@ impl Nfs {
                 )))
             }
             Ok(Err(e)) => return Err(unavailable(server, &format!("mounting {share}"), e)),
-            Err(_) => {
-                return Err(Error::DeadlineExceeded(format!(
-                    "NFS server {server}: mounting {share} got no answer within {} s (--nfs-timeout)",
-                    timeout.as_secs_f32()
-                )))
-            }
+            Err(_) => return Err(Error::DeadlineExceeded(format!(
+                "NFS server {server}: mounting {share} got no answer within {} s (--nfs-timeout)",
+                timeout.as_secs_f32()
+            ))),
         };
         let root = conn.root_nfs_fh3();
         let mut nfs = Nfs {
@@ -211,7 +211,9 @@ impl Nfs {
 
     /// Looks `n` up in `dir`; `None` when it does not exist.
     pub async fn lookup(&mut self, dir: &nfs_fh3, n: &[u8]) -> Result<Option<(nfs_fh3, fattr3)>> {
-        let args = nfs3::LOOKUP3args { what: dirop(dir, n) };
+        let args = nfs3::LOOKUP3args {
+            what: dirop(dir, n),
+        };
         match call!(self, "LOOKUP", lookup, &args)? {
             Nfs3Result::Ok(ok) => {
                 let attr = match ok.obj_attributes {
@@ -367,7 +369,9 @@ impl Nfs {
 
     /// Removes a non-directory; a missing one is fine.
     pub async fn remove(&mut self, dir: &nfs_fh3, n: &[u8]) -> Result<()> {
-        let args = nfs3::REMOVE3args { object: dirop(dir, n) };
+        let args = nfs3::REMOVE3args {
+            object: dirop(dir, n),
+        };
         match call!(self, "REMOVE", remove, &args)? {
             Nfs3Result::Ok(_) | Nfs3Result::Err((nfsstat3::NFS3ERR_NOENT, _)) => Ok(()),
             Nfs3Result::Err((st, _)) => Err(status_error(&self.server, "REMOVE", st)),
@@ -376,7 +380,9 @@ impl Nfs {
 
     /// Removes an empty directory; a missing one is fine.
     pub async fn rmdir(&mut self, dir: &nfs_fh3, n: &[u8]) -> Result<()> {
-        let args = nfs3::RMDIR3args { object: dirop(dir, n) };
+        let args = nfs3::RMDIR3args {
+            object: dirop(dir, n),
+        };
         match call!(self, "RMDIR", rmdir, &args)? {
             Nfs3Result::Ok(_) | Nfs3Result::Err((nfsstat3::NFS3ERR_NOENT, _)) => Ok(()),
             Nfs3Result::Err((st, _)) => Err(status_error(&self.server, "RMDIR", st)),
@@ -457,7 +463,12 @@ impl Nfs {
     }
 
     /// Writes all of `data` at `offset` (unstable; call [`Nfs::commit`]).
-    pub async fn write_all(&mut self, fh: &nfs_fh3, mut offset: u64, mut data: &[u8]) -> Result<()> {
+    pub async fn write_all(
+        &mut self,
+        fh: &nfs_fh3,
+        mut offset: u64,
+        mut data: &[u8],
+    ) -> Result<()> {
         while !data.is_empty() {
             let n = data.len().min(self.wsize as usize);
             let args = nfs3::WRITE3args {
@@ -515,7 +526,9 @@ impl Nfs {
 
     /// A symbolic link's target.
     pub async fn readlink(&mut self, fh: &nfs_fh3) -> Result<Vec<u8>> {
-        let args = nfs3::READLINK3args { symlink: fh.clone() };
+        let args = nfs3::READLINK3args {
+            symlink: fh.clone(),
+        };
         match call!(self, "READLINK", readlink, &args)? {
             Nfs3Result::Ok(ok) => Ok(ok.data.as_ref().to_vec()),
             Nfs3Result::Err((st, _)) => Err(status_error(&self.server, "READLINK", st)),
@@ -543,7 +556,9 @@ impl Nfs {
 
     /// Space figures of the export.
     pub async fn fsstat(&mut self) -> Result<Space> {
-        let args = nfs3::FSSTAT3args { fsroot: self.root.clone() };
+        let args = nfs3::FSSTAT3args {
+            fsroot: self.root.clone(),
+        };
         match call!(self, "FSSTAT", fsstat, &args)? {
             Nfs3Result::Ok(ok) => Ok(Space {
                 total: ok.tbytes,
@@ -583,13 +598,15 @@ impl Nfs {
                 match a.type_ {
                     ftype3::NF3DIR => {
                         let fh = self.mkdir(&d, &e.name, a.mode & 0o7777).await?;
-                        self.setattr(&fh, Some(a.mode & 0o7777), owner, None).await?;
+                        self.setattr(&fh, Some(a.mode & 0o7777), owner, None)
+                            .await?;
                         stack.push((e.fh.clone(), fh));
                     }
                     ftype3::NF3REG => {
                         let fh = self.create(&d, &e.name, a.mode & 0o7777).await?;
                         bytes += self.copy_file(&e.fh, &fh).await?;
-                        self.setattr(&fh, Some(a.mode & 0o7777), owner, Some(a.mtime)).await?;
+                        self.setattr(&fh, Some(a.mode & 0o7777), owner, Some(a.mtime))
+                            .await?;
                     }
                     ftype3::NF3LNK => {
                         let target = self.readlink(&e.fh).await?;

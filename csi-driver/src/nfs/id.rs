@@ -135,7 +135,9 @@ pub fn check_server(s: &str) -> std::result::Result<(), String> {
     let ok = s.split('.').all(|label| {
         !label.is_empty()
             && label.len() <= 63
-            && label.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'-')
+            && label
+                .bytes()
+                .all(|c| c.is_ascii_alphanumeric() || c == b'-')
             && !label.starts_with('-')
             && !label.ends_with('-')
     });
@@ -224,7 +226,8 @@ impl VolumeId {
     /// naming `field` when it does not parse.
     pub fn parse(field: &str, id: &str) -> Result<VolumeId> {
         let f = fields(field, id, VOLUME_PREFIX, 4)?;
-        let bad = |why: String| Error::invalid(field, format!("{id:?} is not a valid NFS id: {why}"));
+        let bad =
+            |why: String| Error::invalid(field, format!("{id:?} is not a valid NFS id: {why}"));
         check_server(f[0]).map_err(|e| bad(format!("server {e}")))?;
         let share = decode(f[1]).ok_or_else(|| bad("bad share encoding".into()))?;
         let subdir = decode(f[2]).ok_or_else(|| bad("bad subdirectory encoding".into()))?;
@@ -233,7 +236,8 @@ impl VolumeId {
         if share_n != share || subdir_n != subdir {
             return Err(bad("not in normal form".into()));
         }
-        let on_delete = OnDelete::from_code(f[3]).ok_or_else(|| bad("unknown delete policy".into()))?;
+        let on_delete =
+            OnDelete::from_code(f[3]).ok_or_else(|| bad("unknown delete policy".into()))?;
         Ok(VolumeId {
             server: f[0].to_string(),
             share,
@@ -269,14 +273,20 @@ impl SnapshotId {
     /// Parses an id that starts with [`SNAPSHOT_PREFIX`].
     pub fn parse(field: &str, id: &str) -> Result<SnapshotId> {
         let f = fields(field, id, SNAPSHOT_PREFIX, 4)?;
-        let bad = |why: String| Error::invalid(field, format!("{id:?} is not a valid NFS snapshot id: {why}"));
+        let bad = |why: String| {
+            Error::invalid(
+                field,
+                format!("{id:?} is not a valid NFS snapshot id: {why}"),
+            )
+        };
         check_server(f[0]).map_err(|e| bad(format!("server {e}")))?;
         let share = decode(f[1]).ok_or_else(|| bad("bad share encoding".into()))?;
         let source_subdir = decode(f[2]).ok_or_else(|| bad("bad subdirectory encoding".into()))?;
         let file = decode(f[3]).ok_or_else(|| bad("bad file encoding".into()))?;
         normalise_share(&share).map_err(|e| bad(format!("share {e}")))?;
         normalise_subdir(&source_subdir).map_err(|e| bad(format!("subdirectory {e}")))?;
-        if file.is_empty() || file.contains('/') || file.starts_with('.') || !file.ends_with(".tar") {
+        if file.is_empty() || file.contains('/') || file.starts_with('.') || !file.ends_with(".tar")
+        {
             return Err(bad("bad archive name".into()));
         }
         Ok(SnapshotId {
@@ -326,7 +336,10 @@ mod tests {
         crate::validate::id("volume_id", &s).expect("passes the generic id check");
         assert_eq!(VolumeId::parse("volume_id", &s).expect("parses"), v);
         assert_eq!(v.mount_source(), "10.0.2.2:/export/k8s/ns1/pvc.data");
-        let v6 = VolumeId { server: "fd00::2".into(), ..v };
+        let v6 = VolumeId {
+            server: "fd00::2".into(),
+            ..v
+        };
         assert_eq!(v6.mount_source(), "[fd00::2]:/export/k8s/ns1/pvc.data");
     }
 

@@ -155,7 +155,11 @@ fn parse_source(req: &CreateVolumeRequest, p: &params::NfsParams) -> Result<Opti
 /// CreateVolume for `backend: nfs`.
 pub async fn create_volume(d: Arc<Driver>, req: CreateVolumeRequest) -> Result<Volume> {
     validate::name("name", &req.name)?;
-    validate::capabilities_for("volume_capabilities", &req.volume_capabilities, Backend::Nfs)?;
+    validate::capabilities_for(
+        "volume_capabilities",
+        &req.volume_capabilities,
+        Backend::Nfs,
+    )?;
     let range = validate::range("capacity_range", req.capacity_range.as_ref())?;
     let p = params::parse("parameters", &req.parameters, &req.name)?;
     if !req.mutable_parameters.is_empty() {
@@ -187,7 +191,11 @@ pub async fn create_volume(d: Arc<Driver>, req: CreateVolumeRequest) -> Result<V
         ));
     }
     let canonical = validate::canonical_params(&req.parameters);
-    let (source_kind, source_id) = match &req.volume_content_source.as_ref().and_then(|s| s.r#type.as_ref()) {
+    let (source_kind, source_id) = match &req
+        .volume_content_source
+        .as_ref()
+        .and_then(|s| s.r#type.as_ref())
+    {
         Some(SourceType::Snapshot(s)) => ("snapshot", s.snapshot_id.clone()),
         Some(SourceType::Volume(v)) => ("volume", v.volume_id.clone()),
         None => ("", String::new()),
@@ -253,17 +261,22 @@ pub async fn create_volume(d: Arc<Driver>, req: CreateVolumeRequest) -> Result<V
         // NOT_FOUND with nothing left behind.
         let src = match &source {
             None => None,
-            Some(Source::Volume(s)) => Some(nfs.lookup_path(&s.subdir).await?.ok_or_else(|| {
-                Error::NotFound(format!(
-                    "source volume {}:{}/{} does not exist",
-                    s.server, s.share, s.subdir
-                ))
-            })?),
+            Some(Source::Volume(s)) => {
+                Some(nfs.lookup_path(&s.subdir).await?.ok_or_else(|| {
+                    Error::NotFound(format!(
+                        "source volume {}:{}/{} does not exist",
+                        s.server, s.share, s.subdir
+                    ))
+                })?)
+            }
             Some(Source::Snapshot(s)) => Some(
                 nfs.lookup_path(&format!("{SNAPSHOT_DIR}/{}", s.file))
                     .await?
                     .ok_or_else(|| {
-                        Error::NotFound(format!("snapshot archive {SNAPSHOT_DIR}/{} does not exist", s.file))
+                        Error::NotFound(format!(
+                            "snapshot archive {SNAPSHOT_DIR}/{} does not exist",
+                            s.file
+                        ))
                     })?,
             ),
         };
@@ -314,7 +327,8 @@ pub async fn delete_volume(d: Arc<Driver>, volume_id: &str) -> Result<()> {
                         if nfs.lookup(&pfh, to.as_bytes()).await?.is_some() {
                             to = format!("archived-{last}-{}", now_ns() / 1_000_000_000);
                         }
-                        nfs.rename(&pfh, last.as_bytes(), &pfh, to.as_bytes()).await?;
+                        nfs.rename(&pfh, last.as_bytes(), &pfh, to.as_bytes())
+                            .await?;
                         tracing::info!(volume = %volume_id, archived_as = %to, "NFS volume archived");
                     }
                 }
@@ -412,7 +426,8 @@ pub async fn create_snapshot(d: Arc<Driver>, req: CreateSnapshotRequest) -> Resu
         let partial = format!("{file}.partial");
         let fh = nfs.create(&dir, partial.as_bytes(), 0o600).await?;
         let size = archive::write(&mut nfs, &src, &fh).await?;
-        nfs.rename(&dir, partial.as_bytes(), &dir, file.as_bytes()).await?;
+        nfs.rename(&dir, partial.as_bytes(), &dir, file.as_bytes())
+            .await?;
         nfs.close().await;
         Ok::<_, Error>(size)
     }
@@ -439,7 +454,8 @@ pub async fn delete_snapshot(d: Arc<Driver>, snapshot_id: &str) -> Result<()> {
     let mut nfs = session(&d, &sid.server, &sid.share).await?;
     if let Some((dir, _)) = nfs.lookup_path(SNAPSHOT_DIR).await? {
         nfs.remove(&dir, sid.file.as_bytes()).await?;
-        nfs.remove(&dir, format!("{}.partial", sid.file).as_bytes()).await?;
+        nfs.remove(&dir, format!("{}.partial", sid.file).as_bytes())
+            .await?;
     }
     nfs.close().await;
     d.state.delete_snapshot(snapshot_id)?;
@@ -529,7 +545,9 @@ pub async fn get_volume(d: Arc<Driver>, volume_id: &str) -> Result<ControllerGet
             accessible_topology: vec![],
         }),
         None => {
-            return Err(Error::NotFound(format!("volume {volume_id} does not exist")));
+            return Err(Error::NotFound(format!(
+                "volume {volume_id} does not exist"
+            )));
         }
     };
     let condition = if found {
@@ -540,7 +558,10 @@ pub async fn get_volume(d: Arc<Driver>, volume_id: &str) -> Result<ControllerGet
     } else {
         VolumeCondition {
             abnormal: true,
-            message: format!("{}:{}/{} is missing on the server", vid.server, vid.share, vid.subdir),
+            message: format!(
+                "{}:{}/{} is missing on the server",
+                vid.server, vid.share, vid.subdir
+            ),
         }
     };
     Ok(ControllerGetVolumeResponse {

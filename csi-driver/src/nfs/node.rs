@@ -19,20 +19,57 @@ use crate::error::{Error, Result};
 use crate::validate::{self, Access, Backend};
 use crate::Driver;
 
+/// Work that did not finish within its bound, by key (a target path or a
+/// server name): its thread is still blocked in the kernel.
+static IN_FLIGHT: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+
 /// Runs `f` on a thread and waits at most `bound`; `None` when it did not
-/// finish (the thread is left to end on its own: a syscall blocked on a
-/// dead server cannot be cancelled).
-fn bounded<T: Send + 'static>(bound: Duration, f: impl FnOnce() -> T + Send + 'static) -> Option<T> {
+/// finish. A syscall blocked on a dead server cannot be cancelled, so the
+/// thread is left to end on its own; while it has not, further work on the
+/// same `key` answers `None` at once instead of stacking up more blocked
+/// threads (kubelet retries for as long as the server is down).
+fn bounded<T: Send + 'static>(
+    key: &str,
+    bound: Duration,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Option<T> {
+    {
+        let mut busy = IN_FLIGHT.lock().unwrap_or_else(|e| e.into_inner());
+        if busy.iter().any(|k| k == key) {
+            tracing::warn!(
+                key,
+                "an earlier NFS call on this is still blocked; not starting another"
+            );
+            return None;
+        }
+        busy.push(key.to_string());
+    }
     let (tx, rx) = mpsc::channel();
+    let owned = key.to_string();
     let spawned = std::thread::Builder::new()
         .name("berth-nfs-call".into())
         .spawn(move || {
-            let _ = tx.send(f());
+            let r = f();
+            // Free the key before handing the result over, so the caller's
+            // next step on the same key is not mistaken for a blocked one.
+            IN_FLIGHT
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .retain(|k| *k != owned);
+            let _ = tx.send(r);
         });
     if spawned.is_err() {
+        IN_FLIGHT
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|k| k != key);
         return None;
     }
     rx.recv_timeout(bound).ok()
+}
+
+fn key(p: &Path) -> String {
+    p.to_string_lossy().into_owned()
 }
 
 fn is_nfs(m: &MountEntry) -> bool {
@@ -72,7 +109,7 @@ enum Health {
 
 fn health(path: &Path, bound: Duration) -> Health {
     let p = path.to_path_buf();
-    match bounded(bound, move || nix::sys::statvfs::statvfs(&p)) {
+    match bounded(&key(path), bound, move || nix::sys::statvfs::statvfs(&p)) {
         None => Health::NoAnswer,
         Some(Ok(_)) => Health::Ok,
         Some(Err(nix::Error::ESTALE)) => Health::Stale,
@@ -88,7 +125,7 @@ fn unmount_bounded(target: &Path, bound: Duration) -> Result<()> {
             return Ok(());
         }
         let p = target.to_path_buf();
-        match bounded(bound, move || umount2(&p, MntFlags::empty())) {
+        match bounded(&key(target), bound, move || umount2(&p, MntFlags::empty())) {
             Some(Ok(())) | Some(Err(nix::Error::EINVAL)) | Some(Err(nix::Error::ENOENT)) => {}
             outcome => {
                 let why = match outcome {
@@ -99,9 +136,7 @@ fn unmount_bounded(target: &Path, bound: Duration) -> Result<()> {
                 tracing::warn!(target = %target.display(), why = %why, "unmount failed; detaching lazily");
                 match umount2(target, MntFlags::MNT_DETACH) {
                     Ok(()) | Err(nix::Error::EINVAL) | Err(nix::Error::ENOENT) => {}
-                    Err(e) => {
-                        return Err(Error::sys(format!("detaching {}", target.display()), e))
-                    }
+                    Err(e) => return Err(Error::sys(format!("detaching {}", target.display()), e)),
                 }
             }
         }
@@ -130,7 +165,10 @@ fn mount_args(opts: &[String], read_only: bool, addr: &str) -> (MsFlags, String,
         .collect();
     let version = parts
         .iter()
-        .find_map(|o| o.strip_prefix("vers=").or_else(|| o.strip_prefix("nfsvers=")))
+        .find_map(|o| {
+            o.strip_prefix("vers=")
+                .or_else(|| o.strip_prefix("nfsvers="))
+        })
         .map(str::to_string);
     let fs_type = match &version {
         Some(v) if v.starts_with('4') => "nfs4",
@@ -145,16 +183,27 @@ fn mount_args(opts: &[String], read_only: bool, addr: &str) -> (MsFlags, String,
 }
 
 fn resolve(server: &str, bound: Duration) -> Result<String> {
-    let bare = server.trim_start_matches('[').trim_end_matches(']').to_string();
+    let bare = server
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_string();
     if bare.parse::<std::net::IpAddr>().is_ok() {
         return Ok(bare);
     }
     use std::net::ToSocketAddrs;
     let name = bare.clone();
-    match bounded(bound, move || (name.as_str(), 2049).to_socket_addrs().map(|mut a| a.next())) {
+    match bounded(&format!("resolve {bare}"), bound, move || {
+        (name.as_str(), 2049)
+            .to_socket_addrs()
+            .map(|mut a| a.next())
+    }) {
         Some(Ok(Some(a))) => Ok(a.ip().to_string()),
-        Some(Ok(None)) => Err(Error::Unavailable(format!("NFS server {server}: the name has no address"))),
-        Some(Err(e)) => Err(Error::Unavailable(format!("NFS server {server}: resolving the name: {e}"))),
+        Some(Ok(None)) => Err(Error::Unavailable(format!(
+            "NFS server {server}: the name has no address"
+        ))),
+        Some(Err(e)) => Err(Error::Unavailable(format!(
+            "NFS server {server}: resolving the name: {e}"
+        ))),
         None => Err(Error::DeadlineExceeded(format!(
             "NFS server {server}: resolving the name took longer than {} s",
             bound.as_secs_f32()
@@ -225,7 +274,11 @@ pub fn publish(d: &Driver, req: NodePublishVolumeRequest) -> Result<()> {
                 return Err(Error::AlreadyExists(format!(
                     "target_path {} is published {}; this call asks for {}",
                     target.display(),
-                    if mounted_ro { "read-only" } else { "read-write" },
+                    if mounted_ro {
+                        "read-only"
+                    } else {
+                        "read-write"
+                    },
                     if read_only { "read-only" } else { "read-write" }
                 )));
             }
@@ -257,8 +310,14 @@ pub fn publish(d: &Driver, req: NodePublishVolumeRequest) -> Result<()> {
     let (flags, data, fs_type) = mount_args(&opts, read_only, &addr);
     let source = vid.mount_source();
     let (s, t, dt) = (source.clone(), target.clone(), data.clone());
-    let outcome = bounded(bound, move || {
-        nix::mount::mount(Some(s.as_str()), &t, Some(fs_type), flags, Some(dt.as_str()))
+    let outcome = bounded(&key(&target), bound, move || {
+        nix::mount::mount(
+            Some(s.as_str()),
+            &t,
+            Some(fs_type),
+            flags,
+            Some(dt.as_str()),
+        )
     });
     match outcome {
         Some(Ok(())) => {
@@ -326,7 +385,7 @@ pub fn stats(d: &Driver, req: NodeGetVolumeStatsRequest) -> Result<NodeGetVolume
         )));
     }
     let p = path.clone();
-    let usage = match bounded(d.config.nfs_timeout, move || mount::usage(&p)) {
+    let usage = match bounded(&key(&path), d.config.nfs_timeout, move || mount::usage(&p)) {
         Some(u) => u,
         None => {
             return Ok(NodeGetVolumeStatsResponse {
@@ -375,6 +434,28 @@ pub fn expand(req: &NodeExpandVolumeRequest) -> Result<NodeExpandVolumeResponse>
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn blocked_work_is_not_started_twice() {
+        let (release, wait) = mpsc::channel::<()>();
+        let first = bounded("k", Duration::from_millis(20), move || wait.recv().is_ok());
+        assert_eq!(first, None, "times out while blocked");
+        assert_eq!(
+            bounded("k", Duration::from_secs(5), || 1),
+            None,
+            "refused at once"
+        );
+        assert_eq!(bounded("other", Duration::from_secs(5), || 2), Some(2));
+        release.send(()).expect("release");
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while bounded("k", Duration::from_secs(5), || 3) != Some(3) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "key freed when the work ends"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
 
     #[test]
     fn nfs41_is_the_default_and_options_pass_through() {

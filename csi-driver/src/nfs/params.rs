@@ -82,14 +82,68 @@ fn fill_template(field: &str, tpl: &str, map: &HashMap<String, String>) -> Resul
 /// Option names (before any `=`) an NFS mount accepts. Everything else is
 /// refused so a typo is INVALID_ARGUMENT, not a mount failure on a node.
 const NFS_OPTIONS: &[&str] = &[
-    "vers", "nfsvers", "minorversion", "proto", "port", "hard", "soft", "softerr", "timeo",
-    "retrans", "rsize", "wsize", "ac", "noac", "actimeo", "acregmin", "acregmax", "acdirmin",
-    "acdirmax", "lookupcache", "nconnect", "max_connect", "sec", "lock", "nolock", "local_lock",
-    "noresvport", "resvport", "fsc", "nofsc", "cto", "nocto", "sharecache", "nosharecache",
-    "intr", "nointr", "rdirplus", "nordirplus", "mountport", "mountproto", "mountvers",
-    "write", "ro", "rw", "noexec", "exec", "nosuid", "suid", "nodev", "dev", "noatime", "atime",
-    "nodiratime", "diratime", "relatime", "norelatime", "strictatime", "lazytime", "sync",
-    "async", "dirsync", "defaults",
+    "vers",
+    "nfsvers",
+    "minorversion",
+    "proto",
+    "port",
+    "hard",
+    "soft",
+    "softerr",
+    "timeo",
+    "retrans",
+    "rsize",
+    "wsize",
+    "ac",
+    "noac",
+    "actimeo",
+    "acregmin",
+    "acregmax",
+    "acdirmin",
+    "acdirmax",
+    "lookupcache",
+    "nconnect",
+    "max_connect",
+    "sec",
+    "lock",
+    "nolock",
+    "local_lock",
+    "noresvport",
+    "resvport",
+    "fsc",
+    "nofsc",
+    "cto",
+    "nocto",
+    "sharecache",
+    "nosharecache",
+    "intr",
+    "nointr",
+    "rdirplus",
+    "nordirplus",
+    "mountport",
+    "mountproto",
+    "mountvers",
+    "write",
+    "ro",
+    "rw",
+    "noexec",
+    "exec",
+    "nosuid",
+    "suid",
+    "nodev",
+    "dev",
+    "noatime",
+    "atime",
+    "nodiratime",
+    "diratime",
+    "relatime",
+    "norelatime",
+    "strictatime",
+    "lazytime",
+    "sync",
+    "async",
+    "dirsync",
+    "defaults",
 ];
 
 /// Options that would redirect the mount to another server or address;
@@ -105,7 +159,10 @@ pub fn check_mount_option(field: &str, opt: &str) -> Result<()> {
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b"=._:-/".contains(&b))
     {
-        return Err(Error::invalid(field, format!("{opt:?} is not a valid mount option")));
+        return Err(Error::invalid(
+            field,
+            format!("{opt:?} is not a valid mount option"),
+        ));
     }
     if REFUSED.contains(&name) {
         return Err(Error::invalid(
@@ -125,7 +182,12 @@ pub fn check_mount_option(field: &str, opt: &str) -> Result<()> {
 /// Splits and validates a comma-separated option list.
 pub fn parse_mount_options(field: &str, s: &str) -> Result<Vec<String>> {
     let mut out = Vec::new();
-    for (i, o) in s.split(',').map(str::trim).filter(|o| !o.is_empty()).enumerate() {
+    for (i, o) in s
+        .split(',')
+        .map(str::trim)
+        .filter(|o| !o.is_empty())
+        .enumerate()
+    {
         check_mount_option(&format!("{field}[{i}]"), o)?;
         out.push(o.to_string());
     }
@@ -191,7 +253,10 @@ pub fn parse(field: &str, map: &HashMap<String, String>, volume_name: &str) -> R
         None => volume_name.to_string(),
     };
     let subdir = normalise_subdir(&raw).map_err(|e| Error::invalid(f("subDir"), e))?;
-    if subdir.split('/').any(|c| c.starts_with("archived-") || c == super::SNAPSHOT_DIR) {
+    if subdir
+        .split('/')
+        .any(|c| c.starts_with("archived-") || c == super::SNAPSHOT_DIR)
+    {
         return Err(Error::invalid(
             f("subDir"),
             format!("{subdir:?} uses a name the driver keeps for archives and snapshots"),
@@ -223,14 +288,20 @@ mod tests {
     use super::*;
 
     fn map(kv: &[(&str, &str)]) -> HashMap<String, String> {
-        kv.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+        kv.iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
     }
 
     #[test]
     fn defaults_and_templates() {
         let p = parse(
             "parameters",
-            &map(&[("backend", "nfs"), ("server", "10.0.2.2"), ("share", "/export/")]),
+            &map(&[
+                ("backend", "nfs"),
+                ("server", "10.0.2.2"),
+                ("share", "/export/"),
+            ]),
             "pvc-1",
         )
         .expect("valid");
@@ -264,15 +335,24 @@ mod tests {
         let base = [("backend", "nfs"), ("server", "srv"), ("share", "/e")];
         let cases: &[(&[(&str, &str)], &str)] = &[
             (&[("backend", "nfs"), ("share", "/e")], "parameters[server]"),
-            (&[("backend", "nfs"), ("server", "srv")], "parameters[share]"),
+            (
+                &[("backend", "nfs"), ("server", "srv")],
+                "parameters[share]",
+            ),
             (&[("subDir", "../x")], "parameters[subDir]"),
             (&[("subDir", "a/../../x")], "parameters[subDir]"),
             (&[("subDir", "/abs")], "parameters[subDir]"),
             (&[("subDir", "${pvc.metadata.name}")], "parameters[subDir]"),
             (&[("subDir", "${pvc.uid}")], "parameters[subDir]"),
             (&[("onDelete", "shred")], "parameters[onDelete]"),
-            (&[("mountPermissions", "999")], "parameters[mountPermissions]"),
-            (&[("mountOptions", "vers=4.1,addr=1.2.3.4")], "parameters[mountOptions][1]"),
+            (
+                &[("mountPermissions", "999")],
+                "parameters[mountPermissions]",
+            ),
+            (
+                &[("mountOptions", "vers=4.1,addr=1.2.3.4")],
+                "parameters[mountOptions][1]",
+            ),
             (&[("mountOptions", "bogus")], "parameters[mountOptions][0]"),
             (&[("preallocate", "true")], "parameters[preallocate]"),
             (&[("share", "relative")], "parameters[share]"),

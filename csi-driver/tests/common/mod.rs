@@ -5,8 +5,8 @@
 
 #![allow(dead_code)]
 
-pub mod nfs_server;
 pub mod guest;
+pub mod nfs_server;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
