@@ -6,6 +6,8 @@
 //!      delete), `--runs` times, and prints min / median / max;
 //!   2. `--concurrent` CreateVolume calls at once (wall time, errors).
 //!
+//! With `--nfs`, the NFS backend instead (see `csi_bench/nfs.rs`).
+//!
 //! Everything it made is removed at the end, also on failure. Needs root.
 
 use std::path::{Path, PathBuf};
@@ -13,6 +15,14 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use clap::Parser;
+
+#[path = "csi_bench/nfs.rs"]
+mod nfs;
+// The NFS server fixture the tests use: ganesha + rpcbind in a scratch
+// network namespace, removed on drop.
+#[allow(dead_code)]
+#[path = "../../tests/common/nfs_server.rs"]
+mod nfs_server;
 use csi_driver::engine::{loopdev, mount};
 use hyper_util::rt::TokioIo;
 use proto::v1::controller_client::ControllerClient;
@@ -37,6 +47,15 @@ struct Args {
     /// Filesystem for the lifecycle volume.
     #[arg(long, default_value = "ext4")]
     fs_type: String,
+    /// Benchmark the NFS backend against nfs-ganesha in a scratch netns.
+    #[arg(long)]
+    nfs: bool,
+    /// With --nfs: files in the tree that is cloned, snapshotted, restored.
+    #[arg(long, default_value_t = 64)]
+    nfs_files: usize,
+    /// With --nfs: size of each file in MiB.
+    #[arg(long, default_value_t = 1)]
+    nfs_file_mib: usize,
     /// Scratch directory (removed at the end).
     #[arg(long, default_value = "/tmp/berth-csi-bench")]
     dir: PathBuf,
@@ -127,6 +146,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         dir: args.dir.clone(),
         child: None,
     };
+    if args.nfs {
+        return nfs::run(&args.dir, args.runs, args.nfs_files, args.nfs_file_mib).await;
+    }
     let socket = args.dir.join("csi.sock");
     scratch.child = Some(
         Command::new(&bin)
