@@ -62,7 +62,7 @@ fn topology_matches(d: &Driver, t: &Topology) -> bool {
     t.segments.len() == 1 && t.segments.get(TOPOLOGY_KEY) == Some(&d.config.node_id)
 }
 
-fn content_source(v: &state::Volume) -> Option<VolumeContentSource> {
+pub(crate) fn content_source(v: &state::Volume) -> Option<VolumeContentSource> {
     let t = match v.source_kind.as_str() {
         "snapshot" => SourceType::Snapshot(SnapshotSource {
             snapshot_id: v.source_id.clone(),
@@ -88,7 +88,7 @@ fn to_volume(d: &Driver, v: &state::Volume) -> Volume {
     }
 }
 
-fn to_snapshot(s: &state::Snapshot) -> Snapshot {
+pub(crate) fn to_snapshot(s: &state::Snapshot) -> Snapshot {
     Snapshot {
         size_bytes: s.size as i64,
         snapshot_id: s.id.clone(),

@@ -173,9 +173,9 @@ pub struct Capability {
     pub mode: AccessMode,
 }
 
-/// Mount options the driver understands. Everything else is refused, so a
-/// typo is an INVALID_ARGUMENT instead of a mount failure later.
-const KNOWN_MOUNT_FLAGS: &[&str] = &[
+/// Options of the kernel's generic mount layer (mount(2) flags), valid for
+/// every filesystem, NFS included.
+pub(crate) const VFS_MOUNT_FLAGS: &[&str] = &[
     "ro",
     "rw",
     "noexec",
@@ -196,6 +196,13 @@ const KNOWN_MOUNT_FLAGS: &[&str] = &[
     "sync",
     "async",
     "dirsync",
+    "defaults",
+];
+
+/// Options of ext4/xfs the driver understands besides [`VFS_MOUNT_FLAGS`].
+/// Everything else is refused, so a typo is an INVALID_ARGUMENT instead of
+/// a mount failure later.
+const LOCAL_FS_FLAGS: &[&str] = &[
     "discard",
     "nodiscard",
     "nouuid",
@@ -215,7 +222,6 @@ const KNOWN_MOUNT_FLAGS: &[&str] = &[
     "errors=remount-ro",
     "errors=continue",
     "errors=panic",
-    "defaults",
 ];
 
 /// Validates one capability; `field` is e.g. `volume_capabilities[0]`.
@@ -329,7 +335,7 @@ pub fn capability_for(field: &str, cap: &VolumeCapability, backend: Backend) -> 
             let mut total = 0;
             for (i, f) in m.mount_flags.iter().enumerate() {
                 total += f.len();
-                if !KNOWN_MOUNT_FLAGS.contains(&f.as_str()) {
+                if !VFS_MOUNT_FLAGS.contains(&f.as_str()) && !LOCAL_FS_FLAGS.contains(&f.as_str()) {
                     return Err(Error::invalid(
                         format!("{field}.mount.mount_flags[{i}]"),
                         "is not a mount option this driver supports",

@@ -87,6 +87,51 @@ async fn delete(h: &mut Harness, id: &str) -> Result<(), tonic::Status> {
         .map(|_| ())
 }
 
+async fn validate(
+    h: &mut Harness,
+    volume_id: &str,
+    cap: VolumeCapability,
+) -> ValidateVolumeCapabilitiesResponse {
+    h.controller
+        .validate_volume_capabilities(ValidateVolumeCapabilitiesRequest {
+            volume_id: volume_id.into(),
+            volume_capabilities: vec![cap],
+            ..Default::default()
+        })
+        .await
+        .expect("validate")
+        .into_inner()
+}
+
+async fn condition(h: &mut Harness, volume_id: &str) -> VolumeCondition {
+    h.controller
+        .controller_get_volume(ControllerGetVolumeRequest {
+            volume_id: volume_id.into(),
+        })
+        .await
+        .expect("get")
+        .into_inner()
+        .status
+        .and_then(|s| s.volume_condition)
+        .expect("condition")
+}
+
+fn from_volume(id: &str) -> Option<VolumeContentSource> {
+    Some(VolumeContentSource {
+        r#type: Some(SourceType::Volume(VolumeSource {
+            volume_id: id.into(),
+        })),
+    })
+}
+
+fn from_snapshot(id: &str) -> Option<VolumeContentSource> {
+    Some(VolumeContentSource {
+        r#type: Some(SourceType::Snapshot(SnapshotSource {
+            snapshot_id: id.into(),
+        })),
+    })
+}
+
 fn mode_of(p: &Path) -> u32 {
     std::fs::metadata(p).expect("stat").permissions().mode() & 0o7777
 }
@@ -302,16 +347,7 @@ async fn nfs_volumes_are_subdirectories_with_each_delete_policy() {
         (Mode::MultiNodeReaderOnly, true),
         (Mode::SingleNodeWriter, true),
     ] {
-        let r = h
-            .controller
-            .validate_volume_capabilities(ValidateVolumeCapabilitiesRequest {
-                volume_id: vv.volume_id.clone(),
-                volume_capabilities: vec![nfs_cap(mode)],
-                ..Default::default()
-            })
-            .await
-            .expect("validate")
-            .into_inner();
+        let r = validate(&mut h, &vv.volume_id, nfs_cap(mode)).await;
         assert_eq!(r.confirmed.is_some(), ok, "{mode:?}: {}", r.message);
     }
     let block = VolumeCapability {
@@ -320,16 +356,7 @@ async fn nfs_volumes_are_subdirectories_with_each_delete_policy() {
         }),
         access_type: Some(AccessType::Block(BlockVolume {})),
     };
-    let r = h
-        .controller
-        .validate_volume_capabilities(ValidateVolumeCapabilitiesRequest {
-            volume_id: vv.volume_id.clone(),
-            volume_capabilities: vec![block],
-            ..Default::default()
-        })
-        .await
-        .expect("validate")
-        .into_inner();
+    let r = validate(&mut h, &vv.volume_id, block).await;
     assert!(
         r.confirmed.is_none() && r.message.contains("block"),
         "{}",
@@ -337,45 +364,19 @@ async fn nfs_volumes_are_subdirectories_with_each_delete_policy() {
     );
     // A local-disk volume still refuses multi-node modes.
     let local = h.create("local", 16 * MIB, mount_cap("ext4")).await;
-    let r = h
-        .controller
-        .validate_volume_capabilities(ValidateVolumeCapabilitiesRequest {
-            volume_id: local.volume_id.clone(),
-            volume_capabilities: vec![mount_cap_mode("ext4", Mode::MultiNodeMultiWriter)],
-            ..Default::default()
-        })
-        .await
-        .expect("validate")
-        .into_inner();
+    let r = validate(
+        &mut h,
+        &local.volume_id,
+        mount_cap_mode("ext4", Mode::MultiNodeMultiWriter),
+    )
+    .await;
     assert!(r.confirmed.is_none(), "local volumes stay single-node");
 
     // ControllerGetVolume reports the directory's presence.
-    let got = h
-        .controller
-        .controller_get_volume(ControllerGetVolumeRequest {
-            volume_id: vv.volume_id.clone(),
-        })
-        .await
-        .expect("get")
-        .into_inner();
-    let cond = got
-        .status
-        .and_then(|s| s.volume_condition)
-        .expect("condition");
+    let cond = condition(&mut h, &vv.volume_id).await;
     assert!(!cond.abnormal, "{}", cond.message);
     std::fs::remove_dir(export.join("vv")).expect("remove behind the driver's back");
-    let got = h
-        .controller
-        .controller_get_volume(ControllerGetVolumeRequest {
-            volume_id: vv.volume_id.clone(),
-        })
-        .await
-        .expect("get")
-        .into_inner();
-    let cond = got
-        .status
-        .and_then(|s| s.volume_condition)
-        .expect("condition");
+    let cond = condition(&mut h, &vv.volume_id).await;
     assert!(cond.abnormal, "a missing directory is abnormal");
 }
 
@@ -393,11 +394,7 @@ async fn nfs_clone_snapshot_and_restore_keep_the_tree() {
 
     // Clone: the same tree in a new subdirectory.
     let mut req = nfs_req("clone", params(&srv, &[]));
-    req.volume_content_source = Some(VolumeContentSource {
-        r#type: Some(SourceType::Volume(VolumeSource {
-            volume_id: src.volume_id.clone(),
-        })),
-    });
+    req.volume_content_source = from_volume(&src.volume_id);
     let clone = create(&mut h, req).await.expect("clone");
     assert!(clone.content_source.is_some());
     assert_eq!(tree(&export.join("clone")), original, "{}", h.log());
@@ -454,11 +451,7 @@ async fn nfs_clone_snapshot_and_restore_keep_the_tree() {
     std::fs::write(export.join("src/later"), b"after the snapshot").expect("write");
     std::fs::write(export.join("src/a/big.bin"), b"overwritten").expect("write");
     let mut req = nfs_req("restored", params(&srv, &[]));
-    req.volume_content_source = Some(VolumeContentSource {
-        r#type: Some(SourceType::Snapshot(SnapshotSource {
-            snapshot_id: snap.snapshot_id.clone(),
-        })),
-    });
+    req.volume_content_source = from_snapshot(&snap.snapshot_id);
     create(&mut h, req).await.expect("restore");
     assert_eq!(tree(&export.join("restored")), original, "{}", h.log());
 
@@ -483,11 +476,7 @@ async fn nfs_clone_snapshot_and_restore_keep_the_tree() {
         .expect("delete snapshot");
     assert!(!archives[0].exists());
     let mut req = nfs_req("restored-2", params(&srv, &[]));
-    req.volume_content_source = Some(VolumeContentSource {
-        r#type: Some(SourceType::Snapshot(SnapshotSource {
-            snapshot_id: snap.snapshot_id.clone(),
-        })),
-    });
+    req.volume_content_source = from_snapshot(&snap.snapshot_id);
     assert_eq!(code(create(&mut h, req).await), Code::NotFound);
     assert!(
         !export.join("restored-2").exists(),
@@ -510,11 +499,7 @@ async fn nfs_server_that_stops_gives_timely_errors_and_nothing_hangs() {
 
     // The server stops (SIGSTOP) while a clone is copying.
     let mut req = nfs_req("clone", params(&srv, &[]));
-    req.volume_content_source = Some(VolumeContentSource {
-        r#type: Some(SourceType::Volume(VolumeSource {
-            volume_id: src.volume_id.clone(),
-        })),
-    });
+    req.volume_content_source = from_volume(&src.volume_id);
     let mut c = h.controller.clone();
     let call = tokio::spawn(async move {
         let t = Instant::now();
@@ -558,11 +543,7 @@ async fn nfs_server_that_stops_gives_timely_errors_and_nothing_hangs() {
     // Back: the interrupted clone is redone from scratch on retry.
     srv.resume().expect("resume");
     let mut req = nfs_req("clone", params(&srv, &[]));
-    req.volume_content_source = Some(VolumeContentSource {
-        r#type: Some(SourceType::Volume(VolumeSource {
-            volume_id: src.volume_id.clone(),
-        })),
-    });
+    req.volume_content_source = from_volume(&src.volume_id);
     create(&mut h, req)
         .await
         .expect("retry after the server is back");
@@ -591,7 +572,8 @@ async fn nfs_bad_input_names_the_field_and_makes_nothing() {
     };
     let export = srv.export_dir().to_path_buf();
     let before = tree(&export);
-    let cases: Vec<(Vec<(&str, &str)>, Code, &str)> = vec![
+    type Case<'a> = (Vec<(&'a str, &'a str)>, Code, &'a str);
+    let cases: Vec<Case> = vec![
         (
             vec![("server", "")],
             Code::InvalidArgument,
@@ -694,11 +676,7 @@ async fn nfs_bad_input_names_the_field_and_makes_nothing() {
 
     // A local-disk snapshot cannot seed an NFS volume.
     let mut req = nfs_req("bad", params(&srv, &[]));
-    req.volume_content_source = Some(VolumeContentSource {
-        r#type: Some(SourceType::Snapshot(SnapshotSource {
-            snapshot_id: "snap-node-1-abc".into(),
-        })),
-    });
+    req.volume_content_source = from_snapshot("snap-node-1-abc");
     let e = create(&mut h, req).await.expect_err("local source");
     assert_eq!(e.code(), Code::InvalidArgument);
 

@@ -9,12 +9,10 @@ mod common;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::guest::{connect_in_netns, Guest, GuestOptions};
+use common::guest::{Guest, GuestOptions};
 use common::nfs_server::{is_skip, NfsServer, NETNS_PREFIX};
-use hyper_util::rt::TokioIo;
 use proto::v1::identity_client::IdentityClient;
 use proto::v1::GetPluginInfoRequest;
-use tonic::transport::{Endpoint, Uri};
 
 /// Host /run entries rpcbind and ganesha would leave if they ran in the
 /// host's mount namespace.
@@ -269,22 +267,9 @@ async fn driver_in_guest_answers_grpc_over_forwarded_port() {
         guest.boot_time()
     );
 
-    let netns = guest.netns().to_string();
-    let port = guest.host_port(CSI_PORT);
     let deadline = Instant::now() + Duration::from_secs(60);
     let info = loop {
-        let netns = netns.clone();
-        // The connector dials from inside the netns, where the forward is.
-        let channel = Endpoint::from_static("http://guest")
-            .connect_with_connector(tower::service_fn(move |_: Uri| {
-                let netns = netns.clone();
-                async move {
-                    let s = connect_in_netns(&netns, port)?;
-                    s.set_nonblocking(true)?;
-                    Ok::<_, std::io::Error>(TokioIo::new(tokio::net::TcpStream::from_std(s)?))
-                }
-            }))
-            .await;
+        let channel = guest.grpc_channel(CSI_PORT).await;
         let res = match channel {
             Ok(ch) => IdentityClient::new(ch)
                 .get_plugin_info(GetPluginInfoRequest {})

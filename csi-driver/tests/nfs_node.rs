@@ -11,16 +11,15 @@ mod common;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use common::guest::{connect_in_netns, Guest, GuestOptions};
+use common::guest::{Guest, GuestOptions};
 use common::nfs_server::{is_skip, NfsServer};
 use common::*;
-use hyper_util::rt::TokioIo;
 use proto::v1::identity_client::IdentityClient;
 use proto::v1::node_client::NodeClient;
 use proto::v1::volume_capability::access_mode::Mode;
 use proto::v1::volume_capability::{AccessMode, AccessType, MountVolume};
 use proto::v1::*;
-use tonic::transport::{Channel, Endpoint, Uri};
+use tonic::transport::Channel;
 use tonic::Code;
 
 const CSI_PORT: u16 = 10000;
@@ -88,23 +87,9 @@ fn boot_guests(srv: &NfsServer, n: usize) -> Option<Vec<Guest>> {
 
 /// A node client for the driver in a guest (waits for it to answer).
 async fn node_client(g: &Guest) -> NodeClient<Channel> {
-    let netns = g.netns().to_string();
-    let port = g.host_port(CSI_PORT);
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        let ns = netns.clone();
-        // The forward listens inside the server's namespace: dial from there.
-        let ch = Endpoint::from_static("http://guest")
-            .connect_with_connector(tower::service_fn(move |_: Uri| {
-                let ns = ns.clone();
-                async move {
-                    let s = connect_in_netns(&ns, port)?;
-                    s.set_nonblocking(true)?;
-                    Ok::<_, std::io::Error>(TokioIo::new(tokio::net::TcpStream::from_std(s)?))
-                }
-            }))
-            .await;
-        if let Ok(ch) = ch {
+        if let Ok(ch) = g.grpc_channel(CSI_PORT).await {
             if IdentityClient::new(ch.clone())
                 .probe(ProbeRequest {})
                 .await

@@ -37,15 +37,6 @@ pub struct Entry {
     pub attr: fattr3,
 }
 
-/// Space on the export.
-#[derive(Clone, Copy, Debug)]
-pub struct Space {
-    /// Total bytes.
-    pub total: u64,
-    /// Bytes free for us.
-    pub available: u64,
-}
-
 /// A session with one export of one server.
 pub struct Nfs {
     conn: Conn,
@@ -101,10 +92,9 @@ async fn bounded<T>(
 
 /// Runs one NFS call under the session's bound.
 macro_rules! call {
-    ($s:ident, $op:expr, $method:ident, $args:expr) => {{
-        let server = $s.server.clone();
-        bounded(&server, $s.timeout, $op, $s.conn.$method($args)).await
-    }};
+    ($s:ident, $op:expr, $method:ident, $args:expr) => {
+        bounded(&$s.server, $s.timeout, $op, $s.conn.$method($args)).await
+    };
 }
 
 fn name(n: &[u8]) -> filename3<'_> {
@@ -171,10 +161,12 @@ impl Nfs {
                 )))
             }
             Ok(Err(e)) => return Err(unavailable(server, &format!("mounting {share}"), e)),
-            Err(_) => return Err(Error::DeadlineExceeded(format!(
+            Err(_) => {
+                return Err(Error::DeadlineExceeded(format!(
                 "NFS server {server}: mounting {share} got no answer within {} s (--nfs-timeout)",
                 timeout.as_secs_f32()
-            ))),
+            )))
+            }
         };
         let root = conn.root_nfs_fh3();
         let mut nfs = Nfs {
@@ -192,16 +184,6 @@ impl Nfs {
             nfs.wsize = ok.wtpref.max(4096).min(ok.wtmax.max(4096)).min(MAX_IO);
         }
         Ok(nfs)
-    }
-
-    /// The export's root handle.
-    pub fn root(&self) -> nfs_fh3 {
-        self.root.clone()
-    }
-
-    /// The server name (for messages).
-    pub fn server(&self) -> &str {
-        &self.server
     }
 
     /// Ends the session (UMNT, best effort, short bound).
@@ -554,16 +536,13 @@ impl Nfs {
         }
     }
 
-    /// Space figures of the export.
-    pub async fn fsstat(&mut self) -> Result<Space> {
+    /// Bytes of the export available to us (FSSTAT `abytes`).
+    pub async fn available(&mut self) -> Result<u64> {
         let args = nfs3::FSSTAT3args {
             fsroot: self.root.clone(),
         };
         match call!(self, "FSSTAT", fsstat, &args)? {
-            Nfs3Result::Ok(ok) => Ok(Space {
-                total: ok.tbytes,
-                available: ok.abytes,
-            }),
+            Nfs3Result::Ok(ok) => Ok(ok.abytes),
             Nfs3Result::Err((st, _)) => Err(status_error(&self.server, "FSSTAT", st)),
         }
     }

@@ -296,17 +296,6 @@ impl SnapshotId {
             file,
         })
     }
-
-    /// The volume id of the snapshot's source (its delete policy is not
-    /// part of the snapshot id; `delete` is reported).
-    pub fn source_volume(&self) -> VolumeId {
-        VolumeId {
-            server: self.server.clone(),
-            share: self.share.clone(),
-            subdir: self.source_subdir.clone(),
-            on_delete: OnDelete::Delete,
-        }
-    }
 }
 
 /// Whether an id belongs to the NFS backend (by prefix).

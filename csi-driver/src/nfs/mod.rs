@@ -17,10 +17,10 @@ pub mod params;
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use proto::v1::volume_content_source::{SnapshotSource, Type as SourceType, VolumeSource};
+use proto::v1::volume_content_source::Type as SourceType;
 use proto::v1::*;
 
-use crate::controller::choose_size;
+use crate::controller::{choose_size, content_source, to_snapshot};
 use crate::error::{Error, Result};
 use crate::validate::{self, Backend};
 use crate::{now_ns, state, Driver};
@@ -78,22 +78,9 @@ pub fn to_volume(v: &state::Volume) -> Option<Volume> {
         capacity_bytes: v.size as i64,
         volume_id: v.id.clone(),
         volume_context: volume_context(&vid, &recorded_mount_options(v)),
-        content_source: source_of(&v.source_kind, &v.source_id),
+        content_source: content_source(v),
         accessible_topology: vec![],
     })
-}
-
-fn source_of(kind: &str, id: &str) -> Option<VolumeContentSource> {
-    let t = match kind {
-        "snapshot" => SourceType::Snapshot(SnapshotSource {
-            snapshot_id: id.to_string(),
-        }),
-        "volume" => SourceType::Volume(VolumeSource {
-            volume_id: id.to_string(),
-        }),
-        _ => return None,
-    };
-    Some(VolumeContentSource { r#type: Some(t) })
 }
 
 enum Source {
@@ -200,19 +187,6 @@ pub async fn create_volume(d: Arc<Driver>, req: CreateVolumeRequest) -> Result<V
         Some(SourceType::Volume(v)) => ("volume", v.volume_id.clone()),
         None => ("", String::new()),
     };
-    let make = |state: &str| state::Volume {
-        seq: 0,
-        id: vol_id.clone(),
-        name: req.name.clone(),
-        size,
-        access: "mount".into(),
-        fs_type: "nfs".into(),
-        params: canonical.clone(),
-        source_kind: source_kind.to_string(),
-        source_id: source_id.clone(),
-        state: state.into(),
-        fs_grow_pending: false,
-    };
     let response = || Volume {
         capacity_bytes: size as i64,
         volume_id: vol_id.clone(),
@@ -247,7 +221,19 @@ pub async fn create_volume(d: Arc<Driver>, req: CreateVolumeRequest) -> Result<V
             p.server, p.share, p.subdir, other.name
         )));
     }
-    d.state.insert_volume(&make("creating"))?;
+    d.state.insert_volume(&state::Volume {
+        seq: 0,
+        id: vol_id.clone(),
+        name: req.name.clone(),
+        size,
+        access: "mount".into(),
+        fs_type: "nfs".into(),
+        params: canonical.clone(),
+        source_kind: source_kind.to_string(),
+        source_id: source_id.clone(),
+        state: "creating".into(),
+        fs_grow_pending: false,
+    })?;
 
     let made = async {
         let mut nfs = session(&d, &p.server, &p.share).await?;
@@ -345,26 +331,7 @@ pub async fn delete_volume(d: Arc<Driver>, volume_id: &str) -> Result<()> {
 /// The archive file name of a snapshot: a digest of its CSI name, so ids
 /// stay short whatever the name.
 fn archive_name(name: &str) -> String {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in name.bytes() {
-        h ^= u64::from(b);
-        h = h.wrapping_mul(0x0100_0000_01b3);
-    }
-    format!("s-{h:016x}.tar")
-}
-
-fn to_snapshot(s: &state::Snapshot) -> Snapshot {
-    Snapshot {
-        size_bytes: s.size as i64,
-        snapshot_id: s.id.clone(),
-        source_volume_id: s.source_volume_id.clone(),
-        creation_time: Some(prost_types::Timestamp {
-            seconds: s.created_ns / 1_000_000_000,
-            nanos: (s.created_ns % 1_000_000_000) as i32,
-        }),
-        ready_to_use: true,
-        group_snapshot_id: String::new(),
-    }
+    format!("s-{}.tar", cni_core::digest(&[name.as_bytes()]))
 }
 
 /// CreateSnapshot of an NFS volume: an archive on the same export.
@@ -479,11 +446,11 @@ pub async fn get_capacity(d: Arc<Driver>, req: GetCapacityRequest) -> Result<Get
     }
     let (server, share) = params::parse_export("parameters", &req.parameters)?;
     let mut nfs = session(&d, &server, &share).await?;
-    let space = nfs.fsstat().await?;
+    let available = nfs.available().await?;
     nfs.close().await;
     Ok(GetCapacityResponse {
-        available_capacity: space.available as i64,
-        maximum_volume_size: Some(space.available as i64),
+        available_capacity: available as i64,
+        maximum_volume_size: Some(available as i64),
         minimum_volume_size: None,
     })
 }

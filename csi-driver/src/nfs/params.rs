@@ -79,7 +79,8 @@ fn fill_template(field: &str, tpl: &str, map: &HashMap<String, String>) -> Resul
     Ok(out)
 }
 
-/// Option names (before any `=`) an NFS mount accepts. Everything else is
+/// Option names (before any `=`) the NFS client takes besides the generic
+/// mount flags ([`crate::validate::VFS_MOUNT_FLAGS`]). Everything else is
 /// refused so a typo is INVALID_ARGUMENT, not a mount failure on a node.
 const NFS_OPTIONS: &[&str] = &[
     "vers",
@@ -124,26 +125,6 @@ const NFS_OPTIONS: &[&str] = &[
     "mountproto",
     "mountvers",
     "write",
-    "ro",
-    "rw",
-    "noexec",
-    "exec",
-    "nosuid",
-    "suid",
-    "nodev",
-    "dev",
-    "noatime",
-    "atime",
-    "nodiratime",
-    "diratime",
-    "relatime",
-    "norelatime",
-    "strictatime",
-    "lazytime",
-    "sync",
-    "async",
-    "dirsync",
-    "defaults",
 ];
 
 /// Options that would redirect the mount to another server or address;
@@ -170,7 +151,7 @@ pub fn check_mount_option(field: &str, opt: &str) -> Result<()> {
             format!("{name} cannot be set: the server address comes from the volume"),
         ));
     }
-    if !NFS_OPTIONS.contains(&name) {
+    if !NFS_OPTIONS.contains(&name) && !crate::validate::VFS_MOUNT_FLAGS.contains(&opt) {
         return Err(Error::invalid(
             field,
             format!("{opt:?} is not an NFS mount option this driver supports"),

@@ -315,6 +315,28 @@ impl Guest {
         }
     }
 
+    /// A gRPC channel to a server in the guest on a forwarded port. The
+    /// connector dials from inside the netns, where the forward listens.
+    pub async fn grpc_channel(
+        &self,
+        guest_port: u16,
+    ) -> Result<tonic::transport::Channel, tonic::transport::Error> {
+        let netns = self.netns().to_string();
+        let port = self.host_port(guest_port);
+        tonic::transport::Endpoint::from_static("http://guest")
+            .connect_with_connector(tower::service_fn(move |_: tonic::transport::Uri| {
+                let netns = netns.clone();
+                async move {
+                    let s = connect_in_netns(&netns, port)?;
+                    s.set_nonblocking(true)?;
+                    Ok::<_, io::Error>(hyper_util::rt::TokioIo::new(
+                        tokio::net::TcpStream::from_std(s)?,
+                    ))
+                }
+            }))
+            .await
+    }
+
     /// A TCP connection to `guest_port` through the forward, made in the
     /// netns. For tonic: `set_nonblocking(true)` then
     /// `tokio::net::TcpStream::from_std` in a custom connector.

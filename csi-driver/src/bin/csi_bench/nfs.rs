@@ -22,10 +22,14 @@ use super::nfs_server::NfsServer;
 type Res<T> = Result<T, Box<dyn std::error::Error>>;
 
 fn params(srv: &NfsServer) -> HashMap<String, String> {
-    [("backend", "nfs"), ("server", srv.addr()), ("share", srv.share())]
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect()
+    [
+        ("backend", "nfs"),
+        ("server", srv.addr()),
+        ("share", srv.share()),
+    ]
+    .iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect()
 }
 
 fn req(srv: &NfsServer, name: &str, source: Option<SourceType>) -> CreateVolumeRequest {
@@ -170,9 +174,24 @@ pub async fn run(dir: &Path, runs: usize, files: usize, file_mib: usize) -> Res<
     println!("| operation | berth-csi over NFS | local tool on the export's filesystem | ratio (ours / local time) |");
     println!("|---|---|---|---|");
     for (name, ours, local, tool) in [
-        ("clone (CreateVolume from a volume)", clone, local_clone, "cp -a"),
-        ("snapshot (CreateSnapshot, tar archive)", snapshot, local_snap, "tar -c"),
-        ("restore (CreateVolume from the snapshot)", restore, local_restore, "tar -x"),
+        (
+            "clone (CreateVolume from a volume)",
+            clone,
+            local_clone,
+            "cp -a",
+        ),
+        (
+            "snapshot (CreateSnapshot, tar archive)",
+            snapshot,
+            local_snap,
+            "tar -c",
+        ),
+        (
+            "restore (CreateVolume from the snapshot)",
+            restore,
+            local_restore,
+            "tar -x",
+        ),
     ] {
         println!(
             "| {name} | {:.0} ms, {:.0} MiB/s | {tool}: {:.0} ms, {:.0} MiB/s | {:.2} |",
