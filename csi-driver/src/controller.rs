@@ -17,7 +17,7 @@ use crate::engine::local::{Kind, LocalId};
 use crate::engine::{loopdev, mount};
 use crate::error::{Error, Result};
 use crate::state;
-use crate::validate::{self, Access, Capability, Range};
+use crate::validate::{self, Access, Backend, Capability, Range};
 use crate::{blocking, now_ns, Driver};
 
 /// Image sizes are multiples of this.
@@ -461,10 +461,12 @@ fn controller_publish(
     d: &Driver,
     req: ControllerPublishVolumeRequest,
 ) -> Result<ControllerPublishVolumeResponse> {
-    if crate::nfs::id::is_volume(&req.volume_id) {
-        return crate::nfs::controller_publish(&req);
+    let nfs = crate::nfs::id::is_volume(&req.volume_id);
+    if nfs {
+        crate::nfs::id::VolumeId::parse("volume_id", &req.volume_id)?;
+    } else {
+        validate::id("volume_id", &req.volume_id)?;
     }
-    validate::id("volume_id", &req.volume_id)?;
     if req.node_id.is_empty() {
         return Err(Error::missing("node_id"));
     }
@@ -473,7 +475,14 @@ fn controller_publish(
         .volume_capability
         .as_ref()
         .ok_or_else(|| Error::missing("volume_capability"))?;
-    let cap = validate::capability("volume_capability", cap)?;
+    let backend = if nfs { Backend::Nfs } else { Backend::Local };
+    let cap = validate::capability_for("volume_capability", cap, backend)?;
+    if nfs {
+        // An NFS volume has nothing to attach: every node mounts the export.
+        return Ok(ControllerPublishVolumeResponse {
+            publish_context: [("readonly".to_string(), req.readonly.to_string())].into(),
+        });
+    }
     if let Some(owner) = foreign_node(d, &req.volume_id) {
         // Attachment of a local volume is bookkeeping on its own node; the
         // only thing to check from here is that it is that node.

@@ -372,6 +372,39 @@ async fn nfs_volumes_are_subdirectories_with_each_delete_policy() {
     .await;
     assert!(r.confirmed.is_none(), "local volumes stay single-node");
 
+    // ControllerPublishVolume: nothing to attach, any node will do; the
+    // capability is still checked with the NFS rules.
+    let published = h
+        .controller
+        .controller_publish_volume(ControllerPublishVolumeRequest {
+            volume_id: vv.volume_id.clone(),
+            node_id: "a-node-elsewhere".into(),
+            volume_capability: Some(nfs_cap(Mode::MultiNodeReaderOnly)),
+            readonly: true,
+            ..Default::default()
+        })
+        .await
+        .expect("controller publish")
+        .into_inner();
+    assert_eq!(
+        published
+            .publish_context
+            .get("readonly")
+            .map(String::as_str),
+        Some("true")
+    );
+    let e = h
+        .controller
+        .controller_publish_volume(ControllerPublishVolumeRequest {
+            volume_id: vv.volume_id.clone(),
+            node_id: "a-node-elsewhere".into(),
+            volume_capability: Some(mount_cap_mode("ext4", Mode::MultiNodeMultiWriter)),
+            ..Default::default()
+        })
+        .await
+        .expect_err("ext4 capability on an NFS volume");
+    assert_eq!(e.code(), Code::InvalidArgument, "{}", e.message());
+
     // ControllerGetVolume reports the directory's presence.
     let cond = condition(&mut h, &vv.volume_id).await;
     assert!(!cond.abnormal, "{}", cond.message);

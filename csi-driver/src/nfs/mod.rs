@@ -540,26 +540,6 @@ pub async fn get_volume(d: Arc<Driver>, volume_id: &str) -> Result<ControllerGet
     })
 }
 
-/// ControllerPublishVolume of an NFS volume: nothing to attach; checks the
-/// arguments and passes the read-only flag on.
-pub fn controller_publish(
-    req: &ControllerPublishVolumeRequest,
-) -> Result<ControllerPublishVolumeResponse> {
-    VolumeId::parse("volume_id", &req.volume_id)?;
-    if req.node_id.is_empty() {
-        return Err(Error::missing("node_id"));
-    }
-    validate::id("node_id", &req.node_id)?;
-    let cap = req
-        .volume_capability
-        .as_ref()
-        .ok_or_else(|| Error::missing("volume_capability"))?;
-    validate::capability_for("volume_capability", cap, Backend::Nfs)?;
-    Ok(ControllerPublishVolumeResponse {
-        publish_context: [("readonly".to_string(), req.readonly.to_string())].into(),
-    })
-}
-
 /// ControllerExpandVolume of an NFS volume: the size is a record only (an
 /// export has no per-directory size unless the server sets quotas).
 pub fn expand_volume(
