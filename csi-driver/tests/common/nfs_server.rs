@@ -313,8 +313,19 @@ impl NfsServer {
 
     /// Freezes ganesha (SIGSTOP): clients see a server that stops answering
     /// while TCP connections stay up.
+    /// Returns once every ganesha thread is stopped: kill(2) only queues
+    /// the signal, and a thread still running could answer one more call.
     pub fn pause(&self) -> Result<(), String> {
-        self.signal_ganesha(Signal::SIGSTOP)
+        self.signal_ganesha(Signal::SIGSTOP)?;
+        let pid = self.ganesha_pid().ok_or("ganesha is not running")?;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !all_threads_stopped(pid) {
+            if Instant::now() > deadline {
+                return Err(format!("ganesha ({pid}) did not stop within 10 s"));
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        Ok(())
     }
 
     /// Undoes [`pause`](Self::pause) (SIGCONT).
@@ -546,6 +557,20 @@ impl NfsServer {
         let g = self.ganesha.as_ref().ok_or("ganesha is not running")?;
         send_signal(Pid::from_raw(g.id() as i32), sig).map_err(|e| format!("signal ganesha: {e}"))
     }
+}
+
+/// Whether every thread of `pid` is in the stopped state (`T` in
+/// /proc/<pid>/task/<tid>/stat, the field after the parenthesised name).
+fn all_threads_stopped(pid: u32) -> bool {
+    let Ok(tasks) = fs::read_dir(format!("/proc/{pid}/task")) else {
+        return false;
+    };
+    tasks.flatten().all(|t| {
+        fs::read_to_string(t.path().join("stat"))
+            .ok()
+            .and_then(|st| st.rsplit_once(") ").map(|(_, rest)| rest.starts_with('T')))
+            .unwrap_or(true)
+    })
 }
 
 impl Drop for NfsServer {
