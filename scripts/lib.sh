@@ -58,6 +58,15 @@ find_cargo() {
     fi
 }
 
+# Style and lints are part of the test: rustfmt's layout and clippy with the
+# workspace lints (Cargo.toml [workspace.lints]), warnings as errors.
+check_style() {
+    echo "==> cargo fmt --all --check"
+    (cd "$ROOT" && cargo fmt --all --check)
+    echo "==> cargo clippy --workspace --all-targets -- -D warnings"
+    (cd "$ROOT" && cargo clippy --workspace --all-targets --quiet -- -D warnings)
+}
+
 build_release() {
     echo "==> building (release)"
     (cd "$ROOT" && cargo build --release --workspace)

@@ -8,6 +8,7 @@ source "$(dirname "$0")/lib.sh"
 need_root
 install_packages
 find_cargo
+check_style
 build_release
 build_static_csi
 prepare_guest_kernel

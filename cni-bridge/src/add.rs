@@ -4,9 +4,11 @@
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use cni_core::delegate::Delegate;
-use cni_core::netlink::{mac_to_string, Netlink};
-use cni_core::netns::NetNs;
 use cni_core::{CniResult, Interface, IpConfig, Request, Route};
+use host_net::netlink::{mac_to_string, Netlink};
+use host_net::netns::NetNs;
+use std::net::IpAddr;
+
 use ipnetwork::IpNetwork;
 
 use crate::config::BridgeConf;
@@ -25,7 +27,10 @@ pub fn attachment_comment(network: &str, container: &str, ifname: &str) -> Strin
 }
 
 fn now() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
 }
 
 /// Undo actions collected while ADD makes progress.
@@ -54,9 +59,26 @@ fn fill_gateways(ips: &mut [IpConfig], conf: &BridgeConf) {
 /// isDefaultGateway: one default route per family, unless IPAM gave one.
 fn add_default_routes(res: &mut CniResult) {
     for v4 in [true, false] {
-        let Some(gw) = res.ips.iter().filter(|c| c.address.is_ipv4() == v4).find_map(|c| c.gateway) else { continue };
-        let default: IpNetwork = if v4 { "0.0.0.0/0".parse() } else { "::/0".parse() }.expect("constant CIDR");
-        let has = res.routes.iter().any(|r| r.dst == default && r.gw.is_some());
+        let Some(gw) = res
+            .ips
+            .iter()
+            .filter(|c| c.address.is_ipv4() == v4)
+            .find_map(|c| c.gateway)
+        else {
+            continue;
+        };
+        let unspecified = if v4 {
+            IpAddr::from([0u8; 4])
+        } else {
+            IpAddr::from([0u8; 16])
+        };
+        let Ok(default) = IpNetwork::new(unspecified, 0) else {
+            continue;
+        };
+        let has = res
+            .routes
+            .iter()
+            .any(|r| r.dst == default && r.gw.is_some());
         if !has {
             res.routes.push(Route::new(default, Some(gw)));
         }
@@ -68,7 +90,10 @@ pub fn cmd_add(req: &Request) -> Result<CniResult, BridgeError> {
     let pod_ns = NetNs::open(&req.env.netns)?;
     if let (Ok(here), Some(id)) = (NetNs::current(), pod_ns.id()) {
         if here.id() == Some(id) {
-            return Err(BridgeError::config("CNI_NETNS", "is the plugin's own network namespace"));
+            return Err(BridgeError::config(
+                "CNI_NETNS",
+                "is the plugin's own network namespace",
+            ));
         }
     }
     let container = &req.env.container_id;
@@ -83,16 +108,31 @@ pub fn cmd_add(req: &Request) -> Result<CniResult, BridgeError> {
         netns: req.env.netns.clone(),
         bridge: conf.bridge.clone(),
         host_veth: host_name.clone(),
-        masq: if conf.ip_masq { conf.masq_backend.as_str().to_string() } else { String::new() },
+        masq: if conf.ip_masq {
+            conf.masq_backend.as_str().to_string()
+        } else {
+            String::new()
+        },
         spoofchk: conf.mac_spoof_check,
         created_at: now(),
         ..Default::default()
     };
     put_record(&conf, &record)?;
 
-    let mut undo = Undo { record: true, ..Default::default() };
+    let mut undo = Undo {
+        record: true,
+        ..Default::default()
+    };
     let mut nl = Netlink::new()?;
-    match add_steps(req, &conf, &pod_ns, &mut nl, &mut record, &mut undo, &comment) {
+    match add_steps(
+        req,
+        &conf,
+        &pod_ns,
+        &mut nl,
+        &mut record,
+        &mut undo,
+        &comment,
+    ) {
         Ok(res) => Ok(res),
         Err(e) => {
             rollback(req, &conf, &mut nl, &undo, &comment);
@@ -102,8 +142,10 @@ pub fn cmd_add(req: &Request) -> Result<CniResult, BridgeError> {
 }
 
 fn put_record(conf: &BridgeConf, r: &Record) -> Result<(), BridgeError> {
-    let recs = Records::open(&conf.records_dir(), true)?
-        .ok_or_else(|| BridgeError::Records { path: conf.records_dir().display().to_string(), msg: "cannot create".into() })?;
+    let recs = Records::open(&conf.records_dir(), true)?.ok_or_else(|| BridgeError::Records {
+        path: conf.records_dir().display().to_string(),
+        msg: "cannot create".into(),
+    })?;
     recs.put(r)
 }
 
@@ -128,11 +170,18 @@ fn add_steps(
 
     let mut res = CniResult::default();
     if let Some(t) = &conf.ipam_type {
-        let ipam = Delegate { plugin_type: t, env: &req.env, stdin: &req.stdin, version: req.config.version };
+        let ipam = Delegate {
+            plugin_type: t,
+            env: &req.env,
+            stdin: &req.stdin,
+            version: req.config.version,
+        };
         let r = ipam.add()?;
         undo.ipam = true;
         if r.ips.is_empty() {
-            return Err(BridgeError::Kernel(format!("IPAM plugin {t} returned no addresses")));
+            return Err(BridgeError::Kernel(format!(
+                "IPAM plugin {t} returned no addresses"
+            )));
         }
         res.ips = r.ips;
         res.routes = r.routes;
@@ -160,7 +209,11 @@ fn add_steps(
     if conf.is_gateway {
         let gw_link = if conf.vlan != 0 {
             let l = link::ensure_vlan_gateway(nl, &br, conf)?;
-            extra_iface = Some(Interface { name: l.name.clone(), mac: mac_to_string(&l.mac), ..Default::default() });
+            extra_iface = Some(Interface {
+                name: l.name.clone(),
+                mac: mac_to_string(&l.mac),
+                ..Default::default()
+            });
             l
         } else {
             br.clone()
@@ -185,7 +238,13 @@ fn add_steps(
         let addrs: Vec<IpNetwork> = res.ips.iter().map(|c| c.address).collect();
         let chain = masq::iptables_chain(&conf.network, &req.env.container_id, ifname);
         undo.masq = Some(addrs.clone());
-        masq::add(conf.masq_backend, &addrs, &conf.masq_exclude, &chain, comment)?;
+        masq::add(
+            conf.masq_backend,
+            &addrs,
+            &conf.masq_exclude,
+            &chain,
+            comment,
+        )?;
     }
     if conf.mac_spoof_check {
         undo.spoof = Some((host.name.clone(), pod.mac.clone()));
@@ -201,8 +260,16 @@ fn add_steps(
     let br_now = nl.link_by_index(br.index)?.unwrap_or(br);
     let host_now = nl.link_by_index(host.index)?.unwrap_or(host);
     res.interfaces = vec![
-        Interface { name: br_now.name.clone(), mac: mac_to_string(&br_now.mac), ..Default::default() },
-        Interface { name: host_now.name.clone(), mac: mac_to_string(&host_now.mac), ..Default::default() },
+        Interface {
+            name: br_now.name.clone(),
+            mac: mac_to_string(&br_now.mac),
+            ..Default::default()
+        },
+        Interface {
+            name: host_now.name.clone(),
+            mac: mac_to_string(&host_now.mac),
+            ..Default::default()
+        },
         Interface {
             name: ifname.clone(),
             mac: pod.mac.clone(),
@@ -229,7 +296,13 @@ fn rollback(req: &Request, conf: &BridgeConf, nl: &mut Netlink, undo: &Undo, com
     }
     if let Some(addrs) = &undo.masq {
         let chain = masq::iptables_chain(&conf.network, &req.env.container_id, ifname);
-        if let Err(e) = masq::del(conf.masq_backend, addrs, &conf.masq_exclude, &chain, comment) {
+        if let Err(e) = masq::del(
+            conf.masq_backend,
+            addrs,
+            &conf.masq_exclude,
+            &chain,
+            comment,
+        ) {
             eprintln!("berth-bridge: rollback: {e}");
         }
     }
@@ -240,7 +313,12 @@ fn rollback(req: &Request, conf: &BridgeConf, nl: &mut Netlink, undo: &Undo, com
     }
     if undo.ipam {
         if let Some(t) = &conf.ipam_type {
-            let ipam = Delegate { plugin_type: t, env: &req.env, stdin: &req.stdin, version: req.config.version };
+            let ipam = Delegate {
+                plugin_type: t,
+                env: &req.env,
+                stdin: &req.stdin,
+                version: req.config.version,
+            };
             if let Err(e) = ipam.del() {
                 eprintln!("berth-bridge: rollback: releasing addresses: {e}");
             }

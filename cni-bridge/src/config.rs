@@ -4,8 +4,8 @@
 
 use std::path::PathBuf;
 
-use cni_core::netlink::parse_mac;
 use cni_core::{Dns, NetConf};
+use host_net::netlink::parse_mac;
 use serde_json::{Map, Value};
 
 use crate::error::BridgeError;
@@ -81,10 +81,9 @@ fn get_bool(raw: &Map<String, Value>, key: &str, default: bool) -> Result<bool, 
 fn get_u64(raw: &Map<String, Value>, key: &str) -> Result<Option<u64>, BridgeError> {
     match raw.get(key) {
         None | Some(Value::Null) => Ok(None),
-        Some(v) => v
-            .as_u64()
-            .map(Some)
-            .ok_or_else(|| BridgeError::config(key, format!("must be a non-negative integer, not {v}"))),
+        Some(v) => v.as_u64().map(Some).ok_or_else(|| {
+            BridgeError::config(key, format!("must be a non-negative integer, not {v}"))
+        }),
     }
 }
 
@@ -104,23 +103,42 @@ fn vlan_id(v: &Value, field: &str) -> Result<u16, BridgeError> {
 }
 
 fn parse_trunk(v: Option<&Value>) -> Result<Vec<u16>, BridgeError> {
-    let Some(v) = v.filter(|v| !v.is_null()) else { return Ok(Vec::new()) };
-    let list = v.as_array().ok_or_else(|| BridgeError::config("vlanTrunk", "must be a list"))?;
+    let Some(v) = v.filter(|v| !v.is_null()) else {
+        return Ok(Vec::new());
+    };
+    let list = v
+        .as_array()
+        .ok_or_else(|| BridgeError::config("vlanTrunk", "must be a list"))?;
     let mut out = std::collections::BTreeSet::new();
     for (i, item) in list.iter().enumerate() {
         let f = format!("vlanTrunk[{i}]");
-        let obj = item.as_object().ok_or_else(|| BridgeError::config(&f, "must be an object"))?;
+        let obj = item
+            .as_object()
+            .ok_or_else(|| BridgeError::config(&f, "must be an object"))?;
         match (obj.get("minID"), obj.get("maxID")) {
             (Some(min), Some(max)) => {
                 let min = vlan_id(min, &format!("{f}.minID"))?;
                 let max = vlan_id(max, &format!("{f}.maxID"))?;
                 if max < min {
-                    return Err(BridgeError::config(&f, format!("minID {min} is greater than maxID {max}")));
+                    return Err(BridgeError::config(
+                        &f,
+                        format!("minID {min} is greater than maxID {max}"),
+                    ));
                 }
                 out.extend(min..=max);
             }
-            (Some(_), None) => return Err(BridgeError::config(format!("{f}.maxID"), "is required with minID")),
-            (None, Some(_)) => return Err(BridgeError::config(format!("{f}.minID"), "is required with maxID")),
+            (Some(_), None) => {
+                return Err(BridgeError::config(
+                    format!("{f}.maxID"),
+                    "is required with minID",
+                ))
+            }
+            (None, Some(_)) => {
+                return Err(BridgeError::config(
+                    format!("{f}.minID"),
+                    "is required with maxID",
+                ))
+            }
             (None, None) => {}
         }
         if let Some(id) = obj.get("id") {
@@ -134,7 +152,10 @@ fn mac_from(s: &str, field: &str) -> Result<[u8; 6], BridgeError> {
     let mac = parse_mac(&s.to_ascii_lowercase())
         .ok_or_else(|| BridgeError::config(field, format!("{s:?} is not a MAC address")))?;
     if mac[0] & 1 == 1 {
-        return Err(BridgeError::config(field, format!("{s} is a multicast MAC address")));
+        return Err(BridgeError::config(
+            field,
+            format!("{s} is a multicast MAC address"),
+        ));
     }
     Ok(mac)
 }
@@ -142,35 +163,59 @@ fn mac_from(s: &str, field: &str) -> Result<[u8; 6], BridgeError> {
 /// Whether this machine has a usable `nft` binary (the nftables backend
 /// needs it); checked only when the backend is not configured.
 fn nft_available() -> bool {
-    ["/usr/sbin/nft", "/sbin/nft", "/usr/bin/nft"].iter().any(|p| std::path::Path::new(p).exists())
+    ["/usr/sbin/nft", "/sbin/nft", "/usr/bin/nft"]
+        .iter()
+        .any(|p| std::path::Path::new(p).exists())
 }
 
 impl BridgeConf {
     pub fn parse(conf: &NetConf, cni_args: &str) -> Result<BridgeConf, BridgeError> {
         let raw = &conf.raw;
-        let bridge = get_str(raw, "bridge")?.unwrap_or(DEFAULT_BRIDGE).to_string();
-        cni_core::env::validate_ifname(&bridge)
-            .map_err(|_| BridgeError::config("bridge", format!("{bridge:?} is not a valid interface name")))?;
+        let bridge = get_str(raw, "bridge")?
+            .unwrap_or(DEFAULT_BRIDGE)
+            .to_string();
+        cni_core::env::validate_ifname(&bridge).map_err(|_| {
+            BridgeError::config(
+                "bridge",
+                format!("{bridge:?} is not a valid interface name"),
+            )
+        })?;
         let is_default_gateway = get_bool(raw, "isDefaultGateway", false)?;
         let is_gateway = get_bool(raw, "isGateway", false)? || is_default_gateway;
         let mtu = match get_u64(raw, "mtu")? {
             None | Some(0) => 0,
             Some(m) if (68..=65535).contains(&m) => m as u32,
-            Some(m) => return Err(BridgeError::config("mtu", format!("{m} is outside 68-65535"))),
+            Some(m) => {
+                return Err(BridgeError::config(
+                    "mtu",
+                    format!("{m} is outside 68-65535"),
+                ))
+            }
         };
         let vlan = match get_u64(raw, "vlan")? {
             None | Some(0) => 0,
             Some(v) if v <= 4094 => v as u16,
-            Some(v) => return Err(BridgeError::config("vlan", format!("{v} is not a VLAN id (0-4094)"))),
+            Some(v) => {
+                return Err(BridgeError::config(
+                    "vlan",
+                    format!("{v} is not a VLAN id (0-4094)"),
+                ))
+            }
         };
         let vlan_trunk = parse_trunk(raw.get("vlanTrunk"))?;
         if vlan != 0 && !vlan_trunk.is_empty() {
-            return Err(BridgeError::config("vlanTrunk", "cannot be set together with vlan: a port is either an access port or a trunk"));
+            return Err(BridgeError::config(
+                "vlanTrunk",
+                "cannot be set together with vlan: a port is either an access port or a trunk",
+            ));
         }
         let hairpin = get_bool(raw, "hairpinMode", false)?;
         let promisc = get_bool(raw, "promiscMode", false)?;
         if hairpin && promisc {
-            return Err(BridgeError::config("hairpinMode", "cannot be set together with promiscMode"));
+            return Err(BridgeError::config(
+                "hairpinMode",
+                "cannot be set together with promiscMode",
+            ));
         }
         let masq_backend = match get_str(raw, "ipMasqBackend")? {
             None => {
@@ -180,8 +225,12 @@ impl BridgeConf {
                     MasqBackend::Iptables
                 }
             }
-            Some(s) => MasqBackend::parse(s)
-                .ok_or_else(|| BridgeError::config("ipMasqBackend", format!("{s:?} is not \"nftables\" or \"iptables\"")))?,
+            Some(s) => MasqBackend::parse(s).ok_or_else(|| {
+                BridgeError::config(
+                    "ipMasqBackend",
+                    format!("{s:?} is not \"nftables\" or \"iptables\""),
+                )
+            })?,
         };
         let ipam_type = match &conf.ipam {
             None => None,
@@ -204,10 +253,19 @@ impl BridgeConf {
         if let Some(m) = cni_core::env::cni_arg(cni_args, "MAC").filter(|s| !s.is_empty()) {
             mac = Some(mac_from(&m, "CNI_ARGS MAC")?);
         }
-        if let Some(m) = conf.cni_arg("mac").and_then(Value::as_str).filter(|s| !s.is_empty()) {
+        if let Some(m) = conf
+            .cni_arg("mac")
+            .and_then(Value::as_str)
+            .filter(|s| !s.is_empty())
+        {
             mac = Some(mac_from(m, "args.cni.mac")?);
         }
-        if let Some(m) = conf.runtime_config.get("mac").and_then(Value::as_str).filter(|s| !s.is_empty()) {
+        if let Some(m) = conf
+            .runtime_config
+            .get("mac")
+            .and_then(Value::as_str)
+            .filter(|s| !s.is_empty())
+        {
             mac = Some(mac_from(m, "runtimeConfig.mac")?);
         }
         let dns = match &conf.dns {
@@ -225,13 +283,21 @@ impl BridgeConf {
                 .enumerate()
                 .map(|(i, v)| {
                     let f = format!("ipMasqExclude[{i}]");
-                    let s = v.as_str().ok_or_else(|| BridgeError::config(&f, "must be a CIDR string"))?;
-                    let n: ipnetwork::IpNetwork =
-                        s.parse().map_err(|e| BridgeError::config(&f, format!("{s:?} is not a CIDR: {e}")))?;
+                    let s = v
+                        .as_str()
+                        .ok_or_else(|| BridgeError::config(&f, "must be a CIDR string"))?;
+                    let n: ipnetwork::IpNetwork = s.parse().map_err(|e| {
+                        BridgeError::config(&f, format!("{s:?} is not a CIDR: {e}"))
+                    })?;
                     Ok(n)
                 })
                 .collect::<Result<_, BridgeError>>()?,
-            Some(_) => return Err(BridgeError::config("ipMasqExclude", "must be a list of CIDRs")),
+            Some(_) => {
+                return Err(BridgeError::config(
+                    "ipMasqExclude",
+                    "must be a list of CIDRs",
+                ))
+            }
         };
         Ok(BridgeConf {
             network: conf.name.clone(),
@@ -297,7 +363,11 @@ mod tests {
 
     #[test]
     fn default_gateway_implies_gateway_and_l2_only_has_no_ipam() {
-        let c = parse(json!({"cniVersion":"1.0.0","name":"n","isDefaultGateway":true,"ipam":{}}), "").expect("ok");
+        let c = parse(
+            json!({"cniVersion":"1.0.0","name":"n","isDefaultGateway":true,"ipam":{}}),
+            "",
+        )
+        .expect("ok");
         assert!(c.is_gateway);
         assert!(c.ipam_type.is_none());
     }
@@ -317,7 +387,11 @@ mod tests {
         )
         .expect("ok");
         assert_eq!(c.mac, Some([2, 0, 0, 0, 0, 3]));
-        let c = parse(json!({"cniVersion":"1.0.0","name":"n"}), "IgnoreUnknown=1;MAC=02:00:00:00:00:01").expect("ok");
+        let c = parse(
+            json!({"cniVersion":"1.0.0","name":"n"}),
+            "IgnoreUnknown=1;MAC=02:00:00:00:00:01",
+        )
+        .expect("ok");
         assert_eq!(c.mac, Some([2, 0, 0, 0, 0, 1]));
     }
 
@@ -331,20 +405,62 @@ mod tests {
             v
         };
         assert_eq!(field_of(parse(base(json!({"vlan":5000})), "")), "vlan");
-        assert_eq!(field_of(parse(base(json!({"vlan":3,"vlanTrunk":[{"id":4}]})), "")), "vlanTrunk");
-        assert_eq!(field_of(parse(base(json!({"vlanTrunk":[{"minID":9,"maxID":3}]})), "")), "vlanTrunk[0]");
-        assert_eq!(field_of(parse(base(json!({"vlanTrunk":[{"minID":9}]})), "")), "vlanTrunk[0].maxID");
-        assert_eq!(field_of(parse(base(json!({"mtu":20})), "")), "mtu");
-        assert_eq!(field_of(parse(base(json!({"hairpinMode":true,"promiscMode":true})), "")), "hairpinMode");
-        assert_eq!(field_of(parse(base(json!({"ipMasqBackend":"pf"})), "")), "ipMasqBackend");
-        assert_eq!(field_of(parse(base(json!({"bridge":"a-bridge-name-too-long"})), "")), "bridge");
-        assert_eq!(field_of(parse(base(json!({"isGateway":"yes"})), "")), "isGateway");
-        assert_eq!(field_of(parse(base(json!({"runtimeConfig":{"mac":"zz"}})), "")), "runtimeConfig.mac");
-        assert_eq!(field_of(parse(base(json!({"runtimeConfig":{"mac":"01:00:00:00:00:01"}})), "")), "runtimeConfig.mac");
         assert_eq!(
-            field_of(parse(base(json!({"disableContainerInterface":true,"ipam":{"type":"host-local"}})), "")),
+            field_of(parse(base(json!({"vlan":3,"vlanTrunk":[{"id":4}]})), "")),
+            "vlanTrunk"
+        );
+        assert_eq!(
+            field_of(parse(
+                base(json!({"vlanTrunk":[{"minID":9,"maxID":3}]})),
+                ""
+            )),
+            "vlanTrunk[0]"
+        );
+        assert_eq!(
+            field_of(parse(base(json!({"vlanTrunk":[{"minID":9}]})), "")),
+            "vlanTrunk[0].maxID"
+        );
+        assert_eq!(field_of(parse(base(json!({"mtu":20})), "")), "mtu");
+        assert_eq!(
+            field_of(parse(
+                base(json!({"hairpinMode":true,"promiscMode":true})),
+                ""
+            )),
+            "hairpinMode"
+        );
+        assert_eq!(
+            field_of(parse(base(json!({"ipMasqBackend":"pf"})), "")),
+            "ipMasqBackend"
+        );
+        assert_eq!(
+            field_of(parse(base(json!({"bridge":"a-bridge-name-too-long"})), "")),
+            "bridge"
+        );
+        assert_eq!(
+            field_of(parse(base(json!({"isGateway":"yes"})), "")),
+            "isGateway"
+        );
+        assert_eq!(
+            field_of(parse(base(json!({"runtimeConfig":{"mac":"zz"}})), "")),
+            "runtimeConfig.mac"
+        );
+        assert_eq!(
+            field_of(parse(
+                base(json!({"runtimeConfig":{"mac":"01:00:00:00:00:01"}})),
+                ""
+            )),
+            "runtimeConfig.mac"
+        );
+        assert_eq!(
+            field_of(parse(
+                base(json!({"disableContainerInterface":true,"ipam":{"type":"host-local"}})),
+                ""
+            )),
             "disableContainerInterface"
         );
-        assert_eq!(field_of(parse(json!({"cniVersion":"1.0.0","name":"n"}), "MAC=nope")), "CNI_ARGS MAC");
+        assert_eq!(
+            field_of(parse(json!({"cniVersion":"1.0.0","name":"n"}), "MAC=nope")),
+            "CNI_ARGS MAC"
+        );
     }
 }

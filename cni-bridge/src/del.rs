@@ -3,9 +3,9 @@
 //! can be repeated.
 
 use cni_core::delegate::Delegate;
-use cni_core::netlink::Netlink;
-use cni_core::netns::NetNs;
 use cni_core::{CniResult, Request};
+use host_net::netlink::Netlink;
+use host_net::netns::NetNs;
 use ipnetwork::IpNetwork;
 
 use crate::add::attachment_comment;
@@ -32,14 +32,21 @@ pub fn cmd_del(req: &Request) -> Result<(), BridgeError> {
         .and_then(|p| CniResult::from_json(p, req.config.version).ok());
 
     let mut addrs: Vec<IpNetwork> = Vec::new();
-    let mut pod_mac = record.as_ref().map(|r| r.pod_mac.clone()).unwrap_or_default();
+    let mut pod_mac = record
+        .as_ref()
+        .map(|r| r.pod_mac.clone())
+        .unwrap_or_default();
     if let Some(r) = &record {
         addrs.extend(r.ips.iter().filter_map(|s| s.parse::<IpNetwork>().ok()));
     }
     if let Some(p) = &prev {
         addrs.extend(p.ips.iter().map(|c| c.address));
         if pod_mac.is_empty() {
-            if let Some(i) = p.interfaces.iter().find(|i| &i.name == ifname && !i.sandbox.is_empty()) {
+            if let Some(i) = p
+                .interfaces
+                .iter()
+                .find(|i| &i.name == ifname && !i.sandbox.is_empty())
+            {
                 pod_mac = i.mac.clone();
             }
         }
@@ -57,10 +64,24 @@ pub fn cmd_del(req: &Request) -> Result<(), BridgeError> {
         .as_ref()
         .map(|r| r.host_veth.clone())
         .unwrap_or_else(|| link::host_veth_name(&conf.network, container, ifname));
-    teardown_host(&conf, container, ifname, &host_veth, record.as_ref(), &addrs, &pod_mac)?;
+    teardown_host(
+        &conf,
+        container,
+        ifname,
+        &host_veth,
+        record.as_ref(),
+        &addrs,
+        &pod_mac,
+    )?;
 
     if let Some(t) = &conf.ipam_type {
-        Delegate { plugin_type: t, env: &req.env, stdin: &req.stdin, version: req.config.version }.del()?;
+        Delegate {
+            plugin_type: t,
+            env: &req.env,
+            stdin: &req.stdin,
+            version: req.config.version,
+        }
+        .del()?;
     }
     if let Some(r) = Records::open(&conf.records_dir(), false)? {
         r.delete(container, ifname)?;
@@ -94,7 +115,13 @@ pub fn teardown_host(
     };
     if let Some(b) = backend {
         let chain = masq::iptables_chain(&conf.network, container, ifname);
-        masq::del(b, &unique, &conf.masq_exclude, &chain, &attachment_comment(&conf.network, container, ifname))?;
+        masq::del(
+            b,
+            &unique,
+            &conf.masq_exclude,
+            &chain,
+            &attachment_comment(&conf.network, container, ifname),
+        )?;
     }
     let spoof = record.map(|r| r.spoofchk).unwrap_or(conf.mac_spoof_check);
     if spoof {

@@ -1,8 +1,8 @@
 //! Typed bridge errors, mapped once to the CNI error object.
 
-use cni_core::netlink::NetlinkError;
-use cni_core::netns::NetNsError;
 use cni_core::{CniError, ErrorCode};
+use host_net::netlink::NetlinkError;
+use host_net::netns::NetNsError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum BridgeError {
@@ -29,7 +29,10 @@ pub enum BridgeError {
 
 impl BridgeError {
     pub fn config(field: impl Into<String>, msg: impl Into<String>) -> Self {
-        BridgeError::Config { field: field.into(), msg: msg.into() }
+        BridgeError::Config {
+            field: field.into(),
+            msg: msg.into(),
+        }
     }
 }
 
@@ -46,7 +49,9 @@ impl From<BridgeError> for CniError {
             BridgeError::Config { .. } => ErrorCode::InvalidNetworkConfig,
             BridgeError::NetNs(n) if n.is_missing() => ErrorCode::InvalidEnv,
             BridgeError::NetNs(_) => ErrorCode::InvalidEnv,
-            BridgeError::Netlink(_) | BridgeError::Kernel(_) | BridgeError::Nat(_) => ErrorCode::Kernel,
+            BridgeError::Netlink(_) | BridgeError::Kernel(_) | BridgeError::Nat(_) => {
+                ErrorCode::Kernel
+            }
             BridgeError::Records { .. } => ErrorCode::Store,
             BridgeError::Check(_) => ErrorCode::CheckFailed,
             BridgeError::Unavailable(_) => ErrorCode::PluginNotAvailable,

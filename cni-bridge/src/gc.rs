@@ -17,7 +17,9 @@ use crate::spoofchk;
 
 pub fn cmd_gc(req: &Request) -> Result<(), BridgeError> {
     let conf = BridgeConf::parse(&req.config, "")?;
-    let valid: HashSet<(String, String)> = cni_core::config::valid_attachments(&req.config.raw)?.into_iter().collect();
+    let valid: HashSet<(String, String)> = cni_core::config::valid_attachments(&req.config.raw)?
+        .into_iter()
+        .collect();
 
     if let Some(recs) = Records::open(&conf.records_dir(), false)? {
         let stale: Vec<_> = recs
@@ -28,24 +30,44 @@ pub fn cmd_gc(req: &Request) -> Result<(), BridgeError> {
         drop(recs);
         for r in stale {
             let addrs: Vec<IpNetwork> = r.ips.iter().filter_map(|s| s.parse().ok()).collect();
-            teardown_host(&conf, &r.container_id, &r.ifname, &r.host_veth, Some(&r), &addrs, &r.pod_mac)?;
+            teardown_host(
+                &conf,
+                &r.container_id,
+                &r.ifname,
+                &r.host_veth,
+                Some(&r),
+                &addrs,
+                &r.pod_mac,
+            )?;
             if let Some(recs) = Records::open(&conf.records_dir(), false)? {
                 recs.delete(&r.container_id, &r.ifname)?;
             }
-            eprintln!("berth-bridge: GC removed {}/{} ({})", r.container_id, r.ifname, r.host_veth);
+            eprintln!(
+                "berth-bridge: GC removed {}/{} ({})",
+                r.container_id, r.ifname, r.host_veth
+            );
         }
     }
     sweep_nft(&conf.network, &valid)?;
 
     if let Some(t) = &conf.ipam_type {
-        Delegate { plugin_type: t, env: &req.env, stdin: &req.stdin, version: req.config.version }.gc()?;
+        Delegate {
+            plugin_type: t,
+            env: &req.env,
+            stdin: &req.stdin,
+            version: req.config.version,
+        }
+        .gc()?;
     }
     Ok(())
 }
 
 /// Parses an element comment `berth:<network>:<container>:<ifname>`.
 fn owner(comment: &str, network: &str) -> Option<(String, String)> {
-    let rest = comment.strip_prefix("berth:")?.strip_prefix(network)?.strip_prefix(':')?;
+    let rest = comment
+        .strip_prefix("berth:")?
+        .strip_prefix(network)?
+        .strip_prefix(':')?;
     let (c, i) = rest.rsplit_once(':')?;
     Some((c.to_string(), i.to_string()))
 }
@@ -56,29 +78,50 @@ fn owner(comment: &str, network: &str) -> Option<(String, String)> {
 fn sweep_nft(network: &str, valid: &HashSet<(String, String)>) -> Result<(), BridgeError> {
     let mut script = String::new();
     if let Some(v) = nft::list_json(&["list", "table", "inet", masq::NFT_TABLE]) {
-        for item in v.get("nftables").and_then(|x| x.as_array()).into_iter().flatten() {
+        for item in v
+            .get("nftables")
+            .and_then(|x| x.as_array())
+            .into_iter()
+            .flatten()
+        {
             let Some(set) = item.get("set") else { continue };
-            let Some(name) = set.get("name").and_then(|n| n.as_str()) else { continue };
+            let Some(name) = set.get("name").and_then(|n| n.as_str()) else {
+                continue;
+            };
             let one = serde_json::json!({"nftables": [item.clone()]});
             for (val, comment) in nft::set_elements(&one) {
-                let Some(o) = owner(&comment, network) else { continue };
+                let Some(o) = owner(&comment, network) else {
+                    continue;
+                };
                 if valid.contains(&o) {
                     continue;
                 }
                 if let Some(text) = nft::render_value(&val) {
-                    script.push_str(&format!("delete element inet {} {name} {{ {text} }}\n", masq::NFT_TABLE));
+                    script.push_str(&format!(
+                        "delete element inet {} {name} {{ {text} }}\n",
+                        masq::NFT_TABLE
+                    ));
                 }
             }
         }
     }
     for set in ["ports", "allowed"] {
         for (port, mac, comment) in spoofchk::list(set) {
-            let Some(o) = owner(&comment, network) else { continue };
+            let Some(o) = owner(&comment, network) else {
+                continue;
+            };
             if valid.contains(&o) {
                 continue;
             }
-            let el = if mac.is_empty() { format!("\"{port}\"") } else { format!("\"{port}\" . {mac}") };
-            script.push_str(&format!("delete element bridge {} {set} {{ {el} }}\n", spoofchk::TABLE));
+            let el = if mac.is_empty() {
+                format!("\"{port}\"")
+            } else {
+                format!("\"{port}\" . {mac}")
+            };
+            script.push_str(&format!(
+                "delete element bridge {} {set} {{ {el} }}\n",
+                spoofchk::TABLE
+            ));
         }
     }
     if script.is_empty() {
@@ -93,7 +136,10 @@ mod tests {
 
     #[test]
     fn owner_parses_comments_of_this_network_only() {
-        assert_eq!(owner("berth:net:abc:eth0", "net"), Some(("abc".into(), "eth0".into())));
+        assert_eq!(
+            owner("berth:net:abc:eth0", "net"),
+            Some(("abc".into(), "eth0".into()))
+        );
         assert_eq!(owner("berth:net2:abc:eth0", "net"), None);
         assert_eq!(owner("other", "net"), None);
     }

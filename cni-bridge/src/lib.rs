@@ -1,20 +1,25 @@
 //! Bridge + veth pod attachment: the library behind `berth-bridge`, also
 //! used by `berth-overlay` to attach pods on a node.
+//!
+//! The public API is the plugin: [`BridgePlugin`] implements
+//! [`cni_core::Plugin`] (ADD, DEL, CHECK, GC, STATUS) for a configuration
+//! with `"type": "berth-bridge"`; everything behind it is private to this
+//! crate.
 
-pub mod add;
-pub mod check;
-pub mod config;
-pub mod del;
-pub mod error;
-pub mod gc;
-pub mod link;
-pub mod masq;
-pub mod nft;
-pub mod plugin;
-pub mod pod;
-pub mod records;
-pub mod spoofchk;
+mod add;
+mod check;
+mod config;
+mod del;
+mod error;
+mod gc;
+mod link;
+mod masq;
+mod nft;
+mod plugin;
+mod pod;
+mod records;
+mod spoofchk;
 
-pub use config::BridgeConf;
+pub use config::DEFAULT_BRIDGE;
 pub use error::BridgeError;
 pub use plugin::{BridgePlugin, INFO};

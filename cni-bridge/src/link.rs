@@ -4,8 +4,8 @@
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
-use cni_core::netlink::{Link, Netlink};
-use cni_core::netns::{write_sysctl, NetNs};
+use host_net::netlink::{Link, Netlink};
+use host_net::netns::{write_sysctl, NetNs};
 use ipnetwork::IpNetwork;
 
 use crate::config::BridgeConf;
@@ -14,7 +14,7 @@ use crate::error::BridgeError;
 /// The host end's name: stable for (network, container, ifname), so DEL can
 /// find it even without a record.
 pub fn host_veth_name(network: &str, container: &str, ifname: &str) -> String {
-    let h = cni_core::digest(&[network.as_bytes(), container.as_bytes(), ifname.as_bytes()]);
+    let h = berth_common::digest(&[network.as_bytes(), container.as_bytes(), ifname.as_bytes()]);
     format!("veth{}", &h[..11])
 }
 
@@ -50,19 +50,29 @@ pub fn ensure_bridge(nl: &mut Netlink, conf: &BridgeConf) -> Result<Link, Bridge
             match nl.add_bridge(&conf.bridge, mtu, conf.vlan_filtering()) {
                 Ok(()) => {}
                 Err(e) if e.is(libc::EEXIST) => {}
-                Err(e) if e.is(libc::EOPNOTSUPP) && conf.vlan_filtering() => return Err(no_vlan_filtering(conf)),
+                Err(e) if e.is(libc::EOPNOTSUPP) && conf.vlan_filtering() => {
+                    return Err(no_vlan_filtering(conf))
+                }
                 Err(e) => return Err(e.into()),
             }
             // We own routes on the bridge; router advertisements must not add any.
             let _ = write_sysctl(&format!("net/ipv6/conf/{}/accept_ra", conf.bridge), "0");
-            nl.link(&conf.bridge)?
-                .ok_or_else(|| kernel(format!("bridge {} vanished right after it was created", conf.bridge)))?
+            nl.link(&conf.bridge)?.ok_or_else(|| {
+                kernel(format!(
+                    "bridge {} vanished right after it was created",
+                    conf.bridge
+                ))
+            })?
         }
     };
     if br.kind.as_deref() != Some("bridge") {
         return Err(BridgeError::config(
             "bridge",
-            format!("{} exists but is a {} device, not a bridge", conf.bridge, br.kind.as_deref().unwrap_or("plain")),
+            format!(
+                "{} exists but is a {} device, not a bridge",
+                conf.bridge,
+                br.kind.as_deref().unwrap_or("plain")
+            ),
         ));
     }
     if conf.vlan_filtering() && br.vlan_filtering != Some(true) {
@@ -96,12 +106,14 @@ pub fn create_veth(
     for attempt in 0..3 {
         match nl.add_veth(&name, ifname, pod_ns.fd(), mtu, conf.mac) {
             Ok(()) => {
-                return nl
-                    .link(&name)?
-                    .ok_or_else(|| kernel(format!("veth {name} vanished right after it was created")))
+                return nl.link(&name)?.ok_or_else(|| {
+                    kernel(format!("veth {name} vanished right after it was created"))
+                })
             }
             Err(e) if e.is(libc::EEXIST) => {
-                let pod_has_it = pod_ns.run(|| Netlink::new().and_then(|mut n| n.link(ifname)))??.is_some();
+                let pod_has_it = pod_ns
+                    .run(|| Netlink::new().and_then(|mut n| n.link(ifname)))??
+                    .is_some();
                 if pod_has_it {
                     return Err(kernel(format!(
                         "CNI_IFNAME {ifname} already exists in netns {}",
@@ -109,7 +121,9 @@ pub fn create_veth(
                     )));
                 }
                 if attempt == 2 {
-                    return Err(kernel(format!("cannot find a free name for the host end of {ifname}: {e}")));
+                    return Err(kernel(format!(
+                        "cannot find a free name for the host end of {ifname}: {e}"
+                    )));
                 }
                 name = random_veth_name();
             }
@@ -120,7 +134,12 @@ pub fn create_veth(
 }
 
 /// Attaches the host end to the bridge with the port options and VLANs.
-pub fn configure_port(nl: &mut Netlink, host: &Link, br: &Link, conf: &BridgeConf) -> Result<(), BridgeError> {
+pub fn configure_port(
+    nl: &mut Netlink,
+    host: &Link,
+    br: &Link,
+    conf: &BridgeConf,
+) -> Result<(), BridgeError> {
     nl.set_master(host.index, br.index)?;
     if conf.hairpin || conf.port_isolation {
         nl.set_bridge_port(host.index, conf.hairpin, conf.port_isolation)?;
@@ -151,9 +170,11 @@ pub fn wait_forwarding(nl: &mut Netlink, index: u32, bound: Duration) -> Result<
     let deadline = Instant::now() + bound;
     let mut pause = Duration::from_micros(200);
     loop {
-        let l = nl
-            .link_by_index(index)?
-            .ok_or_else(|| kernel(format!("host veth #{index} disappeared while waiting for it to forward")))?;
+        let l = nl.link_by_index(index)?.ok_or_else(|| {
+            kernel(format!(
+                "host veth #{index} disappeared while waiting for it to forward"
+            ))
+        })?;
         if l.port_forwarding != Some(false) && l.running {
             return Ok(());
         }
@@ -172,7 +193,12 @@ pub fn wait_forwarding(nl: &mut Netlink, index: u32, bound: Duration) -> Result<
 /// Puts `gw` on `link` as the reference does: the same address is fine, a
 /// conflicting one (any other IPv4 address, an overlapping IPv6 one) is an
 /// error unless `force` replaces it.
-pub fn ensure_gateway_addr(nl: &mut Netlink, link: &Link, gw: IpNetwork, force: bool) -> Result<(), BridgeError> {
+pub fn ensure_gateway_addr(
+    nl: &mut Netlink,
+    link: &Link,
+    gw: IpNetwork,
+    force: bool,
+) -> Result<(), BridgeError> {
     for (_, a) in nl.addrs(link.index)? {
         if a.is_ipv4() != gw.is_ipv4() {
             continue;
@@ -218,7 +244,11 @@ fn is_link_local(ip: IpAddr) -> bool {
 /// The reference's layout for a gateway on a VLAN: a veth pair in the host
 /// netns, `<bridge>.<vlan>` carrying the gateway address and its peer on
 /// the bridge as an access port of that VLAN. Shared by every pod of the VLAN.
-pub fn ensure_vlan_gateway(nl: &mut Netlink, br: &Link, conf: &BridgeConf) -> Result<Link, BridgeError> {
+pub fn ensure_vlan_gateway(
+    nl: &mut Netlink,
+    br: &Link,
+    conf: &BridgeConf,
+) -> Result<Link, BridgeError> {
     let name = format!("{}.{}", conf.bridge, conf.vlan);
     if name.len() > 15 {
         return Err(BridgeError::config(
@@ -229,7 +259,7 @@ pub fn ensure_vlan_gateway(nl: &mut Netlink, br: &Link, conf: &BridgeConf) -> Re
     if let Some(l) = nl.link(&name)? {
         return Ok(l);
     }
-    let peer = format!("vgw{}", &cni_core::digest(&[name.as_bytes()])[..12]);
+    let peer = format!("vgw{}", &berth_common::digest(&[name.as_bytes()])[..12]);
     let mtu = (conf.mtu > 0).then_some(conf.mtu);
     let here = NetNs::current()?;
     match nl.add_veth(&peer, &name, here.fd(), mtu, None) {
@@ -237,24 +267,34 @@ pub fn ensure_vlan_gateway(nl: &mut Netlink, br: &Link, conf: &BridgeConf) -> Re
         Err(e) if e.is(libc::EEXIST) => {}
         Err(e) => return Err(e.into()),
     }
-    let p = nl.link(&peer)?.ok_or_else(|| kernel(format!("{peer} vanished")))?;
+    let p = nl
+        .link(&peer)?
+        .ok_or_else(|| kernel(format!("{peer} vanished")))?;
     nl.set_master(p.index, br.index)?;
     if !conf.preserve_default_vlan {
         let _ = nl.bridge_vlan(p.index, 1, false, false, false);
     }
     nl.bridge_vlan(p.index, conf.vlan, true, true, true)?;
     nl.set_up(p.index, true)?;
-    let gw = nl.link(&name)?.ok_or_else(|| kernel(format!("{name} vanished")))?;
+    let gw = nl
+        .link(&name)?
+        .ok_or_else(|| kernel(format!("{name} vanished")))?;
     nl.set_up(gw.index, true)?;
     Ok(gw)
 }
 
 /// Enables forwarding for one family in the current (host) netns.
 pub fn enable_forwarding(v4: bool) -> Result<(), BridgeError> {
-    let key = if v4 { "net/ipv4/ip_forward" } else { "net/ipv6/conf/all/forwarding" };
-    match cni_core::netns::read_sysctl(key) {
+    let key = if v4 {
+        "net/ipv4/ip_forward"
+    } else {
+        "net/ipv6/conf/all/forwarding"
+    };
+    match host_net::netns::read_sysctl(key) {
         Ok(v) if v == "1" => Ok(()),
-        _ => write_sysctl(key, "1").map_err(|e| kernel(format!("enabling forwarding ({key}): {e}"))),
+        _ => {
+            write_sysctl(key, "1").map_err(|e| kernel(format!("enabling forwarding ({key}): {e}")))
+        }
     }
 }
 

@@ -4,7 +4,11 @@ use clap::Parser;
 /// and the other CNI_* variables set and the network configuration on stdin.
 /// Run with no arguments it prints what it is.
 #[derive(Parser)]
-#[command(name = "berth-bridge", version, about = "CNI plugin: attaches pods to a Linux bridge with a veth pair")]
+#[command(
+    name = "berth-bridge",
+    version,
+    about = "CNI plugin: attaches pods to a Linux bridge with a veth pair"
+)]
 struct Cli {}
 
 fn main() {

@@ -49,11 +49,21 @@ fn local_nets(a: &IpNetwork, exclude: &[IpNetwork]) -> Vec<String> {
     }
 }
 
-fn nft_elements(addrs: &[IpNetwork], exclude: &[IpNetwork], comment: Option<&str>) -> Vec<(String, String)> {
-    let c = comment.map(|c| format!(" comment \"{}\"", nft::comment(c))).unwrap_or_default();
+fn nft_elements(
+    addrs: &[IpNetwork],
+    exclude: &[IpNetwork],
+    comment: Option<&str>,
+) -> Vec<(String, String)> {
+    let c = comment
+        .map(|c| format!(" comment \"{}\"", nft::comment(c)))
+        .unwrap_or_default();
     let mut out = Vec::new();
     for a in addrs {
-        let (masq, local) = if a.is_ipv4() { ("masq4", "local4") } else { ("masq6", "local6") };
+        let (masq, local) = if a.is_ipv4() {
+            ("masq4", "local4")
+        } else {
+            ("masq6", "local6")
+        };
         out.push((masq.to_string(), format!("{}{c}", a.ip())));
         for net in local_nets(a, exclude) {
             out.push((local.to_string(), format!("{} . {net}{c}", a.ip())));
@@ -88,7 +98,9 @@ pub fn nft_del_script(addrs: &[IpNetwork], exclude: &[IpNetwork]) -> String {
         s.push_str(&format!("add element inet {NFT_TABLE} {set} {{ {el} }}\n"));
     }
     for (set, el) in &els {
-        s.push_str(&format!("delete element inet {NFT_TABLE} {set} {{ {el} }}\n"));
+        s.push_str(&format!(
+            "delete element inet {NFT_TABLE} {set} {{ {el} }}\n"
+        ));
     }
     s
 }
@@ -96,12 +108,19 @@ pub fn nft_del_script(addrs: &[IpNetwork], exclude: &[IpNetwork]) -> String {
 /// Whether the masquerade for `addr` is in place (nftables backend).
 pub fn nft_present(addr: &IpNetwork) -> bool {
     let set = if addr.is_ipv4() { "masq4" } else { "masq6" };
-    nft::succeeds(&["get", "element", "inet", NFT_TABLE, set, &format!("{{ {} }}", addr.ip())])
+    nft::succeeds(&[
+        "get",
+        "element",
+        "inet",
+        NFT_TABLE,
+        set,
+        &format!("{{ {} }}", addr.ip()),
+    ])
 }
 
 /// The chain name of the iptables backend for one attachment.
 pub fn iptables_chain(network: &str, container: &str, ifname: &str) -> String {
-    let h = cni_core::digest(&[network.as_bytes(), container.as_bytes(), ifname.as_bytes()]);
+    let h = berth_common::digest(&[network.as_bytes(), container.as_bytes(), ifname.as_bytes()]);
     format!("BERTH-MASQ-{}", &h[..12])
 }
 
@@ -117,7 +136,11 @@ fn ipt(v4: bool, args: &[&str]) -> Result<(), String> {
     if out.status.success() {
         Ok(())
     } else {
-        Err(format!("{bin} {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim()))
+        Err(format!(
+            "{bin} {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
     }
 }
 
@@ -125,7 +148,12 @@ fn ipt_ok(v4: bool, args: &[&str]) -> bool {
     ipt(v4, args).is_ok()
 }
 
-pub fn iptables_add(addrs: &[IpNetwork], exclude: &[IpNetwork], chain: &str, comment: &str) -> Result<(), BridgeError> {
+pub fn iptables_add(
+    addrs: &[IpNetwork],
+    exclude: &[IpNetwork],
+    chain: &str,
+    comment: &str,
+) -> Result<(), BridgeError> {
     let c = nft::comment(comment);
     for a in addrs {
         let v4 = a.is_ipv4();
@@ -137,9 +165,30 @@ pub fn iptables_add(addrs: &[IpNetwork], exclude: &[IpNetwork], chain: &str, com
         }
         let mut rules: Vec<Vec<&str>> = nets
             .iter()
-            .map(|net| vec!["-d", net.as_str(), "-j", "ACCEPT", "-m", "comment", "--comment", c.as_str()])
+            .map(|net| {
+                vec![
+                    "-d",
+                    net.as_str(),
+                    "-j",
+                    "ACCEPT",
+                    "-m",
+                    "comment",
+                    "--comment",
+                    c.as_str(),
+                ]
+            })
             .collect();
-        rules.push(vec!["!", "-d", mcast, "-j", "MASQUERADE", "-m", "comment", "--comment", c.as_str()]);
+        rules.push(vec![
+            "!",
+            "-d",
+            mcast,
+            "-j",
+            "MASQUERADE",
+            "-m",
+            "comment",
+            "--comment",
+            c.as_str(),
+        ]);
         for rule in rules {
             let mut check = vec!["-t", "nat", "-C", chain];
             check.extend(&rule);
@@ -149,7 +198,16 @@ pub fn iptables_add(addrs: &[IpNetwork], exclude: &[IpNetwork], chain: &str, com
                 ipt(v4, &add).map_err(BridgeError::Nat)?;
             }
         }
-        let jump = ["-s", src.as_str(), "-j", chain, "-m", "comment", "--comment", c.as_str()];
+        let jump = [
+            "-s",
+            src.as_str(),
+            "-j",
+            chain,
+            "-m",
+            "comment",
+            "--comment",
+            c.as_str(),
+        ];
         let mut check = vec!["-t", "nat", "-C", "POSTROUTING"];
         check.extend(&jump);
         if !ipt_ok(v4, &check) {
@@ -167,7 +225,23 @@ pub fn iptables_del(addrs: &[IpNetwork], chain: &str, comment: &str) -> Result<(
     for v4 in [true, false] {
         for a in addrs.iter().filter(|a| a.is_ipv4() == v4) {
             let src = a.ip().to_string();
-            while ipt_ok(v4, &["-t", "nat", "-D", "POSTROUTING", "-s", &src, "-j", chain, "-m", "comment", "--comment", &c]) {}
+            while ipt_ok(
+                v4,
+                &[
+                    "-t",
+                    "nat",
+                    "-D",
+                    "POSTROUTING",
+                    "-s",
+                    &src,
+                    "-j",
+                    chain,
+                    "-m",
+                    "comment",
+                    "--comment",
+                    &c,
+                ],
+            ) {}
         }
         if ipt_ok(v4, &["-t", "nat", "-L", chain, "-n"]) {
             ipt(v4, &["-t", "nat", "-F", chain]).map_err(BridgeError::Nat)?;
@@ -219,10 +293,15 @@ mod tests {
 
     #[test]
     fn add_script_asserts_rules_once_and_adds_both_sets() {
-        let a: Vec<IpNetwork> = vec!["10.1.0.5/24".parse().expect("net"), "fd00::5/64".parse().expect("net")];
+        let a: Vec<IpNetwork> = vec![
+            "10.1.0.5/24".parse().expect("net"),
+            "fd00::5/64".parse().expect("net"),
+        ];
         let s = nft_add_script(&a, &[], "berth:n:c1:eth0");
         assert_eq!(s.matches("flush chain").count(), 1);
-        assert!(s.contains("add element inet berth-nat masq4 { 10.1.0.5 comment \"berth:n:c1:eth0\" }"));
+        assert!(
+            s.contains("add element inet berth-nat masq4 { 10.1.0.5 comment \"berth:n:c1:eth0\" }")
+        );
         assert!(s.contains("add element inet berth-nat local4 { 10.1.0.5 . 10.1.0.0/24"));
         assert!(s.contains("add element inet berth-nat local6 { fd00::5 . fd00::/64"));
     }
@@ -240,7 +319,10 @@ mod tests {
     #[test]
     fn exclude_replaces_the_pod_subnet() {
         let a: Vec<IpNetwork> = vec!["10.244.3.5/24".parse().expect("net")];
-        let ex: Vec<IpNetwork> = vec!["10.244.0.0/16".parse().expect("net"), "fd00::/56".parse().expect("net")];
+        let ex: Vec<IpNetwork> = vec![
+            "10.244.0.0/16".parse().expect("net"),
+            "fd00::/56".parse().expect("net"),
+        ];
         let s = nft_add_script(&a, &ex, "c");
         assert!(s.contains("10.244.3.5 . 10.244.0.0/16"));
         assert!(!s.contains("10.244.3.0/24"));
@@ -248,7 +330,11 @@ mod tests {
 
     #[test]
     fn chain_names_fit_iptables() {
-        let c = iptables_chain("net", "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef", "eth0");
+        let c = iptables_chain(
+            "net",
+            "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef",
+            "eth0",
+        );
         assert!(c.len() <= 28, "{c}");
         assert_ne!(c, iptables_chain("net", "other", "eth0"));
     }

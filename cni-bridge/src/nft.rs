@@ -27,13 +27,19 @@ pub fn run(script: &str) -> Result<(), BridgeError> {
             .write_all(script.as_bytes())
             .map_err(|e| BridgeError::Nat(format!("writing to nft: {e}")))?;
     }
-    let out = child.wait_with_output().map_err(|e| BridgeError::Nat(format!("waiting for nft: {e}")))?;
+    let out = child
+        .wait_with_output()
+        .map_err(|e| BridgeError::Nat(format!("waiting for nft: {e}")))?;
     if out.status.success() {
         Ok(())
     } else {
         Err(BridgeError::Nat(format!(
             "nft failed: {}",
-            String::from_utf8_lossy(&out.stderr).lines().next().unwrap_or("").trim()
+            String::from_utf8_lossy(&out.stderr)
+                .lines()
+                .next()
+                .unwrap_or("")
+                .trim()
         )))
     }
 }
@@ -51,13 +57,21 @@ pub fn succeeds(args: &[&str]) -> bool {
 
 /// Text for an nft comment: printable ASCII without quotes, at most 120 bytes.
 pub fn comment(s: &str) -> String {
-    s.chars().filter(|c| c.is_ascii_graphic() && *c != '"' && *c != '\\').take(120).collect()
+    s.chars()
+        .filter(|c| c.is_ascii_graphic() && *c != '"' && *c != '\\')
+        .take(120)
+        .collect()
 }
 
 /// Runs an nft listing with `-j` and parses it; None if it fails (for
 /// example because the table does not exist).
 pub fn list_json(args: &[&str]) -> Option<serde_json::Value> {
-    let out = Command::new(nft_binary()).arg("-j").args(args).stderr(Stdio::null()).output().ok()?;
+    let out = Command::new(nft_binary())
+        .arg("-j")
+        .args(args)
+        .stderr(Stdio::null())
+        .output()
+        .ok()?;
     if !out.status.success() {
         return None;
     }
@@ -69,14 +83,26 @@ pub fn list_json(args: &[&str]) -> Option<serde_json::Value> {
 /// `{"concat": [...]}` or `{"prefix": {...}}`.
 pub fn set_elements(v: &serde_json::Value) -> Vec<(serde_json::Value, String)> {
     let mut out = Vec::new();
-    let Some(items) = v.get("nftables").and_then(|x| x.as_array()) else { return out };
+    let Some(items) = v.get("nftables").and_then(|x| x.as_array()) else {
+        return out;
+    };
     for item in items {
-        let Some(elems) = item.get("set").and_then(|s| s.get("elem")).and_then(|e| e.as_array()) else { continue };
+        let Some(elems) = item
+            .get("set")
+            .and_then(|s| s.get("elem"))
+            .and_then(|e| e.as_array())
+        else {
+            continue;
+        };
         for e in elems {
             match e.get("elem") {
                 Some(inner) => {
                     let val = inner.get("val").cloned().unwrap_or(serde_json::Value::Null);
-                    let c = inner.get("comment").and_then(|c| c.as_str()).unwrap_or_default().to_string();
+                    let c = inner
+                        .get("comment")
+                        .and_then(|c| c.as_str())
+                        .unwrap_or_default()
+                        .to_string();
                     out.push((val, c));
                 }
                 None => out.push((e.clone(), String::new())),

@@ -1,8 +1,8 @@
 //! The `berth-bridge` CNI commands.
 
 use cni_core::delegate::Delegate;
-use cni_core::netlink::Netlink;
 use cni_core::{CniError, CniResult, Plugin, PluginInfo, Request};
+use host_net::netlink::Netlink;
 
 use crate::config::BridgeConf;
 use crate::error::BridgeError;
@@ -19,11 +19,20 @@ fn status(req: &Request) -> Result<(), BridgeError> {
     let conf = BridgeConf::parse(&req.config, "")?;
     if let Some(l) = Netlink::new()?.link(&conf.bridge)? {
         if l.kind.as_deref() != Some("bridge") {
-            return Err(BridgeError::Unavailable(format!("{} exists but is not a bridge", conf.bridge)));
+            return Err(BridgeError::Unavailable(format!(
+                "{} exists but is not a bridge",
+                conf.bridge
+            )));
         }
     }
     if let Some(t) = &conf.ipam_type {
-        Delegate { plugin_type: t, env: &req.env, stdin: &req.stdin, version: req.config.version }.status()?;
+        Delegate {
+            plugin_type: t,
+            env: &req.env,
+            stdin: &req.stdin,
+            version: req.config.version,
+        }
+        .status()?;
     }
     Ok(())
 }

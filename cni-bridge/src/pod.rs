@@ -2,16 +2,15 @@
 
 use std::net::IpAddr;
 
-use cni_core::netlink::{mac_to_string, Netlink, RouteSpec};
-use cni_core::netns::{write_sysctl, NetNs};
 use cni_core::{IpConfig, Route};
+use host_net::netlink::{mac_to_string, Netlink, RouteSpec};
+use host_net::netns::{write_sysctl, NetNs};
 
 use crate::error::BridgeError;
 
 /// What the pod's interface looks like after setup.
 #[derive(Debug, Clone)]
 pub struct PodIface {
-    pub index: u32,
     pub mac: String,
     pub mtu: u32,
 }
@@ -27,10 +26,12 @@ pub struct PodSetup<'a> {
 
 /// The gateway of the first address of the family of `dst`.
 fn family_gateway(ips: &[IpConfig], v4: bool) -> Option<IpAddr> {
-    ips.iter().filter(|c| c.address.is_ipv4() == v4).find_map(|c| c.gateway)
+    ips.iter()
+        .filter(|c| c.address.is_ipv4() == v4)
+        .find_map(|c| c.gateway)
 }
 
-fn tolerate_exists(r: Result<(), cni_core::netlink::NetlinkError>) -> Result<(), BridgeError> {
+fn tolerate_exists(r: Result<(), host_net::netlink::NetlinkError>) -> Result<(), BridgeError> {
     match r {
         Ok(()) => Ok(()),
         Err(e) if e.is(libc::EEXIST) => Ok(()),
@@ -43,7 +44,11 @@ pub fn configure(ns: &NetNs, s: &PodSetup<'_>) -> Result<PodIface, BridgeError> 
     ns.run(|| -> Result<PodIface, BridgeError> {
         let mut nl = Netlink::new()?;
         let link = nl.link(s.ifname)?.ok_or_else(|| {
-            BridgeError::Kernel(format!("pod interface {} is missing from netns {}", s.ifname, ns.path().display()))
+            BridgeError::Kernel(format!(
+                "pod interface {} is missing from netns {}",
+                s.ifname,
+                ns.path().display()
+            ))
         })?;
         // Sysctls are best effort: IPv6 may be disabled in the pod.
         if s.enable_dad {
@@ -76,7 +81,10 @@ pub fn configure(ns: &NetNs, s: &PodSetup<'_>) -> Result<PodIface, BridgeError> 
             tolerate_exists(nl.add_route(&spec))?;
         }
         let link = nl.link_by_index(link.index)?.unwrap_or(link);
-        Ok(PodIface { index: link.index, mac: mac_to_string(&link.mac), mtu: link.mtu })
+        Ok(PodIface {
+            mac: mac_to_string(&link.mac),
+            mtu: link.mtu,
+        })
     })?
 }
 
@@ -85,7 +93,9 @@ pub fn configure(ns: &NetNs, s: &PodSetup<'_>) -> Result<PodIface, BridgeError> 
 pub fn delete(ns: &NetNs, ifname: &str) -> Result<Vec<ipnetwork::IpNetwork>, BridgeError> {
     ns.run(|| -> Result<Vec<ipnetwork::IpNetwork>, BridgeError> {
         let mut nl = Netlink::new()?;
-        let Some(link) = nl.link(ifname)? else { return Ok(Vec::new()) };
+        let Some(link) = nl.link(ifname)? else {
+            return Ok(Vec::new());
+        };
         let addrs: Vec<_> = nl
             .addrs(link.index)?
             .into_iter()

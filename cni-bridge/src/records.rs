@@ -4,19 +4,27 @@
 //! removed after teardown. SQLite, one file per network; writers serialize
 //! on a `flock` and keep it only for one short transaction.
 
-use std::fs::{File, OpenOptions};
-use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::path::Path;
 
-use rusqlite::{params, Connection, OpenFlags, OptionalExtension, TransactionBehavior};
+use rusqlite::{params, OptionalExtension};
+use sqlite_store::{Db, Durability, Lock, Open, Spec, StoreError};
 
 use crate::error::BridgeError;
 
 pub const DB_FILE: &str = "attachments.db";
 const LOCK_FILE: &str = "attachments.lock";
-const SCHEMA_VERSION: i64 = 1;
 
-const SCHEMA: &str = "
+/// The records as [`sqlite_store`] opens them: like the IPAM store, the lock
+/// is held for the whole plugin run.
+const SPEC: Spec = Spec {
+    db_file: DB_FILE,
+    lock: Lock::WhileOpen(LOCK_FILE),
+    durability: Durability::Normal,
+    migrations: &[SCHEMA_V1],
+};
+
+/// Version 1 of the schema.
+const SCHEMA_V1: &str = "
 CREATE TABLE IF NOT EXISTS attachments (
     container_id TEXT NOT NULL,
     ifname       TEXT NOT NULL,
@@ -47,58 +55,32 @@ pub struct Record {
 }
 
 pub struct Records {
-    conn: Connection,
-    path: PathBuf,
-    _lock: File,
+    db: Db,
+}
+
+fn store_err(e: StoreError) -> BridgeError {
+    BridgeError::Records {
+        path: e.path().display().to_string(),
+        msg: e.detail(),
+    }
 }
 
 impl Records {
     fn err(&self, e: rusqlite::Error) -> BridgeError {
-        BridgeError::Records { path: self.path.display().to_string(), msg: e.to_string() }
+        store_err(self.db.err(e))
     }
 
     /// Opens the records of one network for writing, or None when `create`
     /// is false and there are none.
     pub fn open(dir: &Path, create: bool) -> Result<Option<Records>, BridgeError> {
-        let path = dir.join(DB_FILE);
-        if !create && !path.exists() {
-            return Ok(None);
-        }
-        let io = |e: std::io::Error| BridgeError::Records { path: dir.display().to_string(), msg: e.to_string() };
-        std::fs::create_dir_all(dir).map_err(io)?;
-        let lock = OpenOptions::new().create(true).truncate(false).write(true).open(dir.join(LOCK_FILE)).map_err(io)?;
-        lock.lock().map_err(io)?;
-        let conn = Connection::open_with_flags(
-            &path,
-            OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-        )
-        .map_err(|e| BridgeError::Records { path: path.display().to_string(), msg: e.to_string() })?;
-        let mut r = Records { conn, path, _lock: lock };
-        r.conn.busy_timeout(Duration::from_secs(30)).map_err(|e| r.err(e))?;
-        r.conn.pragma_update(None, "synchronous", "NORMAL").map_err(|e| r.err(e))?;
-        // As in the IPAM store: no checkpoint (two fsyncs) at every exit, only
-        // when the WAL has grown (see `Drop`).
-        r.conn
-            .set_db_config(rusqlite::config::DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, true)
-            .map_err(|e| r.err(e))?;
-        let v: i64 = r.conn.pragma_query_value(None, "user_version", |row| row.get(0)).map_err(|e| r.err(e))?;
-        if v != SCHEMA_VERSION {
-            let _: String =
-                r.conn.pragma_update_and_check(None, "journal_mode", "WAL", |row| row.get(0)).map_err(|e| r.err(e))?;
-            let tx = r.conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(|e| BridgeError::Records {
-                path: dir.display().to_string(),
-                msg: e.to_string(),
-            })?;
-            tx.execute_batch(SCHEMA)
-                .and_then(|_| tx.pragma_update(None, "user_version", SCHEMA_VERSION))
-                .and_then(|_| tx.commit())
-                .map_err(|e| BridgeError::Records { path: dir.display().to_string(), msg: e.to_string() })?;
-        }
-        Ok(Some(r))
+        let how = if create { Open::Create } else { Open::Existing };
+        Ok(Db::open(dir, &SPEC, how)
+            .map_err(store_err)?
+            .map(|db| Records { db }))
     }
 
     pub fn put(&self, r: &Record) -> Result<(), BridgeError> {
-        self.conn
+        self.db.conn
             .execute(
                 "INSERT OR REPLACE INTO attachments
                  (container_id, ifname, netns, bridge, host_veth, pod_mac, ips, masq, spoofchk, created_at)
@@ -121,7 +103,7 @@ impl Records {
     }
 
     pub fn get(&self, container: &str, ifname: &str) -> Result<Option<Record>, BridgeError> {
-        self.conn
+        self.db.conn
             .query_row(
                 "SELECT container_id, ifname, netns, bridge, host_veth, pod_mac, ips, masq, spoofchk, created_at
                  FROM attachments WHERE container_id = ?1 AND ifname = ?2",
@@ -133,14 +115,19 @@ impl Records {
     }
 
     pub fn delete(&self, container: &str, ifname: &str) -> Result<(), BridgeError> {
-        self.conn
-            .execute("DELETE FROM attachments WHERE container_id = ?1 AND ifname = ?2", params![container, ifname])
+        self.db
+            .conn
+            .execute(
+                "DELETE FROM attachments WHERE container_id = ?1 AND ifname = ?2",
+                params![container, ifname],
+            )
             .map_err(|e| self.err(e))?;
         Ok(())
     }
 
     pub fn all(&self) -> Result<Vec<Record>, BridgeError> {
         let mut st = self
+            .db
             .conn
             .prepare(
                 "SELECT container_id, ifname, netns, bridge, host_veth, pod_mac, ips, masq, spoofchk, created_at
@@ -149,17 +136,6 @@ impl Records {
             .map_err(|e| self.err(e))?;
         let rows = st.query_map([], row_to_record).map_err(|e| self.err(e))?;
         rows.collect::<Result<Vec<_>, _>>().map_err(|e| self.err(e))
-    }
-}
-
-impl Drop for Records {
-    fn drop(&mut self) {
-        let mut wal = self.path.as_os_str().to_owned();
-        wal.push("-wal");
-        let big = std::fs::metadata(&wal).map(|m| m.len() > 256 * 1024).unwrap_or(false);
-        if big {
-            let _ = self.conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()));
-        }
     }
 }
 
@@ -172,7 +148,11 @@ fn row_to_record(row: &rusqlite::Row<'_>) -> rusqlite::Result<Record> {
         bridge: row.get(3)?,
         host_veth: row.get(4)?,
         pod_mac: row.get(5)?,
-        ips: ips.split(',').filter(|s| !s.is_empty()).map(String::from).collect(),
+        ips: ips
+            .split(',')
+            .filter(|s| !s.is_empty())
+            .map(String::from)
+            .collect(),
         masq: row.get(7)?,
         spoofchk: row.get(8)?,
         created_at: row.get(9)?,

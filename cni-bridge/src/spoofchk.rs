@@ -54,21 +54,38 @@ pub fn del(port: &str, mac: &str) -> Result<(), BridgeError> {
 }
 
 pub fn present(port: &str, mac: &str) -> bool {
-    nft::succeeds(&["get", "element", "bridge", TABLE, "allowed", &format!("{{ \"{port}\" . {mac} }}")])
+    nft::succeeds(&[
+        "get",
+        "element",
+        "bridge",
+        TABLE,
+        "allowed",
+        &format!("{{ \"{port}\" . {mac} }}"),
+    ])
 }
 
 /// Elements of one of the table's sets, as (port, mac, comment) or, for
 /// `ports`, (port, "", comment), read from `nft -j`.
 pub fn list(set: &str) -> Vec<(String, String, String)> {
-    let Some(v) = crate::nft::list_json(&["list", "set", "bridge", TABLE, set]) else { return Vec::new() };
+    let Some(v) = crate::nft::list_json(&["list", "set", "bridge", TABLE, set]) else {
+        return Vec::new();
+    };
     let mut out = Vec::new();
     for (val, comment) in crate::nft::set_elements(&v) {
         match val {
             serde_json::Value::String(port) => out.push((port, String::new(), comment)),
             serde_json::Value::Object(o) => {
                 if let Some(serde_json::Value::Array(parts)) = o.get("concat") {
-                    let port = parts.first().and_then(|p| p.as_str()).unwrap_or_default().to_string();
-                    let mac = parts.get(1).and_then(|p| p.as_str()).unwrap_or_default().to_string();
+                    let port = parts
+                        .first()
+                        .and_then(|p| p.as_str())
+                        .unwrap_or_default()
+                        .to_string();
+                    let mac = parts
+                        .get(1)
+                        .and_then(|p| p.as_str())
+                        .unwrap_or_default()
+                        .to_string();
                     out.push((port, mac, comment));
                 }
             }
@@ -80,10 +97,16 @@ pub fn list(set: &str) -> Vec<(String, String, String)> {
 
 /// Removes a port's entries when its MAC is not known.
 pub fn del_port(port: &str) -> Result<(), BridgeError> {
-    let macs: Vec<String> = list("allowed").into_iter().filter(|(p, _, _)| p == port).map(|(_, m, _)| m).collect();
+    let macs: Vec<String> = list("allowed")
+        .into_iter()
+        .filter(|(p, _, _)| p == port)
+        .map(|(_, m, _)| m)
+        .collect();
     if macs.is_empty() {
         if list("ports").iter().any(|(p, _, _)| p == port) {
-            return nft::run(&format!("delete element bridge {TABLE} ports {{ \"{port}\" }}\n"));
+            return nft::run(&format!(
+                "delete element bridge {TABLE} ports {{ \"{port}\" }}\n"
+            ));
         }
         return Ok(());
     }

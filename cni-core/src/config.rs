@@ -33,7 +33,9 @@ fn opt_object(raw: &Map<String, Value>, key: &str) -> Result<Option<Map<String, 
     match raw.get(key) {
         None | Some(Value::Null) => Ok(None),
         Some(Value::Object(m)) => Ok(Some(m.clone())),
-        Some(_) => Err(CniError::invalid_config(format!("{key}: must be a JSON object"))),
+        Some(_) => Err(CniError::invalid_config(format!(
+            "{key}: must be a JSON object"
+        ))),
     }
 }
 
@@ -124,16 +126,20 @@ impl NetConf {
 /// from a GC request: the (containerID, ifname) pairs to keep. Refuses a GC
 /// without the list rather than treating it as "keep nothing".
 pub fn valid_attachments(raw: &Map<String, Value>) -> Result<Vec<(String, String)>, CniError> {
-    let (key, v) = match (raw.get("cni.dev/valid-attachments"), raw.get("cni.dev/attachments")) {
-        (Some(v), _) => ("cni.dev/valid-attachments", v),
-        (None, Some(v)) => ("cni.dev/attachments", v),
-        (None, None) => {
-            return Err(CniError::invalid_config(
+    let (key, v) =
+        match (
+            raw.get("cni.dev/valid-attachments"),
+            raw.get("cni.dev/attachments"),
+        ) {
+            (Some(v), _) => ("cni.dev/valid-attachments", v),
+            (None, Some(v)) => ("cni.dev/attachments", v),
+            (None, None) => return Err(CniError::invalid_config(
                 "cni.dev/valid-attachments: is required for GC (the list of attachments to keep)",
-            ))
-        }
-    };
-    let list = v.as_array().ok_or_else(|| CniError::invalid_config(format!("{key}: must be a list")))?;
+            )),
+        };
+    let list = v
+        .as_array()
+        .ok_or_else(|| CniError::invalid_config(format!("{key}: must be a list")))?;
     list.iter()
         .enumerate()
         .map(|(i, a)| {
@@ -177,7 +183,11 @@ impl ConfList {
                     })
                 })
                 .collect::<Result<_, _>>()?,
-            Some(_) => return Err(CniError::invalid_config("cniVersions: must be a list of strings")),
+            Some(_) => {
+                return Err(CniError::invalid_config(
+                    "cniVersions: must be a list of strings",
+                ))
+            }
         };
         let flag = |k: &str| raw.get(k).and_then(Value::as_bool).unwrap_or(false);
         let plugins = match raw.get("plugins") {
@@ -190,7 +200,11 @@ impl ConfList {
                     })
                 })
                 .collect::<Result<_, _>>()?,
-            _ => return Err(CniError::invalid_config("plugins: must be a non-empty list")),
+            _ => {
+                return Err(CniError::invalid_config(
+                    "plugins: must be a non-empty list",
+                ))
+            }
         };
         Ok(ConfList {
             cni_version,
@@ -205,7 +219,11 @@ impl ConfList {
     /// The version a runtime should use: the highest of `cniVersions` this
     /// crate knows, else `cniVersion`.
     pub fn effective_version(&self) -> Result<SpecVersion, CniError> {
-        let best = self.cni_versions.iter().filter_map(|v| v.parse::<SpecVersion>().ok()).max();
+        let best = self
+            .cni_versions
+            .iter()
+            .filter_map(|v| v.parse::<SpecVersion>().ok())
+            .max();
         match best {
             Some(v) => Ok(v),
             None => SpecVersion::parse_config_version(&self.cni_version),
@@ -214,7 +232,11 @@ impl ConfList {
 
     /// The configuration handed to plugin `i`: its own object plus the
     /// list's name and version, as the spec says runtimes build it.
-    pub fn plugin_config(&self, i: usize, prev_result: Option<&Value>) -> Result<Vec<u8>, CniError> {
+    pub fn plugin_config(
+        &self,
+        i: usize,
+        prev_result: Option<&Value>,
+    ) -> Result<Vec<u8>, CniError> {
         let mut obj = self
             .plugins
             .get(i)
@@ -245,9 +267,20 @@ mod tests {
         assert_eq!(c.version, SpecVersion::V1_0_0);
         assert_eq!(c.plugin_type, "berth-bridge");
         assert_eq!(c.raw["bridge"], "br9");
-        assert_eq!(c.ipam.as_ref().and_then(|m| m.get("type")).and_then(Value::as_str), Some("host-local"));
+        assert_eq!(
+            c.ipam
+                .as_ref()
+                .and_then(|m| m.get("type"))
+                .and_then(Value::as_str),
+            Some("host-local")
+        );
         assert_eq!(c.runtime_config["mac"], "aa:bb:cc:dd:ee:ff");
-        assert_eq!(c.cni_arg("ips").and_then(|v| v.get(0)).and_then(Value::as_str), Some("10.0.0.9"));
+        assert_eq!(
+            c.cni_arg("ips")
+                .and_then(|v| v.get(0))
+                .and_then(Value::as_str),
+            Some("10.0.0.9")
+        );
         assert!(c.prev_result.is_some());
     }
 
@@ -272,10 +305,16 @@ mod tests {
         )
         .expect("valid");
         assert_eq!(l.effective_version().ok(), Some(SpecVersion::V1_1_0));
-        let p: Value = serde_json::from_slice(&l.plugin_config(1, None).expect("cfg")).expect("json");
+        let p: Value =
+            serde_json::from_slice(&l.plugin_config(1, None).expect("cfg")).expect("json");
         assert_eq!(p["type"], "b");
         assert_eq!(p["name"], "l");
         assert_eq!(p["cniVersion"], "1.1.0");
-        assert_eq!(ConfList::parse(br#"{"name":"l","plugins":[]}"#).unwrap_err().code, 7);
+        assert_eq!(
+            ConfList::parse(br#"{"name":"l","plugins":[]}"#)
+                .unwrap_err()
+                .code,
+            7
+        );
     }
 }

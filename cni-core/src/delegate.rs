@@ -33,7 +33,12 @@ pub fn find_plugin(name: &str, path: &[String]) -> Result<PathBuf, CniError> {
 
 /// Executes a plugin binary for `cmd` and returns its stdout on success. A
 /// plugin's error object is passed through unchanged.
-pub fn exec_plugin(plugin: &Path, cmd: Command, env: &CmdEnv, stdin: &[u8]) -> Result<Vec<u8>, CniError> {
+pub fn exec_plugin(
+    plugin: &Path,
+    cmd: Command,
+    env: &CmdEnv,
+    stdin: &[u8],
+) -> Result<Vec<u8>, CniError> {
     let mut child = Proc::new(plugin)
         .env("CNI_COMMAND", cmd.as_str())
         .env("CNI_CONTAINERID", &env.container_id)
@@ -46,7 +51,10 @@ pub fn exec_plugin(plugin: &Path, cmd: Command, env: &CmdEnv, stdin: &[u8]) -> R
         .stderr(Stdio::inherit())
         .spawn()
         .map_err(|e| {
-            CniError::new(ErrorCode::IoFailure, format!("cannot run plugin {}: {e}", plugin.display()))
+            CniError::new(
+                ErrorCode::IoFailure,
+                format!("cannot run plugin {}: {e}", plugin.display()),
+            )
         })?;
     if let Some(mut input) = child.stdin.take() {
         // A plugin that exits without reading stdin closes the pipe; its
@@ -54,7 +62,10 @@ pub fn exec_plugin(plugin: &Path, cmd: Command, env: &CmdEnv, stdin: &[u8]) -> R
         let _ = input.write_all(stdin);
     }
     let out = child.wait_with_output().map_err(|e| {
-        CniError::new(ErrorCode::IoFailure, format!("waiting for plugin {}: {e}", plugin.display()))
+        CniError::new(
+            ErrorCode::IoFailure,
+            format!("waiting for plugin {}: {e}", plugin.display()),
+        )
     })?;
     if out.status.success() {
         return Ok(out.stdout);
@@ -89,7 +100,10 @@ impl Delegate<'_> {
         let v: Value = serde_json::from_slice(&out).map_err(|e| {
             CniError::new(
                 ErrorCode::DecodingFailure,
-                format!("IPAM plugin {:?} printed a result that is not JSON: {e}", self.plugin_type),
+                format!(
+                    "IPAM plugin {:?} printed a result that is not JSON: {e}",
+                    self.plugin_type
+                ),
             )
         })?;
         CniResult::from_json(&v, self.version)
@@ -127,7 +141,10 @@ mod tests {
         let d = std::env::temp_dir().join(format!(
             "cni-core-delegate-{}-{}",
             std::process::id(),
-            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0)
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos())
+                .unwrap_or(0)
         ));
         std::fs::create_dir_all(&d).expect("mkdir");
         d
@@ -143,8 +160,16 @@ mod tests {
             r#"read -r line; [ "$CNI_COMMAND" = ADD ] || exit 3; [ "$line" = '{"k":1}' ] || exit 4
 echo '{"cniVersion":"1.0.0","ips":[{"address":"10.9.0.2/24","gateway":"10.9.0.1"}]}'"#,
         );
-        let env = CmdEnv { path: vec!["/nonexistent".into(), d.display().to_string()], ..Default::default() };
-        let del = Delegate { plugin_type: "ipamx", env: &env, stdin: b"{\"k\":1}\n", version: SpecVersion::V1_0_0 };
+        let env = CmdEnv {
+            path: vec!["/nonexistent".into(), d.display().to_string()],
+            ..Default::default()
+        };
+        let del = Delegate {
+            plugin_type: "ipamx",
+            env: &env,
+            stdin: b"{\"k\":1}\n",
+            version: SpecVersion::V1_0_0,
+        };
         let r = del.add().expect("add");
         assert_eq!(r.ips[0].address.to_string(), "10.9.0.2/24");
         let _ = std::fs::remove_dir_all(d);
@@ -153,9 +178,21 @@ echo '{"cniVersion":"1.0.0","ips":[{"address":"10.9.0.2/24","gateway":"10.9.0.1"
     #[test]
     fn passes_plugin_errors_through() {
         let d = tempdir();
-        script(&d, "ipamy", r#"cat >/dev/null; echo '{"cniVersion":"1.0.0","code":100,"msg":"full"}'; exit 1"#);
-        let env = CmdEnv { path: vec![d.display().to_string()], ..Default::default() };
-        let del = Delegate { plugin_type: "ipamy", env: &env, stdin: b"{}", version: SpecVersion::V1_0_0 };
+        script(
+            &d,
+            "ipamy",
+            r#"cat >/dev/null; echo '{"cniVersion":"1.0.0","code":100,"msg":"full"}'; exit 1"#,
+        );
+        let env = CmdEnv {
+            path: vec![d.display().to_string()],
+            ..Default::default()
+        };
+        let del = Delegate {
+            plugin_type: "ipamy",
+            env: &env,
+            stdin: b"{}",
+            version: SpecVersion::V1_0_0,
+        };
         let e = del.add().unwrap_err();
         assert_eq!((e.code, e.msg.as_str()), (100, "full"));
         let _ = std::fs::remove_dir_all(d);

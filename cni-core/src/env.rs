@@ -67,11 +67,17 @@ pub struct CmdEnv {
 pub fn read_env(cmd: Command, get: &dyn Fn(&str) -> Option<String>) -> Result<CmdEnv, CniError> {
     let var = |name: &str| get(name).unwrap_or_default();
     let required: &[&str] = match cmd {
-        Command::Add | Command::Check => &["CNI_CONTAINERID", "CNI_NETNS", "CNI_IFNAME", "CNI_PATH"],
+        Command::Add | Command::Check => {
+            &["CNI_CONTAINERID", "CNI_NETNS", "CNI_IFNAME", "CNI_PATH"]
+        }
         Command::Del => &["CNI_CONTAINERID", "CNI_IFNAME", "CNI_PATH"],
         Command::Version | Command::Gc | Command::Status => &[],
     };
-    let missing: Vec<&str> = required.iter().copied().filter(|n| var(n).is_empty()).collect();
+    let missing: Vec<&str> = required
+        .iter()
+        .copied()
+        .filter(|n| var(n).is_empty())
+        .collect();
     if !missing.is_empty() {
         return Err(CniError::invalid_env(format!(
             "required environment variable{} {} missing for {}",
@@ -85,7 +91,11 @@ pub fn read_env(cmd: Command, get: &dyn Fn(&str) -> Option<String>) -> Result<Cm
         netns: var("CNI_NETNS"),
         ifname: var("CNI_IFNAME"),
         args: var("CNI_ARGS"),
-        path: var("CNI_PATH").split(':').filter(|s| !s.is_empty()).map(String::from).collect(),
+        path: var("CNI_PATH")
+            .split(':')
+            .filter(|s| !s.is_empty())
+            .map(String::from)
+            .collect(),
     };
     if cmd.is_per_attachment() {
         validate_container_id(&env.container_id)?;
@@ -124,9 +134,14 @@ pub fn validate_ifname(name: &str) -> Result<(), CniError> {
         )));
     }
     if name == "." || name == ".." {
-        return Err(CniError::invalid_env(format!("CNI_IFNAME {name:?} is not a valid interface name")));
+        return Err(CniError::invalid_env(format!(
+            "CNI_IFNAME {name:?} is not a valid interface name"
+        )));
     }
-    if name.chars().any(|c| c == '/' || c == ':' || c.is_whitespace()) {
+    if name
+        .chars()
+        .any(|c| c == '/' || c == ':' || c.is_whitespace())
+    {
         return Err(CniError::invalid_env(format!(
             "CNI_IFNAME {name:?} contains '/', ':' or whitespace"
         )));
@@ -165,7 +180,11 @@ pub fn parse_cni_args(raw: &str) -> Result<Vec<(String, String)>, CniError> {
 
 /// The value of one key in `CNI_ARGS`, if present.
 pub fn cni_arg(raw: &str, key: &str) -> Option<String> {
-    parse_cni_args(raw).ok()?.into_iter().find(|(k, _)| k == key).map(|(_, v)| v)
+    parse_cni_args(raw)
+        .ok()?
+        .into_iter()
+        .find(|(k, _)| k == key)
+        .map(|(_, v)| v)
 }
 
 #[cfg(test)]
@@ -174,8 +193,10 @@ mod tests {
     use std::collections::HashMap;
 
     fn env_of(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
-        let m: HashMap<String, String> =
-            pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let m: HashMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
         move |k: &str| m.get(k).cloned()
     }
 
@@ -184,12 +205,20 @@ mod tests {
         let get = env_of(&[("CNI_CONTAINERID", "abc"), ("CNI_PATH", "/opt/cni/bin")]);
         let e = read_env(Command::Add, &get).unwrap_err();
         assert_eq!(e.code, 4);
-        assert!(e.msg.contains("CNI_NETNS") && e.msg.contains("CNI_IFNAME"), "{}", e.msg);
+        assert!(
+            e.msg.contains("CNI_NETNS") && e.msg.contains("CNI_IFNAME"),
+            "{}",
+            e.msg
+        );
     }
 
     #[test]
     fn del_does_not_need_a_netns() {
-        let get = env_of(&[("CNI_CONTAINERID", "abc"), ("CNI_IFNAME", "eth0"), ("CNI_PATH", "/x:/y")]);
+        let get = env_of(&[
+            ("CNI_CONTAINERID", "abc"),
+            ("CNI_IFNAME", "eth0"),
+            ("CNI_PATH", "/x:/y"),
+        ]);
         let env = read_env(Command::Del, &get).expect("valid");
         assert_eq!(env.path, vec!["/x", "/y"]);
         assert!(env.netns.is_empty());
@@ -232,7 +261,10 @@ mod tests {
     fn cni_args_parsing() {
         let v = parse_cni_args("IgnoreUnknown=1;IP=10.0.0.5;K8S_POD_NAME=x").expect("ok");
         assert_eq!(v.len(), 3);
-        assert_eq!(cni_arg("IP=10.0.0.5,10.0.0.6;A=b", "IP").as_deref(), Some("10.0.0.5,10.0.0.6"));
+        assert_eq!(
+            cni_arg("IP=10.0.0.5,10.0.0.6;A=b", "IP").as_deref(),
+            Some("10.0.0.5,10.0.0.6")
+        );
         assert_eq!(parse_cni_args("novalue").unwrap_err().code, 4);
         assert_eq!(parse_cni_args("=x").unwrap_err().code, 4);
         assert!(parse_cni_args("").expect("empty").is_empty());

@@ -71,7 +71,11 @@ pub struct CniError {
 
 impl CniError {
     pub fn new(code: ErrorCode, msg: impl Into<String>) -> Self {
-        CniError { code: code.as_u32(), msg: msg.into(), details: String::new() }
+        CniError {
+            code: code.as_u32(),
+            msg: msg.into(),
+            details: String::new(),
+        }
     }
 
     pub fn with_details(mut self, details: impl Into<String>) -> Self {

@@ -27,7 +27,14 @@ fn level(s: &str) -> Option<LevelFilter> {
 /// (an unwritable file, an unknown level) are reported on stderr and never
 /// fail the command: logging must not break pod networking.
 pub fn init_from_config(conf: &NetConf) {
-    let Some(path) = conf.raw.get("logFile").and_then(Value::as_str).filter(|s| !s.is_empty()) else { return };
+    let Some(path) = conf
+        .raw
+        .get("logFile")
+        .and_then(Value::as_str)
+        .filter(|s| !s.is_empty())
+    else {
+        return;
+    };
     let lvl = match conf.raw.get("logLevel").and_then(Value::as_str) {
         None => LevelFilter::INFO,
         Some(s) => level(s).unwrap_or_else(|| {

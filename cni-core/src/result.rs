@@ -45,7 +45,15 @@ pub struct Route {
 
 impl Route {
     pub fn new(dst: IpNetwork, gw: Option<IpAddr>) -> Route {
-        Route { dst, gw, mtu: None, advmss: None, priority: None, table: None, scope: None }
+        Route {
+            dst,
+            gw,
+            mtu: None,
+            advmss: None,
+            priority: None,
+            table: None,
+            scope: None,
+        }
     }
 }
 
@@ -59,7 +67,10 @@ pub struct Dns {
 
 impl Dns {
     pub fn is_empty(&self) -> bool {
-        self.nameservers.is_empty() && self.domain.is_empty() && self.search.is_empty() && self.options.is_empty()
+        self.nameservers.is_empty()
+            && self.domain.is_empty()
+            && self.search.is_empty()
+            && self.options.is_empty()
     }
 
     fn to_json(&self) -> Value {
@@ -88,19 +99,29 @@ impl Dns {
                     .iter()
                     .map(|s| {
                         s.as_str().map(String::from).ok_or_else(|| {
-                            CniError::invalid_config(format!("{field}.{k}: must be a list of strings"))
+                            CniError::invalid_config(format!(
+                                "{field}.{k}: must be a list of strings"
+                            ))
                         })
                     })
                     .collect(),
-                Some(_) => Err(CniError::invalid_config(format!("{field}.{k}: must be a list of strings"))),
+                Some(_) => Err(CniError::invalid_config(format!(
+                    "{field}.{k}: must be a list of strings"
+                ))),
             }
         };
         if !v.is_object() && !v.is_null() {
-            return Err(CniError::invalid_config(format!("{field}: must be an object")));
+            return Err(CniError::invalid_config(format!(
+                "{field}: must be an object"
+            )));
         }
         Ok(Dns {
             nameservers: strings("nameservers")?,
-            domain: v.get("domain").and_then(Value::as_str).unwrap_or_default().to_string(),
+            domain: v
+                .get("domain")
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_string(),
             search: strings("search")?,
             options: strings("options")?,
         })
@@ -121,11 +142,14 @@ fn decode_err(field: &str, what: impl std::fmt::Display) -> CniError {
 }
 
 fn parse_net(v: &Value, field: &str) -> Result<IpNetwork, CniError> {
-    let s = v.as_str().ok_or_else(|| decode_err(field, "must be a CIDR string"))?;
+    let s = v
+        .as_str()
+        .ok_or_else(|| decode_err(field, "must be a CIDR string"))?;
     if !s.contains('/') {
         return Err(decode_err(field, format!("{s:?} has no prefix length")));
     }
-    s.parse::<IpNetwork>().map_err(|e| decode_err(field, format!("{s:?} is not a CIDR address: {e}")))
+    s.parse::<IpNetwork>()
+        .map_err(|e| decode_err(field, format!("{s:?} is not a CIDR address: {e}")))
 }
 
 fn parse_opt_ip(v: Option<&Value>, field: &str) -> Result<Option<IpAddr>, CniError> {
@@ -141,11 +165,15 @@ fn parse_opt_ip(v: Option<&Value>, field: &str) -> Result<Option<IpAddr>, CniErr
 }
 
 fn opt_u32(v: Option<&Value>) -> Option<u32> {
-    v.and_then(Value::as_u64).and_then(|n| u32::try_from(n).ok())
+    v.and_then(Value::as_u64)
+        .and_then(|n| u32::try_from(n).ok())
 }
 
 fn route_from_json(v: &Value, field: &str) -> Result<Route, CniError> {
-    let dst = parse_net(v.get("dst").unwrap_or(&Value::Null), &format!("{field}.dst"))?;
+    let dst = parse_net(
+        v.get("dst").unwrap_or(&Value::Null),
+        &format!("{field}.dst"),
+    )?;
     Ok(Route {
         dst,
         gw: parse_opt_ip(v.get("gw"), &format!("{field}.gw"))?,
@@ -199,24 +227,42 @@ impl CniResult {
             _ => default_version,
         };
         let dns = match v.get("dns") {
-            Some(d) if !d.is_null() => Dns::from_json(d, "dns").map_err(|e| decode_err("dns", e.msg))?,
+            Some(d) if !d.is_null() => {
+                Dns::from_json(d, "dns").map_err(|e| decode_err("dns", e.msg))?
+            }
             _ => Dns::default(),
         };
-        let mut res = CniResult { dns, ..Default::default() };
+        let mut res = CniResult {
+            dns,
+            ..Default::default()
+        };
         if version.result_family() == ResultFamily::Legacy {
             for key in ["ip4", "ip6"] {
-                let Some(ipc) = v.get(key).filter(|x| !x.is_null()) else { continue };
-                let address = parse_net(ipc.get("ip").unwrap_or(&Value::Null), &format!("{key}.ip"))?;
+                let Some(ipc) = v.get(key).filter(|x| !x.is_null()) else {
+                    continue;
+                };
+                let address =
+                    parse_net(ipc.get("ip").unwrap_or(&Value::Null), &format!("{key}.ip"))?;
                 let gateway = parse_opt_ip(ipc.get("gateway"), &format!("{key}.gateway"))?;
-                res.ips.push(IpConfig { address, gateway, interface: None });
+                res.ips.push(IpConfig {
+                    address,
+                    gateway,
+                    interface: None,
+                });
                 for (i, r) in array(ipc, "routes")?.iter().enumerate() {
-                    res.routes.push(route_from_json(r, &format!("{key}.routes[{i}]"))?);
+                    res.routes
+                        .push(route_from_json(r, &format!("{key}.routes[{i}]"))?);
                 }
             }
             return Ok(res);
         }
         for (i, itf) in array(v, "interfaces")?.iter().enumerate() {
-            let s = |k: &str| itf.get(k).and_then(Value::as_str).unwrap_or_default().to_string();
+            let s = |k: &str| {
+                itf.get(k)
+                    .and_then(Value::as_str)
+                    .unwrap_or_default()
+                    .to_string()
+            };
             if !itf.is_object() {
                 return Err(decode_err(&format!("interfaces[{i}]"), "must be an object"));
             }
@@ -231,7 +277,10 @@ impl CniResult {
         }
         for (i, ipc) in array(v, "ips")?.iter().enumerate() {
             let field = format!("ips[{i}]");
-            let address = parse_net(ipc.get("address").unwrap_or(&Value::Null), &format!("{field}.address"))?;
+            let address = parse_net(
+                ipc.get("address").unwrap_or(&Value::Null),
+                &format!("{field}.address"),
+            )?;
             let gateway = parse_opt_ip(ipc.get("gateway"), &format!("{field}.gateway"))?;
             let interface = match ipc.get("interface") {
                 None | Some(Value::Null) => None,
@@ -239,14 +288,21 @@ impl CniResult {
                     let idx = n
                         .as_u64()
                         .and_then(|n| usize::try_from(n).ok())
-                        .ok_or_else(|| decode_err(&format!("{field}.interface"), "must be an index"))?;
+                        .ok_or_else(|| {
+                            decode_err(&format!("{field}.interface"), "must be an index")
+                        })?;
                     Some(idx)
                 }
             };
-            res.ips.push(IpConfig { address, gateway, interface });
+            res.ips.push(IpConfig {
+                address,
+                gateway,
+                interface,
+            });
         }
         for (i, r) in array(v, "routes")?.iter().enumerate() {
-            res.routes.push(route_from_json(r, &format!("routes[{i}]"))?);
+            res.routes
+                .push(route_from_json(r, &format!("routes[{i}]"))?);
         }
         Ok(res)
     }
@@ -261,7 +317,9 @@ impl CniResult {
                 // 0.1/0.2 carry one address per family; routes go with the
                 // family of their destination.
                 for (key, want_v4) in [("ip4", true), ("ip6", false)] {
-                    let Some(ipc) = self.ips.iter().find(|c| c.address.is_ipv4() == want_v4) else { continue };
+                    let Some(ipc) = self.ips.iter().find(|c| c.address.is_ipv4() == want_v4) else {
+                        continue;
+                    };
                     let mut o = Map::new();
                     o.insert("ip".into(), ipc.address.to_string().into());
                     if let Some(gw) = ipc.gateway {
@@ -318,7 +376,10 @@ impl CniResult {
                         .map(|c| {
                             let mut o = Map::new();
                             if family == ResultFamily::V03 {
-                                o.insert("version".into(), if c.address.is_ipv4() { "4" } else { "6" }.into());
+                                o.insert(
+                                    "version".into(),
+                                    if c.address.is_ipv4() { "4" } else { "6" }.into(),
+                                );
                             }
                             if let Some(i) = c.interface {
                                 o.insert("interface".into(), i.into());
@@ -335,7 +396,12 @@ impl CniResult {
                 if !self.routes.is_empty() {
                     m.insert(
                         "routes".into(),
-                        Value::Array(self.routes.iter().map(|r| route_to_json(r, version)).collect()),
+                        Value::Array(
+                            self.routes
+                                .iter()
+                                .map(|r| route_to_json(r, version))
+                                .collect(),
+                        ),
                     );
                 }
             }
@@ -352,7 +418,12 @@ mod tests {
     fn sample() -> CniResult {
         CniResult {
             interfaces: vec![
-                Interface { name: "berth0".into(), mac: "02:00:00:00:00:01".into(), mtu: Some(1450), ..Default::default() },
+                Interface {
+                    name: "berth0".into(),
+                    mac: "02:00:00:00:00:01".into(),
+                    mtu: Some(1450),
+                    ..Default::default()
+                },
                 Interface {
                     name: "eth0".into(),
                     mac: "02:00:00:00:00:02".into(),
@@ -374,10 +445,20 @@ mod tests {
                 },
             ],
             routes: vec![
-                Route { mtu: Some(1400), ..Route::new("0.0.0.0/0".parse().expect("net"), None) },
-                Route::new("::/0".parse().expect("net"), Some("fd00::1".parse().expect("ip"))),
+                Route {
+                    mtu: Some(1400),
+                    ..Route::new("0.0.0.0/0".parse().expect("net"), None)
+                },
+                Route::new(
+                    "::/0".parse().expect("net"),
+                    Some("fd00::1".parse().expect("ip")),
+                ),
             ],
-            dns: Dns { nameservers: vec!["10.1.0.53".into()], search: vec!["svc".into()], ..Default::default() },
+            dns: Dns {
+                nameservers: vec!["10.1.0.53".into()],
+                search: vec!["svc".into()],
+                ..Default::default()
+            },
         }
     }
 
@@ -396,7 +477,11 @@ mod tests {
 
     #[test]
     fn v03_family_has_ip_versions() {
-        for v in [SpecVersion::V0_3_0, SpecVersion::V0_3_1, SpecVersion::V0_4_0] {
+        for v in [
+            SpecVersion::V0_3_0,
+            SpecVersion::V0_3_1,
+            SpecVersion::V0_4_0,
+        ] {
             let j = sample().to_json(v);
             assert_eq!(j["ips"][0]["version"], "4");
             assert_eq!(j["ips"][1]["version"], "6");
@@ -434,7 +519,10 @@ mod tests {
 
     #[test]
     fn bad_results_are_decode_errors_naming_the_field() {
-        let e = CniResult::from_json(&json!({"cniVersion":"1.0.0","ips":[{"address":"10.0.0.1"}]}), SpecVersion::V1_0_0);
+        let e = CniResult::from_json(
+            &json!({"cniVersion":"1.0.0","ips":[{"address":"10.0.0.1"}]}),
+            SpecVersion::V1_0_0,
+        );
         let e = e.unwrap_err();
         assert_eq!(e.code, 6);
         assert!(e.msg.contains("ips[0].address"), "{}", e.msg);

@@ -37,7 +37,12 @@ impl PluginInfo {
 
     /// The `--version` line.
     pub fn version_line(&self) -> String {
-        format!("{} {} (CNI spec {})", self.name, self.version, SpecVersion::all_joined())
+        format!(
+            "{} {} (CNI spec {})",
+            self.name,
+            self.version,
+            SpecVersion::all_joined()
+        )
     }
 }
 
@@ -84,10 +89,17 @@ fn check_version_rules(cmd: Command, v: SpecVersion) -> Result<(), CniError> {
     if ok {
         Ok(())
     } else {
-        let min = if cmd == Command::Check { "0.4.0" } else { "1.1.0" };
+        let min = if cmd == Command::Check {
+            "0.4.0"
+        } else {
+            "1.1.0"
+        };
         Err(CniError::new(
             ErrorCode::IncompatibleVersion,
-            format!("cniVersion {v} does not allow {}: it needs {min} or later", cmd.as_str()),
+            format!(
+                "cniVersion {v} does not allow {}: it needs {min} or later",
+                cmd.as_str()
+            ),
         ))
     }
 }
@@ -106,9 +118,15 @@ pub fn dispatch(
     let mut input = Vec::new();
     let read_result = stdin.read_to_end(&mut input);
     let err_version = peek_version(&input).unwrap_or(SpecVersion::LATEST);
-    let fail = |e: CniError| Outcome::Reply { stdout: e.to_json(err_version.as_str()), status: 1 };
+    let fail = |e: CniError| Outcome::Reply {
+        stdout: e.to_json(err_version.as_str()),
+        status: 1,
+    };
     if let Err(e) = read_result {
-        return fail(CniError::new(ErrorCode::IoFailure, format!("reading stdin: {e}")));
+        return fail(CniError::new(
+            ErrorCode::IoFailure,
+            format!("reading stdin: {e}"),
+        ));
     }
     let cmd = match Command::parse(&cmd_raw) {
         Ok(c) => c,
@@ -119,7 +137,10 @@ pub fn dispatch(
         Err(e) => return fail(e),
     };
     if cmd == Command::Version {
-        return Outcome::Reply { stdout: version_reply(&input), status: 0 };
+        return Outcome::Reply {
+            stdout: version_reply(&input),
+            status: 0,
+        };
     }
     let config = match NetConf::parse(&input) {
         Ok(c) => c,
@@ -140,9 +161,16 @@ pub fn dispatch(
         network = %config.name,
         "start"
     );
-    let req = Request { command: cmd, env, config, stdin: input };
+    let req = Request {
+        command: cmd,
+        env,
+        config,
+        stdin: input,
+    };
     let outcome = match cmd {
-        Command::Add => plugin.add(&req).map(|r| Some(r.to_json(version).to_string())),
+        Command::Add => plugin
+            .add(&req)
+            .map(|r| Some(r.to_json(version).to_string())),
         Command::Del => plugin.del(&req).map(|_| None),
         Command::Check => plugin.check(&req).map(|_| None),
         Command::Gc => plugin.gc(&req).map(|_| None),
@@ -153,15 +181,24 @@ pub fn dispatch(
     match outcome {
         Ok(Some(out)) => {
             tracing::info!(command = cmd.as_str(), ms, result = %out, "done");
-            Outcome::Reply { stdout: out, status: 0 }
+            Outcome::Reply {
+                stdout: out,
+                status: 0,
+            }
         }
         Ok(None) => {
             tracing::info!(command = cmd.as_str(), ms, "done");
-            Outcome::Reply { stdout: String::new(), status: 0 }
+            Outcome::Reply {
+                stdout: String::new(),
+                status: 0,
+            }
         }
         Err(e) => {
             tracing::warn!(command = cmd.as_str(), ms, code = e.code, msg = %e.msg, "failed");
-            Outcome::Reply { stdout: e.to_json(version.as_str()), status: 1 }
+            Outcome::Reply {
+                stdout: e.to_json(version.as_str()),
+                status: 1,
+            }
         }
     }
 }
@@ -202,7 +239,11 @@ mod tests {
                 return Err(CniError::new(ErrorCode::RangeExhausted, "no room"));
             }
             Ok(CniResult {
-                ips: vec![IpConfig { address: "10.0.0.2/24".parse().expect("net"), gateway: None, interface: None }],
+                ips: vec![IpConfig {
+                    address: "10.0.0.2/24".parse().expect("net"),
+                    gateway: None,
+                    interface: None,
+                }],
                 ..Default::default()
             })
         }
@@ -220,19 +261,27 @@ mod tests {
         }
     }
 
-    const INFO: PluginInfo = PluginInfo { name: "fake", version: "0.0.1", description: "a test plugin" };
+    const INFO: PluginInfo = PluginInfo {
+        name: "fake",
+        version: "0.0.1",
+        description: "a test plugin",
+    };
 
     fn run_with(env: &[(&str, &str)], stdin: &str) -> Outcome {
-        let m: HashMap<String, String> = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let m: HashMap<String, String> = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
         let get = move |k: &str| m.get(k).cloned();
         dispatch(&Fake, &INFO, &get, &mut stdin.as_bytes())
     }
 
     fn reply(o: Outcome) -> (serde_json::Value, i32) {
         match o {
-            Outcome::Reply { stdout, status } => {
-                (serde_json::from_str(&stdout).unwrap_or(serde_json::Value::Null), status)
-            }
+            Outcome::Reply { stdout, status } => (
+                serde_json::from_str(&stdout).unwrap_or(serde_json::Value::Null),
+                status,
+            ),
             Outcome::About(a) => panic!("unexpected about: {a}"),
         }
     }
@@ -295,7 +344,10 @@ mod tests {
 
     #[test]
     fn version_command_lists_every_version() {
-        let (v, st) = reply(run_with(&[("CNI_COMMAND", "VERSION")], r#"{"cniVersion":"0.4.0"}"#));
+        let (v, st) = reply(run_with(
+            &[("CNI_COMMAND", "VERSION")],
+            r#"{"cniVersion":"0.4.0"}"#,
+        ));
         assert_eq!(st, 0);
         assert_eq!(v["cniVersion"], "0.4.0");
         assert_eq!(v["supportedVersions"].as_array().map(Vec::len), Some(7));
@@ -307,7 +359,10 @@ mod tests {
         assert_eq!(v["code"], 6);
         let (v, _) = reply(run_with(&ADD_ENV, r#"{"cniVersion":"2.0.0","name":"n"}"#));
         assert_eq!(v["code"], 1);
-        let (v, _) = reply(run_with(&ADD_ENV[..3], r#"{"cniVersion":"1.0.0","name":"n"}"#));
+        let (v, _) = reply(run_with(
+            &ADD_ENV[..3],
+            r#"{"cniVersion":"1.0.0","name":"n"}"#,
+        ));
         assert_eq!(v["code"], 4);
         assert!(v["msg"].as_str().unwrap_or_default().contains("CNI_IFNAME"));
         let (v, _) = reply(run_with(&[("CNI_COMMAND", "BOGUS")], "{}"));

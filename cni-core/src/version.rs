@@ -62,7 +62,11 @@ impl SpecVersion {
 
     /// The comma-separated list printed by `--help` and the about text.
     pub fn all_joined() -> String {
-        ALL_VERSIONS.iter().map(|v| v.as_str()).collect::<Vec<_>>().join(", ")
+        ALL_VERSIONS
+            .iter()
+            .map(|v| v.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
     }
 
     /// Parses a `cniVersion` value; an empty string means 0.1.0, as the
@@ -147,6 +151,9 @@ mod tests {
         let e = SpecVersion::parse_config_version("9.9.9").unwrap_err();
         assert_eq!(e.code, ErrorCode::IncompatibleVersion.as_u32());
         assert!(e.msg.contains("9.9.9"));
-        assert_eq!(SpecVersion::parse_config_version("").ok(), Some(SpecVersion::V0_1_0));
+        assert_eq!(
+            SpecVersion::parse_config_version("").ok(),
+            Some(SpecVersion::V0_1_0)
+        );
     }
 }

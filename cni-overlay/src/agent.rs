@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use cni_core::netlink::{mac_to_string, parse_mac, Netlink};
+use host_net::netlink::{mac_to_string, parse_mac, Netlink};
 use ipnetwork::IpNetwork;
 
 use crate::error::OverlayError;
@@ -47,7 +47,7 @@ pub struct Agent {
     nl: Netlink,
     lease: Lease,
     dev: u32,
-    underlay: cni_core::netlink::Link,
+    underlay: host_net::netlink::Link,
     local: IpAddr,
     mac: [u8; 6],
     programmed: HashMap<String, Lease>,
@@ -64,7 +64,12 @@ impl Agent {
         let local = cfg.public_ip.unwrap_or(found_ip);
         let mac = stable_mac(&cfg.node, cfg.vni);
         let lease = acquire(&cfg, store.as_mut(), local, &mac)?;
-        log(format!("node {} holds {} (store {})", cfg.node, lease.subnet, store.describe()));
+        log(format!(
+            "node {} holds {} (store {})",
+            cfg.node,
+            lease.subnet,
+            store.describe()
+        ));
         let mut agent = Agent {
             cfg,
             store,
@@ -94,7 +99,14 @@ impl Agent {
     fn setup_device(&mut self) -> Result<(), OverlayError> {
         let dev = vxlan::ensure_device(
             &mut self.nl,
-            &DeviceSpec { vni: self.cfg.vni, port: self.cfg.port, local: self.local, underlay: &self.underlay, mac: self.mac, lease: &self.lease },
+            &DeviceSpec {
+                vni: self.cfg.vni,
+                port: self.cfg.port,
+                local: self.local,
+                underlay: &self.underlay,
+                mac: self.mac,
+                lease: &self.lease,
+            },
         )?;
         if self.dev != 0 && self.dev != dev.index {
             // A new device has none of the old peer state.
@@ -137,12 +149,20 @@ impl Agent {
             log(format!("peer {} ({}) removed", l.node, l.subnet));
         }
         for (n, p) in &peers {
-            if self.programmed.get(n).map(|l| same_endpoint(l, p)).unwrap_or(false) {
+            if self
+                .programmed
+                .get(n)
+                .map(|l| same_endpoint(l, p))
+                .unwrap_or(false)
+            {
                 continue;
             }
             vxlan::program_peer(&mut self.nl, self.dev, p)?;
             self.programmed.insert(n.clone(), p.clone());
-            log(format!("peer {} ({} at {}) programmed", p.node, p.subnet, p.public_ip));
+            log(format!(
+                "peer {} ({} at {}) programmed",
+                p.node, p.subnet, p.public_ip
+            ));
         }
         self.stats.peers = self.programmed.len();
         self.publish(true);
@@ -167,7 +187,10 @@ impl Agent {
     /// device is recreated, missing entries come back, stale ones go.
     pub fn resync(&mut self) -> Result<usize, OverlayError> {
         let mut repairs = 0;
-        let present = self.nl.link_by_index(self.dev)?.filter(|l| l.name == vxlan::device_name(self.cfg.vni));
+        let present = self
+            .nl
+            .link_by_index(self.dev)?
+            .filter(|l| l.name == vxlan::device_name(self.cfg.vni));
         if present.is_none() {
             log("VXLAN device missing: recreating it");
             self.dev = 0;
@@ -182,7 +205,11 @@ impl Agent {
         for p in &wanted {
             if !view.state_of(p).complete() {
                 vxlan::program_peer(&mut self.nl, self.dev, p)?;
-                log(format!("repaired peer {} ({})", p.node, view.state_of(p).describe()));
+                log(format!(
+                    "repaired peer {} ({})",
+                    p.node,
+                    view.state_of(p).describe()
+                ));
                 repairs += 1;
             }
         }
@@ -193,7 +220,10 @@ impl Agent {
             let explained = r.dst == mine_v4
                 || r.dst.prefix() == 32 && Some(r.dst.ip()) == Some(self.lease.vtep_ip())
                 || wanted.iter().any(|p| {
-                    r.dst == IpNetwork::V4(p.subnet) || p.subnet6.map(|s| r.dst == IpNetwork::V6(s)).unwrap_or(false)
+                    r.dst == IpNetwork::V4(p.subnet)
+                        || p.subnet6
+                            .map(|s| r.dst == IpNetwork::V6(s))
+                            .unwrap_or(false)
                 })
                 || r.gw.is_none();
             if !explained {
@@ -201,15 +231,19 @@ impl Agent {
                 repairs += 1;
             }
         }
-        for (ip, _) in &view.neighbours {
-            let explained = wanted.iter().any(|p| p.vtep_ip() == *ip || p.vtep_ip6() == Some(*ip));
+        for ip in view.neighbours.keys() {
+            let explained = wanted
+                .iter()
+                .any(|p| p.vtep_ip() == *ip || p.vtep_ip6() == Some(*ip));
             if !explained {
                 let _ = self.nl.del_neighbour(self.dev, *ip);
                 repairs += 1;
             }
         }
         for (mac, dst) in &view.fdb {
-            let explained = wanted.iter().any(|p| &p.vtep_mac == mac && &p.public_ip == dst);
+            let explained = wanted
+                .iter()
+                .any(|p| &p.vtep_mac == mac && &p.public_ip == dst);
             if !explained && mac != "00:00:00:00:00:00" {
                 if let Some(m) = parse_mac(mac) {
                     let _ = self.nl.del_fdb(self.dev, &m, *dst);
@@ -233,7 +267,9 @@ impl Agent {
                 Ok(())
             }
             Err(OverlayError::LeaseLost { subnet, holder }) => {
-                log(format!("lease on {subnet} lost to {holder}; acquiring again"));
+                log(format!(
+                    "lease on {subnet} lost to {holder}; acquiring again"
+                ));
                 let prev = self.lease.subnet;
                 self.lease = acquire(&self.cfg, self.store.as_mut(), self.local, &self.mac)?;
                 if self.lease.subnet != prev {
@@ -279,7 +315,9 @@ impl Agent {
                         m.store_up = false;
                     }
                     if store_ok {
-                        log(format!("lease store unreachable, keeping the current peers: {e}"));
+                        log(format!(
+                            "lease store unreachable, keeping the current peers: {e}"
+                        ));
                         store_ok = false;
                     }
                     std::thread::sleep(slice);
@@ -317,13 +355,21 @@ impl Agent {
 }
 
 fn same_endpoint(a: &Lease, b: &Lease) -> bool {
-    a.subnet == b.subnet && a.subnet6 == b.subnet6 && a.public_ip == b.public_ip && a.vtep_mac == b.vtep_mac
+    a.subnet == b.subnet
+        && a.subnet6 == b.subnet6
+        && a.public_ip == b.public_ip
+        && a.vtep_mac == b.vtep_mac
 }
 
 /// Takes a subnet: this node's unexpired lease if the store still has it,
 /// else the subnet of the previous run (subnet file), else the first free
 /// candidate.
-pub fn acquire(cfg: &AgentConfig, store: &mut dyn LeaseStore, local: IpAddr, mac: &[u8; 6]) -> Result<Lease, OverlayError> {
+pub fn acquire(
+    cfg: &AgentConfig,
+    store: &mut dyn LeaseStore,
+    local: IpAddr,
+    mac: &[u8; 6],
+) -> Result<Lease, OverlayError> {
     let plan = &cfg.plan;
     let make = |i: u64| -> Option<Lease> {
         Some(Lease {
@@ -345,8 +391,11 @@ pub fn acquire(cfg: &AgentConfig, store: &mut dyn LeaseStore, local: IpAddr, mac
             preferred.extend(plan.index_of(&prev.subnet));
         }
     }
-    let taken: std::collections::HashSet<_> =
-        leases.iter().filter(|l| l.node != cfg.node).map(|l| l.subnet).collect();
+    let taken: std::collections::HashSet<_> = leases
+        .iter()
+        .filter(|l| l.node != cfg.node)
+        .map(|l| l.subnet)
+        .collect();
     for i in preferred.into_iter().chain(plan.candidates(&cfg.node)) {
         let Some(lease) = make(i) else { continue };
         if taken.contains(&lease.subnet) {
@@ -356,5 +405,8 @@ pub fn acquire(cfg: &AgentConfig, store: &mut dyn LeaseStore, local: IpAddr, mac
             return Ok(lease);
         }
     }
-    Err(OverlayError::Exhausted { network: plan.network.to_string(), len: plan.subnet_len })
+    Err(OverlayError::Exhausted {
+        network: plan.network.to_string(),
+        len: plan.subnet_len,
+    })
 }

@@ -36,7 +36,10 @@ impl Lease {
 }
 
 pub fn now() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
 }
 
 /// The cluster network and how it is cut into node subnets.
@@ -51,28 +54,57 @@ pub struct NetworkPlan {
 impl NetworkPlan {
     /// Validates the plan: the network must hold at least two node subnets
     /// and a node subnet must hold pods.
-    pub fn new(network: Ipv4Network, subnet_len: u8, network6: Option<Ipv6Network>, subnet_len6: u8) -> Result<Self, OverlayError> {
+    pub fn new(
+        network: Ipv4Network,
+        subnet_len: u8,
+        network6: Option<Ipv6Network>,
+        subnet_len6: u8,
+    ) -> Result<Self, OverlayError> {
         if network.ip() != network.network() {
-            return Err(OverlayError::config("--network", format!("{network} has host bits set; did you mean {}/{}?", network.network(), network.prefix())));
+            return Err(OverlayError::config(
+                "--network",
+                format!(
+                    "{network} has host bits set; did you mean {}/{}?",
+                    network.network(),
+                    network.prefix()
+                ),
+            ));
         }
         if subnet_len > 28 {
-            return Err(OverlayError::config("--subnet-len", format!("/{subnet_len} leaves too few pod addresses per node (at most /28)")));
+            return Err(OverlayError::config(
+                "--subnet-len",
+                format!("/{subnet_len} leaves too few pod addresses per node (at most /28)"),
+            ));
         }
         if subnet_len <= network.prefix() {
             return Err(OverlayError::config(
                 "--subnet-len",
-                format!("/{subnet_len} does not fit in --network {network}: it must be longer than /{}", network.prefix()),
+                format!(
+                    "/{subnet_len} does not fit in --network {network}: it must be longer than /{}",
+                    network.prefix()
+                ),
             ));
         }
         if let Some(n6) = network6 {
             if n6.ip() != n6.network() {
-                return Err(OverlayError::config("--network", format!("{n6} has host bits set")));
+                return Err(OverlayError::config(
+                    "--network",
+                    format!("{n6} has host bits set"),
+                ));
             }
             if subnet_len6 <= n6.prefix() || subnet_len6 > 120 {
-                return Err(OverlayError::config("--subnet-len6", format!("/{subnet_len6} does not fit in {n6}")));
+                return Err(OverlayError::config(
+                    "--subnet-len6",
+                    format!("/{subnet_len6} does not fit in {n6}"),
+                ));
             }
         }
-        Ok(NetworkPlan { network, subnet_len, network6, subnet_len6 })
+        Ok(NetworkPlan {
+            network,
+            subnet_len,
+            network6,
+            subnet_len6,
+        })
     }
 
     pub fn subnet_count(&self) -> u64 {
@@ -107,7 +139,8 @@ impl NetworkPlan {
             return None;
         }
         let base = u128::from(n6.network());
-        let addr = base.checked_add(u128::from(i).checked_shl(128 - u32::from(self.subnet_len6))?)?;
+        let addr =
+            base.checked_add(u128::from(i).checked_shl(128 - u32::from(self.subnet_len6))?)?;
         Ipv6Network::new(addr.into(), self.subnet_len6).ok()
     }
 
@@ -118,12 +151,17 @@ impl NetworkPlan {
         if n <= 1 {
             return Box::new(0..n);
         }
-        let h = u64::from_str_radix(&cni_core::digest(&[node.as_bytes()])[..12], 16).unwrap_or(0);
+        let h =
+            u64::from_str_radix(&berth_common::digest(&[node.as_bytes()])[..12], 16).unwrap_or(0);
         // Subnet 0 comes last: its network address equals the cluster
         // network's, which confuses people reading routes.
         let others = n - 1;
         let start = h % others;
-        Box::new((0..others).map(move |k| 1 + (start + k) % others).chain(std::iter::once(0)))
+        Box::new(
+            (0..others)
+                .map(move |k| 1 + (start + k) % others)
+                .chain(std::iter::once(0)),
+        )
     }
 
     pub fn networks(&self) -> Vec<IpNetwork> {
@@ -138,7 +176,7 @@ impl NetworkPlan {
 /// A MAC for the node's VXLAN device that stays the same across restarts:
 /// locally administered, derived from the node name and VNI.
 pub fn stable_mac(node: &str, vni: u32) -> [u8; 6] {
-    let h = cni_core::digest(&[node.as_bytes(), &vni.to_be_bytes()]);
+    let h = berth_common::digest(&[node.as_bytes(), &vni.to_be_bytes()]);
     let mut mac = [0u8; 6];
     for (i, b) in mac.iter_mut().enumerate() {
         *b = u8::from_str_radix(&h[2 * i..2 * i + 2], 16).unwrap_or(0);
@@ -159,7 +197,10 @@ mod tests {
     fn carves_subnets() {
         let p = plan("10.244.0.0/16", 24).expect("ok");
         assert_eq!(p.subnet_count(), 256);
-        assert_eq!(p.subnet(3).map(|s| s.to_string()).as_deref(), Some("10.244.3.0/24"));
+        assert_eq!(
+            p.subnet(3).map(|s| s.to_string()).as_deref(),
+            Some("10.244.3.0/24")
+        );
         assert_eq!(p.subnet(256), None);
         let s: Ipv4Network = "10.244.7.0/24".parse().expect("net");
         assert_eq!(p.index_of(&s), Some(7));
@@ -179,7 +220,11 @@ mod tests {
 
     #[test]
     fn bad_plans_name_the_flag() {
-        for (net, len, flag) in [("10.244.0.0/16", 16, "--subnet-len"), ("10.244.0.0/16", 30, "--subnet-len"), ("10.244.1.0/16", 24, "--network")] {
+        for (net, len, flag) in [
+            ("10.244.0.0/16", 16, "--subnet-len"),
+            ("10.244.0.0/16", 30, "--subnet-len"),
+            ("10.244.1.0/16", 24, "--network"),
+        ] {
             match plan(net, len) {
                 Err(OverlayError::Config { field, .. }) => assert_eq!(field, flag),
                 other => panic!("{net}/{len}: {other:?}"),
@@ -189,8 +234,17 @@ mod tests {
 
     #[test]
     fn v6_subnets_pair_with_v4() {
-        let p = NetworkPlan::new("10.244.0.0/16".parse().expect("n"), 24, Some("fd00:244::/56".parse().expect("n")), 64).expect("ok");
-        assert_eq!(p.subnet6(3).map(|s| s.to_string()).as_deref(), Some("fd00:244:0:3::/64"));
+        let p = NetworkPlan::new(
+            "10.244.0.0/16".parse().expect("n"),
+            24,
+            Some("fd00:244::/56".parse().expect("n")),
+            64,
+        )
+        .expect("ok");
+        assert_eq!(
+            p.subnet6(3).map(|s| s.to_string()).as_deref(),
+            Some("fd00:244:0:3::/64")
+        );
     }
 
     #[test]

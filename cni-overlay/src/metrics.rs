@@ -23,15 +23,52 @@ pub type Handle = Arc<Mutex<Shared>>;
 pub fn render(s: &Shared) -> String {
     let mut o = String::new();
     let mut metric = |name: &str, kind: &str, help: &str, value: String| {
-        o.push_str(&format!("# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}\n"));
+        o.push_str(&format!(
+            "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}\n"
+        ));
     };
-    metric("berth_overlay_peers_programmed", "gauge", "Peers whose route, neighbour and FDB entry are programmed.", s.peers.to_string());
-    metric("berth_overlay_lease_renewals_total", "counter", "Successful lease renewals.", s.renewals.to_string());
-    metric("berth_overlay_lease_renew_failures_total", "counter", "Failed lease renewals.", s.renew_failures.to_string());
-    metric("berth_overlay_resync_repairs_total", "counter", "Kernel entries repaired or removed by the periodic resync.", s.repairs.to_string());
-    metric("berth_overlay_reconciles_total", "counter", "Times the lease set was applied to the kernel.", s.reconciles.to_string());
-    metric("berth_overlay_store_up", "gauge", "1 when the lease store answered the last request.", u8::from(s.store_up).to_string());
-    metric("berth_overlay_device_up", "gauge", "1 when the VXLAN device exists.", u8::from(s.device_up).to_string());
+    metric(
+        "berth_overlay_peers_programmed",
+        "gauge",
+        "Peers whose route, neighbour and FDB entry are programmed.",
+        s.peers.to_string(),
+    );
+    metric(
+        "berth_overlay_lease_renewals_total",
+        "counter",
+        "Successful lease renewals.",
+        s.renewals.to_string(),
+    );
+    metric(
+        "berth_overlay_lease_renew_failures_total",
+        "counter",
+        "Failed lease renewals.",
+        s.renew_failures.to_string(),
+    );
+    metric(
+        "berth_overlay_resync_repairs_total",
+        "counter",
+        "Kernel entries repaired or removed by the periodic resync.",
+        s.repairs.to_string(),
+    );
+    metric(
+        "berth_overlay_reconciles_total",
+        "counter",
+        "Times the lease set was applied to the kernel.",
+        s.reconciles.to_string(),
+    );
+    metric(
+        "berth_overlay_store_up",
+        "gauge",
+        "1 when the lease store answered the last request.",
+        u8::from(s.store_up).to_string(),
+    );
+    metric(
+        "berth_overlay_device_up",
+        "gauge",
+        "1 when the VXLAN device exists.",
+        u8::from(s.device_up).to_string(),
+    );
     o.push_str(&format!(
         "# HELP berth_overlay_lease_info This node's lease.\n# TYPE berth_overlay_lease_info gauge\nberth_overlay_lease_info{{node=\"{}\",subnet=\"{}\"}} 1\n",
         s.node.replace('"', ""),
@@ -42,7 +79,7 @@ pub fn render(s: &Shared) -> String {
 
 /// Starts serving on `addr` in a background thread.
 pub fn serve(addr: SocketAddr, shared: Handle) -> std::io::Result<SocketAddr> {
-    let handler: cni_core::metrics_http::Handler = Arc::new(move |path: &str| {
+    let handler: berth_common::metrics_http::Handler = Arc::new(move |path: &str| {
         let snapshot = shared.lock().map(|s| s.clone()).unwrap_or_default();
         match path {
             "/metrics" => ("200 OK", "text/plain; version=0.0.4", render(&snapshot)),
@@ -50,13 +87,21 @@ pub fn serve(addr: SocketAddr, shared: Handle) -> std::io::Result<SocketAddr> {
                 if snapshot.device_up {
                     ("200 OK", "text/plain", "ok\n".to_string())
                 } else {
-                    ("503 Service Unavailable", "text/plain", "VXLAN device not up\n".to_string())
+                    (
+                        "503 Service Unavailable",
+                        "text/plain",
+                        "VXLAN device not up\n".to_string(),
+                    )
                 }
             }
-            _ => ("404 Not Found", "text/plain", "try /metrics or /healthz\n".to_string()),
+            _ => (
+                "404 Not Found",
+                "text/plain",
+                "try /metrics or /healthz\n".to_string(),
+            ),
         }
     });
-    cni_core::metrics_http::serve(addr, handler)
+    berth_common::metrics_http::serve(addr, handler)
 }
 
 #[cfg(test)]
@@ -67,7 +112,14 @@ mod tests {
 
     #[test]
     fn serves_metrics_and_health() {
-        let shared: Handle = Arc::new(Mutex::new(Shared { node: "n1".into(), subnet: "10.244.1.0/24".into(), peers: 3, device_up: true, store_up: true, ..Default::default() }));
+        let shared: Handle = Arc::new(Mutex::new(Shared {
+            node: "n1".into(),
+            subnet: "10.244.1.0/24".into(),
+            peers: 3,
+            device_up: true,
+            store_up: true,
+            ..Default::default()
+        }));
         let addr = serve("127.0.0.1:0".parse().expect("addr"), shared.clone()).expect("serve");
         let get = |path: &str| {
             let mut s = TcpStream::connect(addr).expect("connect");

@@ -6,9 +6,11 @@
 
 use std::path::PathBuf;
 
-use cni_core::{CniError, CniResult, ErrorCode, NetConf, Plugin, PluginInfo, Request};
+use cni_bridge::BridgePlugin;
+use cni_core::{CniError, CniResult, NetConf, Plugin, PluginInfo, Request};
 use serde_json::{json, Map, Value};
 
+use crate::error::OverlayError;
 use crate::subnet_file::SubnetInfo;
 
 pub const INFO: PluginInfo = PluginInfo {
@@ -39,29 +41,38 @@ const PASS_THROUGH: &[&str] = &[
 pub struct OverlayPlugin;
 
 fn subnet_file(conf: &NetConf) -> PathBuf {
-    PathBuf::from(conf.raw.get("subnetFile").and_then(Value::as_str).unwrap_or(DEFAULT_SUBNET_FILE))
-}
-
-fn not_ready(path: &std::path::Path, code: ErrorCode) -> CniError {
-    CniError::new(
-        code,
-        format!("the berth-overlayd node agent is not ready on this node: {} does not exist yet", path.display()),
+    PathBuf::from(
+        conf.raw
+            .get("subnetFile")
+            .and_then(Value::as_str)
+            .unwrap_or(DEFAULT_SUBNET_FILE),
     )
 }
 
 /// The configuration handed to the bridge library (and, through it, to
 /// berth-host-local).
-pub fn bridge_config(conf: &NetConf, info: Option<&SubnetInfo>) -> Result<Vec<u8>, CniError> {
+pub fn bridge_config(conf: &NetConf, info: Option<&SubnetInfo>) -> Result<Vec<u8>, OverlayError> {
     let raw = &conf.raw;
-    let data_dir = raw.get("dataDir").and_then(Value::as_str).unwrap_or("/var/lib/cni/berth");
+    let data_dir = raw
+        .get("dataDir")
+        .and_then(Value::as_str)
+        .unwrap_or("/var/lib/cni/berth");
     let mut out = Map::new();
     out.insert("cniVersion".into(), conf.version_str().into());
     out.insert("name".into(), conf.name.clone().into());
     out.insert("type".into(), "berth-bridge".into());
-    out.insert("bridge".into(), raw.get("bridge").cloned().unwrap_or_else(|| "berth0".into()));
+    out.insert(
+        "bridge".into(),
+        raw.get("bridge")
+            .cloned()
+            .unwrap_or_else(|| cni_bridge::DEFAULT_BRIDGE.into()),
+    );
     out.insert("isGateway".into(), true.into());
     out.insert("isDefaultGateway".into(), true.into());
-    out.insert("ipMasq".into(), raw.get("ipMasq").cloned().unwrap_or(Value::Bool(true)));
+    out.insert(
+        "ipMasq".into(),
+        raw.get("ipMasq").cloned().unwrap_or(Value::Bool(true)),
+    );
     out.insert("dataDir".into(), data_dir.into());
     for k in PASS_THROUGH {
         if let Some(v) = raw.get(*k) {
@@ -69,10 +80,18 @@ pub fn bridge_config(conf: &NetConf, info: Option<&SubnetInfo>) -> Result<Vec<u8
         }
     }
     let mut ipam = Map::new();
-    ipam.insert("type".into(), raw.get("ipamType").cloned().unwrap_or_else(|| "berth-host-local".into()));
+    ipam.insert(
+        "type".into(),
+        raw.get("ipamType")
+            .cloned()
+            .unwrap_or_else(|| "berth-host-local".into()),
+    );
     ipam.insert("dataDir".into(), data_dir.into());
     if let Some(info) = info {
-        out.insert("mtu".into(), raw.get("mtu").cloned().unwrap_or_else(|| info.mtu.into()));
+        out.insert(
+            "mtu".into(),
+            raw.get("mtu").cloned().unwrap_or_else(|| info.mtu.into()),
+        );
         let mut ranges = vec![json!([{ "subnet": info.subnet.to_string() }])];
         let mut routes = vec![json!({ "dst": info.network.to_string() })];
         let mut exclude = vec![json!(info.network.to_string())];
@@ -86,52 +105,71 @@ pub fn bridge_config(conf: &NetConf, info: Option<&SubnetInfo>) -> Result<Vec<u8
         out.insert("ipMasqExclude".into(), Value::Array(exclude));
     }
     out.insert("ipam".into(), Value::Object(ipam));
-    serde_json::to_vec(&Value::Object(out)).map_err(|e| CniError::internal(e.to_string()))
+    serde_json::to_vec(&Value::Object(out))
+        .map_err(|e| OverlayError::Io(format!("building the bridge configuration: {e}")))
 }
 
-fn delegate_request(req: &Request, info: Option<&SubnetInfo>) -> Result<Request, CniError> {
+fn delegate_request(req: &Request, info: Option<&SubnetInfo>) -> Result<Request, OverlayError> {
     let stdin = bridge_config(&req.config, info)?;
     let config = NetConf::parse(&stdin)?;
-    Ok(Request { command: req.command, env: req.env.clone(), config, stdin })
+    Ok(Request {
+        command: req.command,
+        env: req.env.clone(),
+        config,
+        stdin,
+    })
 }
 
-fn read_info(req: &Request) -> Result<Option<SubnetInfo>, CniError> {
+fn read_info(req: &Request) -> Result<Option<SubnetInfo>, OverlayError> {
     let path = subnet_file(&req.config);
-    SubnetInfo::read(&path).map_err(|e| CniError::new(ErrorCode::IoFailure, e.to_string()))
+    SubnetInfo::read(&path).map_err(|e| OverlayError::SubnetFile(e.to_string()))
+}
+
+/// The node's lease, which ADD, CHECK and STATUS cannot do without.
+fn require_info(req: &Request) -> Result<SubnetInfo, OverlayError> {
+    read_info(req)?.ok_or_else(|| OverlayError::AgentNotReady {
+        path: subnet_file(&req.config),
+    })
+}
+
+/// The bridge request for a command that needs the agent.
+fn with_agent(req: &Request) -> Result<Request, OverlayError> {
+    let info = require_info(req)?;
+    delegate_request(req, Some(&info))
+}
+
+/// The bridge request for a command that works without the agent: the
+/// bridge records and the IPAM store are enough to undo an attachment.
+fn without_agent(req: &Request) -> Result<Request, OverlayError> {
+    let info = read_info(req).ok().flatten();
+    delegate_request(req, info.as_ref())
 }
 
 impl Plugin for OverlayPlugin {
     fn add(&self, req: &Request) -> Result<CniResult, CniError> {
-        let info = read_info(req)?.ok_or_else(|| not_ready(&subnet_file(&req.config), ErrorCode::TryAgainLater))?;
-        let d = delegate_request(req, Some(&info))?;
-        cni_bridge::add::cmd_add(&d).map_err(CniError::from)
+        BridgePlugin.add(&with_agent(req)?)
     }
 
     fn del(&self, req: &Request) -> Result<(), CniError> {
-        // DEL works without the agent: the bridge records and the IPAM
-        // store are enough to undo the attachment.
-        let info = read_info(req).ok().flatten();
-        let d = delegate_request(req, info.as_ref())?;
-        cni_bridge::del::cmd_del(&d).map_err(CniError::from)
+        BridgePlugin.del(&without_agent(req)?)
     }
 
     fn check(&self, req: &Request) -> Result<(), CniError> {
-        let info = read_info(req)?.ok_or_else(|| not_ready(&subnet_file(&req.config), ErrorCode::TryAgainLater))?;
-        let d = delegate_request(req, Some(&info))?;
-        cni_bridge::check::cmd_check(&d).map_err(CniError::from)
+        BridgePlugin.check(&with_agent(req)?)
     }
 
     fn gc(&self, req: &Request) -> Result<(), CniError> {
-        let info = read_info(req).ok().flatten();
-        let d = delegate_request(req, info.as_ref())?;
-        cni_bridge::gc::cmd_gc(&d).map_err(CniError::from)
+        BridgePlugin.gc(&without_agent(req)?)
     }
 
     fn status(&self, req: &Request) -> Result<(), CniError> {
-        let info =
-            read_info(req)?.ok_or_else(|| not_ready(&subnet_file(&req.config), ErrorCode::PluginNotAvailable))?;
-        let d = delegate_request(req, Some(&info))?;
-        cni_bridge::BridgePlugin.status(&d)
+        // STATUS says "not available" rather than "try again": the runtime
+        // polls it, and the agent's absence is the node's state.
+        let d = with_agent(req).map_err(|e| match e {
+            OverlayError::AgentNotReady { path } => OverlayError::AgentMissing { path },
+            other => other,
+        })?;
+        BridgePlugin.status(&d)
     }
 }
 
@@ -141,7 +179,10 @@ mod tests {
 
     #[test]
     fn bridge_config_uses_the_node_subnet_and_excludes_the_cluster_network() {
-        let conf = NetConf::parse(br#"{"cniVersion":"1.1.0","name":"pods","type":"berth-overlay","hairpinMode":true}"#).expect("conf");
+        let conf = NetConf::parse(
+            br#"{"cniVersion":"1.1.0","name":"pods","type":"berth-overlay","hairpinMode":true}"#,
+        )
+        .expect("conf");
         let info = SubnetInfo {
             node: "n".into(),
             network: "10.244.0.0/16".parse().expect("n"),
@@ -151,7 +192,8 @@ mod tests {
             mtu: 1450,
             vni: 1,
         };
-        let v: Value = serde_json::from_slice(&bridge_config(&conf, Some(&info)).expect("cfg")).expect("json");
+        let v: Value =
+            serde_json::from_slice(&bridge_config(&conf, Some(&info)).expect("cfg")).expect("json");
         assert_eq!(v["type"], "berth-bridge");
         assert_eq!(v["mtu"], 1450);
         assert_eq!(v["hairpinMode"], true);

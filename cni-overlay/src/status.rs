@@ -1,7 +1,7 @@
 //! `berth-overlayd status`: this node's lease and every peer with the state
 //! of its kernel programming, read live from the store and the kernel.
 
-use cni_core::netlink::Netlink;
+use host_net::netlink::Netlink;
 use serde_json::json;
 
 use crate::error::OverlayError;
@@ -9,7 +9,12 @@ use crate::lease::now;
 use crate::store::LeaseStore;
 use crate::vxlan::{device_name, KernelView, PeerState};
 
-pub fn render(store: &mut dyn LeaseStore, node: &str, vni: u32, as_json: bool) -> Result<String, OverlayError> {
+pub fn render(
+    store: &mut dyn LeaseStore,
+    node: &str,
+    vni: u32,
+    as_json: bool,
+) -> Result<String, OverlayError> {
     let (leases, rev) = store.list()?;
     let mut nl = Netlink::new()?;
     let dev = nl.link(&device_name(vni))?;
@@ -24,9 +29,19 @@ pub fn render(store: &mut dyn LeaseStore, node: &str, vni: u32, as_json: bool) -
             let state = if l.node == node {
                 "this node".to_string()
             } else {
-                view.as_ref().map(|v| v.state_of(l)).unwrap_or(PeerState::default()).describe()
+                view.as_ref()
+                    .map(|v| v.state_of(l))
+                    .unwrap_or(PeerState::default())
+                    .describe()
             };
-            (l.node.clone(), l.subnet.to_string(), l.public_ip.to_string(), l.vtep_mac.clone(), l.expires_at - t, state)
+            (
+                l.node.clone(),
+                l.subnet.to_string(),
+                l.public_ip.to_string(),
+                l.vtep_mac.clone(),
+                l.expires_at - t,
+                state,
+            )
         })
         .collect();
     if as_json {
@@ -46,12 +61,20 @@ pub fn render(store: &mut dyn LeaseStore, node: &str, vni: u32, as_json: bool) -
     let mut out = format!(
         "node {node}, store {}, device {}\n",
         store.describe(),
-        dev.as_ref().map(|d| format!("{} (mtu {})", d.name, d.mtu)).unwrap_or_else(|| "missing".into())
+        dev.as_ref()
+            .map(|d| format!("{} (mtu {})", d.name, d.mtu))
+            .unwrap_or_else(|| "missing".into())
     );
     let w = rows.iter().map(|r| r.0.len()).max().unwrap_or(4).max(4);
-    out.push_str(&format!("{:<w$}  {:<18}  {:<15}  {:<17}  {:>8}  STATE\n", "NODE", "SUBNET", "PUBLIC IP", "VTEP MAC", "EXPIRES"));
+    out.push_str(&format!(
+        "{:<w$}  {:<18}  {:<15}  {:<17}  {:>8}  STATE\n",
+        "NODE", "SUBNET", "PUBLIC IP", "VTEP MAC", "EXPIRES"
+    ));
     for r in rows {
-        out.push_str(&format!("{:<w$}  {:<18}  {:<15}  {:<17}  {:>7}s  {}\n", r.0, r.1, r.2, r.3, r.4, r.5));
+        out.push_str(&format!(
+            "{:<w$}  {:<18}  {:<15}  {:<17}  {:>7}s  {}\n",
+            r.0, r.1, r.2, r.3, r.4, r.5
+        ));
     }
     Ok(out)
 }

@@ -39,16 +39,24 @@ impl SubnetInfo {
             .filter(|l| !l.is_empty() && !l.starts_with('#'))
             .filter_map(|l| l.split_once('='))
             .collect();
-        let bad = |k: &str| OverlayError::Io(format!("{}: {k} is missing or invalid", path.display()));
+        let bad =
+            |k: &str| OverlayError::Io(format!("{}: {k} is missing or invalid", path.display()));
         let get = |k: &str| kv.get(k).copied().ok_or_else(|| bad(k));
         Ok(SubnetInfo {
             node: get("BERTH_NODE").unwrap_or_default().to_string(),
-            network: get("BERTH_NETWORK")?.parse().map_err(|_| bad("BERTH_NETWORK"))?,
-            subnet: get("BERTH_SUBNET")?.parse().map_err(|_| bad("BERTH_SUBNET"))?,
+            network: get("BERTH_NETWORK")?
+                .parse()
+                .map_err(|_| bad("BERTH_NETWORK"))?,
+            subnet: get("BERTH_SUBNET")?
+                .parse()
+                .map_err(|_| bad("BERTH_SUBNET"))?,
             network6: kv.get("BERTH_NETWORK6").and_then(|v| v.parse().ok()),
             subnet6: kv.get("BERTH_SUBNET6").and_then(|v| v.parse().ok()),
             mtu: get("BERTH_MTU")?.parse().map_err(|_| bad("BERTH_MTU"))?,
-            vni: get("BERTH_VNI").ok().and_then(|v| v.parse().ok()).unwrap_or(1),
+            vni: get("BERTH_VNI")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(1),
         })
     }
 

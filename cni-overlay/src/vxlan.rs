@@ -6,7 +6,7 @@
 use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
 
-use cni_core::netlink::{mac_to_string, parse_mac, Link, Netlink, RouteSpec};
+use host_net::netlink::{mac_to_string, parse_mac, Link, Netlink, RouteSpec};
 use ipnetwork::IpNetwork;
 
 use crate::error::OverlayError;
@@ -24,15 +24,21 @@ pub fn underlay(nl: &mut Netlink, iface: Option<&str>) -> Result<(Link, IpAddr),
             .link(name)?
             .ok_or_else(|| OverlayError::config("--iface", format!("no interface named {name}")))?,
         None => {
-            let default: IpNetwork = "0.0.0.0/0".parse().map_err(|_| OverlayError::Io("constant".into()))?;
+            let default: IpNetwork = "0.0.0.0/0"
+                .parse()
+                .map_err(|_| OverlayError::Io("constant".into()))?;
             let oif = nl
                 .routes(true)?
                 .into_iter()
                 .find(|r| r.dst == default)
                 .and_then(|r| r.oif)
                 .ok_or_else(|| OverlayError::config("--iface", "there is no default route to pick the underlay interface from; set --iface"))?;
-            nl.link_by_index(oif)?
-                .ok_or_else(|| OverlayError::config("--iface", format!("default route interface #{oif} vanished")))?
+            nl.link_by_index(oif)?.ok_or_else(|| {
+                OverlayError::config(
+                    "--iface",
+                    format!("default route interface #{oif} vanished"),
+                )
+            })?
         }
     };
     let addrs = nl.addrs(link.index)?;
@@ -40,8 +46,18 @@ pub fn underlay(nl: &mut Netlink, iface: Option<&str>) -> Result<(Link, IpAddr),
         .iter()
         .map(|(_, a)| a.ip())
         .find(|ip| ip.is_ipv4())
-        .or_else(|| addrs.iter().map(|(_, a)| a.ip()).find(|ip| matches!(ip, IpAddr::V6(v6) if (v6.segments()[0] & 0xffc0) != 0xfe80)))
-        .ok_or_else(|| OverlayError::config("--public-ip", format!("{} has no address; set --public-ip", link.name)))?;
+        .or_else(|| {
+            addrs
+                .iter()
+                .map(|(_, a)| a.ip())
+                .find(|ip| matches!(ip, IpAddr::V6(v6) if (v6.segments()[0] & 0xffc0) != 0xfe80))
+        })
+        .ok_or_else(|| {
+            OverlayError::config(
+                "--public-ip",
+                format!("{} has no address; set --public-ip", link.name),
+            )
+        })?;
     Ok((link, pick))
 }
 
@@ -63,8 +79,12 @@ pub fn mtu_for(underlay_mtu: u32, local: IpAddr) -> u32 {
 pub fn ensure_device(nl: &mut Netlink, s: &DeviceSpec<'_>) -> Result<Link, OverlayError> {
     let name = device_name(s.vni);
     let mtu = mtu_for(s.underlay.mtu, s.local);
-    if let Some((vni, local, port, link, learning)) = nl.vxlan_info(&name)? {
-        let ok = vni == s.vni && local == Some(s.local) && port == s.port && link == s.underlay.index && !learning;
+    if let Some(have) = nl.vxlan_info(&name)? {
+        let ok = have.vni == s.vni
+            && have.local == Some(s.local)
+            && have.port == s.port
+            && have.underlay == s.underlay.index
+            && !have.learning;
         if !ok {
             if let Some(l) = nl.link(&name)? {
                 nl.del_link(l.index)?;
@@ -74,12 +94,21 @@ pub fn ensure_device(nl: &mut Netlink, s: &DeviceSpec<'_>) -> Result<Link, Overl
     let dev = match nl.link(&name)? {
         Some(l) => l,
         None => {
-            match nl.add_vxlan(&name, s.vni, s.local, s.port, s.underlay.index, Some(mtu), Some(s.mac)) {
+            match nl.add_vxlan(
+                &name,
+                s.vni,
+                s.local,
+                s.port,
+                s.underlay.index,
+                Some(mtu),
+                Some(s.mac),
+            ) {
                 Ok(()) => {}
                 Err(e) if e.is(libc::EEXIST) => {}
                 Err(e) => return Err(e.into()),
             }
-            nl.link(&name)?.ok_or_else(|| OverlayError::Io(format!("{name} vanished after creation")))?
+            nl.link(&name)?
+                .ok_or_else(|| OverlayError::Io(format!("{name} vanished after creation")))?
         }
     };
     if dev.mac != s.mac {
@@ -89,7 +118,8 @@ pub fn ensure_device(nl: &mut Netlink, s: &DeviceSpec<'_>) -> Result<Link, Overl
         nl.set_mtu(dev.index, mtu)?;
     }
     // Exactly this node's VTEP addresses on the device.
-    let mut want = vec![IpNetwork::new(s.lease.vtep_ip(), 32).map_err(|e| OverlayError::Io(e.to_string()))?];
+    let mut want =
+        vec![IpNetwork::new(s.lease.vtep_ip(), 32).map_err(|e| OverlayError::Io(e.to_string()))?];
     if let Some(ip6) = s.lease.vtep_ip6() {
         want.push(IpNetwork::new(ip6, 128).map_err(|e| OverlayError::Io(e.to_string()))?);
     }
@@ -131,8 +161,12 @@ fn peer_routes(dev: u32, p: &Lease) -> Vec<RouteSpec> {
 
 /// Programs one peer (idempotent: every operation replaces).
 pub fn program_peer(nl: &mut Netlink, dev: u32, p: &Lease) -> Result<(), OverlayError> {
-    let mac = parse_mac(&p.vtep_mac)
-        .ok_or_else(|| OverlayError::Io(format!("lease of {} has a bad VTEP MAC {:?}", p.node, p.vtep_mac)))?;
+    let mac = parse_mac(&p.vtep_mac).ok_or_else(|| {
+        OverlayError::Io(format!(
+            "lease of {} has a bad VTEP MAC {:?}",
+            p.node, p.vtep_mac
+        ))
+    })?;
     nl.set_neighbour(dev, p.vtep_ip(), &mac)?;
     if let Some(ip6) = p.vtep_ip6() {
         nl.set_neighbour(dev, ip6, &mac)?;
@@ -146,7 +180,7 @@ pub fn program_peer(nl: &mut Netlink, dev: u32, p: &Lease) -> Result<(), Overlay
 
 /// Removes one peer's state; absent pieces are fine.
 pub fn unprogram_peer(nl: &mut Netlink, dev: u32, p: &Lease) -> Result<(), OverlayError> {
-    let gone = |r: Result<(), cni_core::netlink::NetlinkError>| match r {
+    let gone = |r: Result<(), host_net::netlink::NetlinkError>| match r {
         Ok(()) => Ok(()),
         Err(e) if e.is(libc::ENOENT) || e.is(libc::ESRCH) || e.is(libc::ENODEV) => Ok(()),
         Err(e) => Err(OverlayError::from(e)),
@@ -181,11 +215,15 @@ impl PeerState {
         if self.complete() {
             return "programmed".into();
         }
-        let missing: Vec<&str> = [("route", self.route), ("neighbour", self.neighbour), ("fdb", self.fdb)]
-            .iter()
-            .filter(|(_, ok)| !ok)
-            .map(|(n, _)| *n)
-            .collect();
+        let missing: Vec<&str> = [
+            ("route", self.route),
+            ("neighbour", self.neighbour),
+            ("fdb", self.fdb),
+        ]
+        .iter()
+        .filter(|(_, ok)| !ok)
+        .map(|(n, _)| *n)
+        .collect();
         format!("missing {}", missing.join(", "))
     }
 }
@@ -199,7 +237,11 @@ pub struct KernelView {
 
 impl KernelView {
     pub fn read(nl: &mut Netlink, dev: u32) -> Result<KernelView, OverlayError> {
-        let mut routes: Vec<RouteSpec> = nl.routes(true)?.into_iter().filter(|r| r.oif == Some(dev)).collect();
+        let mut routes: Vec<RouteSpec> = nl
+            .routes(true)?
+            .into_iter()
+            .filter(|r| r.oif == Some(dev))
+            .collect();
         routes.extend(nl.routes(false)?.into_iter().filter(|r| r.oif == Some(dev)));
         let mut neighbours = HashMap::new();
         for v4 in [true, false] {
@@ -212,7 +254,11 @@ impl KernelView {
             .into_iter()
             .filter_map(|(mac, dst)| dst.map(|d| (mac_to_string(&mac), d)))
             .collect();
-        Ok(KernelView { routes, neighbours, fdb })
+        Ok(KernelView {
+            routes,
+            neighbours,
+            fdb,
+        })
     }
 
     pub fn state_of(&self, p: &Lease) -> PeerState {
@@ -220,8 +266,16 @@ impl KernelView {
             .routes
             .iter()
             .any(|r| r.dst == IpNetwork::V4(p.subnet) && r.gw == Some(p.vtep_ip()));
-        let neighbour = self.neighbours.get(&p.vtep_ip()).map(|m| m == &p.vtep_mac).unwrap_or(false);
+        let neighbour = self
+            .neighbours
+            .get(&p.vtep_ip())
+            .map(|m| m == &p.vtep_mac)
+            .unwrap_or(false);
         let fdb = self.fdb.contains(&(p.vtep_mac.clone(), p.public_ip));
-        PeerState { route, neighbour, fdb }
+        PeerState {
+            route,
+            neighbour,
+            fdb,
+        }
     }
 }

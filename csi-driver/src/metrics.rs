@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Instant;
 
-use cni_core::metrics_http::{family, Handler};
+use berth_common::metrics_http::{family, Handler};
 use tonic::codegen::http;
 use tower::{Layer, Service};
 
@@ -242,7 +242,7 @@ pub fn serve(
             "try /metrics or /healthz\n".to_string(),
         ),
     });
-    cni_core::metrics_http::serve(addr, handler)
+    berth_common::metrics_http::serve(addr, handler)
 }
 
 #[cfg(test)]

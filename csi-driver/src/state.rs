@@ -7,6 +7,7 @@ use std::path::Path;
 use std::sync::Mutex;
 
 use rusqlite::{params, Connection, OptionalExtension, Row};
+use sqlite_store::{Db, Durability, Lock, Open, Spec};
 
 use crate::error::{Error, Result};
 
@@ -107,10 +108,21 @@ pub struct Publication {
 
 /// The store.
 pub struct State {
-    conn: Mutex<Connection>,
+    db: Mutex<Db>,
 }
 
-const SCHEMA: &str = "
+/// The state store as [`sqlite_store`] opens it: one driver process owns it
+/// (no lock file); every commit is on disk before the RPC answers, since a
+/// volume outlives a power loss.
+const SPEC: Spec = Spec {
+    db_file: "berth-csi.db",
+    lock: Lock::None,
+    durability: Durability::Full,
+    migrations: &[SCHEMA_V1],
+};
+
+/// Version 1 of the schema.
+const SCHEMA_V1: &str = "
 CREATE TABLE IF NOT EXISTS volumes (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
     id TEXT NOT NULL UNIQUE,
@@ -220,21 +232,15 @@ const PUBLICATION_COLS: &str = "target, volume_id, readonly, access, ro_loop, st
 impl State {
     /// Opens (and creates) `<dir>/berth-csi.db`.
     pub fn open(dir: &Path) -> Result<State> {
-        std::fs::create_dir_all(dir)
-            .map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
-        let conn = Connection::open(dir.join("berth-csi.db"))?;
-        conn.busy_timeout(std::time::Duration::from_secs(5))?;
-        conn.pragma_update(None, "journal_mode", "WAL")?;
-        conn.pragma_update(None, "synchronous", "FULL")?;
-        conn.execute_batch(SCHEMA)?;
-        Ok(State {
-            conn: Mutex::new(conn),
-        })
+        let db = Db::open(dir, &SPEC, Open::Create)
+            .map_err(|e| Error::Internal(format!("state store: {e}")))?
+            .ok_or_else(|| Error::Internal(format!("state store in {} vanished while opening", dir.display())))?;
+        Ok(State { db: Mutex::new(db) })
     }
 
     fn with<T>(&self, f: impl FnOnce(&mut Connection) -> rusqlite::Result<T>) -> Result<T> {
-        let mut c = self.conn.lock().unwrap_or_else(|e| e.into_inner());
-        Ok(f(&mut c)?)
+        let mut db = self.db.lock().unwrap_or_else(|e| e.into_inner());
+        Ok(f(&mut db.conn)?)
     }
 
     /// Whether the store answers a query (Probe).

@@ -20,15 +20,22 @@ pub struct Attachment {
     pub now: i64,
 }
 
-pub use cni_core::digest;
+pub use berth_common::digest;
 
 /// Finds the next free address of a set, starting after the last one
 /// handed out and wrapping around once.
-fn next_free(sql: &Sql<'_>, set: &RangeSet, last: Option<IpAddr>) -> Result<Option<IpAddr>, IpamError> {
+fn next_free(
+    sql: &Sql<'_>,
+    set: &RangeSet,
+    last: Option<IpAddr>,
+) -> Result<Option<IpAddr>, IpamError> {
     let n = set.ranges.len();
     // Where to start: just after `last` if it is inside this set.
     let (first_idx, first_from) = match last.and_then(|l| {
-        set.ranges.iter().position(|r| r.contains(l)).map(|i| (i, to_u128(l)))
+        set.ranges
+            .iter()
+            .position(|r| r.contains(l))
+            .map(|i| (i, to_u128(l)))
     }) {
         Some((i, l)) if l < set.ranges[i].end_n() => (i, l + 1),
         Some((i, _)) => ((i + 1) % n, set.ranges[(i + 1) % n].start_n()),
@@ -54,7 +61,11 @@ fn next_free(sql: &Sql<'_>, set: &RangeSet, last: Option<IpAddr>) -> Result<Opti
 
 /// Allocates one address per range set for `att` inside the caller's
 /// transaction. Returns (range set index, address) pairs in set order.
-pub fn allocate(sql: &Sql<'_>, cfg: &IpamConfig, att: &Attachment) -> Result<Vec<(usize, IpAddr)>, IpamError> {
+pub fn allocate(
+    sql: &Sql<'_>,
+    cfg: &IpamConfig,
+    att: &Attachment,
+) -> Result<Vec<(usize, IpAddr)>, IpamError> {
     // Match requested addresses to range sets first, so a bad request fails
     // before anything is written.
     let mut wanted: Vec<Option<IpAddr>> = vec![None; cfg.range_sets.len()];
@@ -99,8 +110,10 @@ pub fn allocate(sql: &Sql<'_>, cfg: &IpamConfig, att: &Attachment) -> Result<Vec
             }
             None => {
                 let last = sql.last_reserved(i)?;
-                next_free(sql, set, last)?
-                    .ok_or_else(|| IpamError::Exhausted { index: i, ranges: set.to_string() })?
+                next_free(sql, set, last)?.ok_or_else(|| IpamError::Exhausted {
+                    index: i,
+                    ranges: set.to_string(),
+                })?
             }
         };
         sql.insert(&Allocation {
@@ -138,8 +151,12 @@ mod tests {
     use serde_json::json;
 
     fn cfg(ipam: serde_json::Value, args: &str) -> IpamConfig {
-        let c = NetConf::parse(json!({"cniVersion":"1.0.0","name":"n","ipam":ipam}).to_string().as_bytes())
-            .expect("netconf");
+        let c = NetConf::parse(
+            json!({"cniVersion":"1.0.0","name":"n","ipam":ipam})
+                .to_string()
+                .as_bytes(),
+        )
+        .expect("netconf");
         IpamConfig::from_netconf(&c, args).expect("cfg")
     }
 
@@ -161,17 +178,35 @@ mod tests {
         let path = store.db_path();
         let c = cfg(json!({"subnet":"10.0.0.0/29"}), "");
         let tx = store.begin().expect("tx");
-        let sql = Sql { tx: &tx, path: &path };
+        let sql = Sql {
+            tx: &tx,
+            path: &path,
+        };
         // .1 is the gateway; usable .2-.6
         let mut got = Vec::new();
         for i in 0..5 {
-            got.push(allocate(&sql, &c, &att(&format!("c{i}"))).expect("alloc")[0].1.to_string());
+            got.push(
+                allocate(&sql, &c, &att(&format!("c{i}"))).expect("alloc")[0]
+                    .1
+                    .to_string(),
+            );
         }
-        assert_eq!(got, ["10.0.0.2", "10.0.0.3", "10.0.0.4", "10.0.0.5", "10.0.0.6"]);
-        assert!(matches!(allocate(&sql, &c, &att("full")), Err(IpamError::Exhausted { .. })));
+        assert_eq!(
+            got,
+            ["10.0.0.2", "10.0.0.3", "10.0.0.4", "10.0.0.5", "10.0.0.6"]
+        );
+        assert!(matches!(
+            allocate(&sql, &c, &att("full")),
+            Err(IpamError::Exhausted { .. })
+        ));
         // Free .3: round robin wraps from .6 and finds it.
         sql.release("c1", Some("eth0")).expect("release");
-        assert_eq!(allocate(&sql, &c, &att("again")).expect("alloc")[0].1.to_string(), "10.0.0.3");
+        assert_eq!(
+            allocate(&sql, &c, &att("again")).expect("alloc")[0]
+                .1
+                .to_string(),
+            "10.0.0.3"
+        );
     }
 
     #[test]
@@ -181,7 +216,10 @@ mod tests {
         let path = store.db_path();
         let c = cfg(json!({"subnet":"10.0.0.0/24"}), "");
         let tx = store.begin().expect("tx");
-        let sql = Sql { tx: &tx, path: &path };
+        let sql = Sql {
+            tx: &tx,
+            path: &path,
+        };
         let a = allocate(&sql, &c, &att("a")).expect("a")[0].1;
         sql.release("a", Some("eth0")).expect("rel");
         let b = allocate(&sql, &c, &att("b")).expect("b")[0].1;
@@ -198,7 +236,10 @@ mod tests {
             "IP=fd00::42",
         );
         let tx = store.begin().expect("tx");
-        let sql = Sql { tx: &tx, path: &path };
+        let sql = Sql {
+            tx: &tx,
+            path: &path,
+        };
         let got = allocate(&sql, &c, &att("a")).expect("a");
         assert_eq!(got[0].1.to_string(), "10.0.0.2");
         assert_eq!(got[1].1.to_string(), "fd00::42");
@@ -212,11 +253,20 @@ mod tests {
         assert_eq!(got[1].1.to_string(), "fd00::43");
         // A requested address that is held is refused.
         let c3 = cfg(json!({"ranges":[[{"subnet":"fd00::/120"}]]}), "IP=fd00::42");
-        assert!(matches!(allocate(&sql, &c3, &att("c")), Err(IpamError::InUse { .. })));
+        assert!(matches!(
+            allocate(&sql, &c3, &att("c")),
+            Err(IpamError::InUse { .. })
+        ));
         let c4 = cfg(json!({"ranges":[[{"subnet":"fd00::/120"}]]}), "IP=fd00::1");
-        assert!(matches!(allocate(&sql, &c4, &att("c")), Err(IpamError::InUse { .. })));
+        assert!(matches!(
+            allocate(&sql, &c4, &att("c")),
+            Err(IpamError::InUse { .. })
+        ));
         let c5 = cfg(json!({"ranges":[[{"subnet":"fd00::/120"}]]}), "IP=10.9.9.9");
-        assert!(matches!(allocate(&sql, &c5, &att("c")), Err(IpamError::OutOfRange { .. })));
+        assert!(matches!(
+            allocate(&sql, &c5, &att("c")),
+            Err(IpamError::OutOfRange { .. })
+        ));
     }
 
     #[test]

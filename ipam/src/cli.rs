@@ -54,13 +54,19 @@ pub enum CliCommand {
 
 fn networks(data_dir: &Path, only: Option<&str>) -> Result<Vec<String>, IpamError> {
     if let Some(n) = only {
-        cni_core::env::validate_network_name(n).map_err(|e| IpamError::config("--network", e.msg))?;
+        cni_core::env::validate_network_name(n)
+            .map_err(|e| IpamError::config("--network", e.msg))?;
         return Ok(vec![n.to_string()]);
     }
     let entries = match std::fs::read_dir(data_dir) {
         Ok(e) => e,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(source) => return Err(IpamError::DataDir { path: data_dir.to_path_buf(), source }),
+        Err(source) => {
+            return Err(IpamError::DataDir {
+                path: data_dir.to_path_buf(),
+                source,
+            })
+        }
     };
     let mut out: Vec<String> = entries
         .flatten()
@@ -74,13 +80,22 @@ fn networks(data_dir: &Path, only: Option<&str>) -> Result<Vec<String>, IpamErro
 pub fn run(cli: Cli, out: &mut dyn Write) -> Result<(), IpamError> {
     let io = |e: std::io::Error| IpamError::Io(format!("writing output: {e}"));
     match cli.command {
-        CliCommand::List { data_dir, network, json } => {
-            let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0);
+        CliCommand::List {
+            data_dir,
+            network,
+            json,
+        } => {
+            let now = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map(|d| d.as_secs() as i64)
+                .unwrap_or(0);
             let boot = crate::bootid::current();
             let mut rows = Vec::new();
             for net in networks(&data_dir, network.as_deref())? {
-                let Some(store) = Store::open_for_read(&data_dir.join(&net))? else { continue };
-                for a in list_all(&store.conn, &store.db_path())? {
+                let Some(store) = Store::open_for_read(&data_dir.join(&net))? else {
+                    continue;
+                };
+                for a in list_all(&store.db.conn, &store.db_path())? {
                     rows.push((net.clone(), a));
                 }
             }
@@ -106,8 +121,12 @@ pub fn run(cli: Cli, out: &mut dyn Write) -> Result<(), IpamError> {
                     w(&|r| r.1.address.to_string().len(), 7),
                     w(&|r| r.1.container_id.len(), 9),
                 );
-                writeln!(out, "{:<wn$}  {:<wa$}  {:<wc$}  {:<15}  {:>5}", "NETWORK", "ADDRESS", "CONTAINER", "IFNAME", "AGE")
-                    .map_err(io)?;
+                writeln!(
+                    out,
+                    "{:<wn$}  {:<wa$}  {:<wc$}  {:<15}  {:>5}",
+                    "NETWORK", "ADDRESS", "CONTAINER", "IFNAME", "AGE"
+                )
+                .map_err(io)?;
                 for (n, a) in &rows {
                     writeln!(
                         out,
@@ -117,24 +136,47 @@ pub fn run(cli: Cli, out: &mut dyn Write) -> Result<(), IpamError> {
                         a.container_id,
                         if a.ifname.is_empty() { "-" } else { &a.ifname },
                         human_age((now - a.created_at).max(0)),
-                        if a.boot_id != boot && !a.boot_id.is_empty() { "  (previous boot)" } else { "" }
+                        if a.boot_id != boot && !a.boot_id.is_empty() {
+                            "  (previous boot)"
+                        } else {
+                            ""
+                        }
                     )
                     .map_err(io)?;
                 }
             }
         }
-        CliCommand::Release { data_dir, network, container, ifname } => {
+        CliCommand::Release {
+            data_dir,
+            network,
+            container,
+            ifname,
+        } => {
             let dir = data_dir.join(&networks(&data_dir, Some(&network))?[0]);
             if !dir.join(DB_FILE).is_file() {
-                return Err(IpamError::Io(format!("no store for network {network} in {}", data_dir.display())));
+                return Err(IpamError::Io(format!(
+                    "no store for network {network} in {}",
+                    data_dir.display()
+                )));
             }
             let mut store = Store::open_for_write(&dir)?;
             let path = store.db_path();
             let tx = store.begin()?;
-            let n = Sql { tx: &tx, path: &path }.release(&container, ifname.as_deref())?;
-            tx.commit().map_err(|source| IpamError::Store { path: path.clone(), source })?;
-            writeln!(out, "released {n} address{} of container {container}", if n == 1 { "" } else { "es" })
-                .map_err(io)?;
+            let n = Sql {
+                tx: &tx,
+                path: &path,
+            }
+            .release(&container, ifname.as_deref())?;
+            tx.commit().map_err(|source| IpamError::Store {
+                path: path.clone(),
+                source,
+            })?;
+            writeln!(
+                out,
+                "released {n} address{} of container {container}",
+                if n == 1 { "" } else { "es" }
+            )
+            .map_err(io)?;
         }
     }
     Ok(())

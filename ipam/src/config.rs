@@ -55,7 +55,11 @@ fn parse_requested(s: &str, field: &str) -> Result<IpAddr, IpamError> {
         .map_err(|_| IpamError::config(field, format!("{s:?} is not an IP address")))
 }
 
-fn requested_list(v: Option<&Value>, field: &str, source: &'static str) -> Result<Vec<Requested>, IpamError> {
+fn requested_list(
+    v: Option<&Value>,
+    field: &str,
+    source: &'static str,
+) -> Result<Vec<Requested>, IpamError> {
     match v {
         None | Some(Value::Null) => Ok(Vec::new()),
         Some(Value::Array(a)) => a
@@ -63,8 +67,13 @@ fn requested_list(v: Option<&Value>, field: &str, source: &'static str) -> Resul
             .enumerate()
             .map(|(i, s)| {
                 let f = format!("{field}[{i}]");
-                let s = s.as_str().ok_or_else(|| IpamError::config(&f, "must be a string"))?;
-                Ok(Requested { addr: parse_requested(s, &f)?, source })
+                let s = s
+                    .as_str()
+                    .ok_or_else(|| IpamError::config(&f, "must be a string"))?;
+                Ok(Requested {
+                    addr: parse_requested(s, &f)?,
+                    source,
+                })
             })
             .collect(),
         Some(_) => Err(IpamError::config(field, "must be a list of addresses")),
@@ -72,8 +81,12 @@ fn requested_list(v: Option<&Value>, field: &str, source: &'static str) -> Resul
 }
 
 fn parse_routes(v: Option<&Value>) -> Result<Vec<Route>, IpamError> {
-    let Some(v) = v.filter(|v| !v.is_null()) else { return Ok(Vec::new()) };
-    let list = v.as_array().ok_or_else(|| IpamError::config("ipam.routes", "must be a list"))?;
+    let Some(v) = v.filter(|v| !v.is_null()) else {
+        return Ok(Vec::new());
+    };
+    let list = v
+        .as_array()
+        .ok_or_else(|| IpamError::config("ipam.routes", "must be a list"))?;
     list.iter()
         .enumerate()
         .map(|(i, r)| {
@@ -83,17 +96,23 @@ fn parse_routes(v: Option<&Value>) -> Result<Vec<Route>, IpamError> {
                 .and_then(Value::as_str)
                 .ok_or_else(|| IpamError::config(format!("{f}.dst"), "is required"))?;
             if !dst_s.contains('/') {
-                return Err(IpamError::config(format!("{f}.dst"), format!("{dst_s:?} has no prefix length")));
+                return Err(IpamError::config(
+                    format!("{f}.dst"),
+                    format!("{dst_s:?} has no prefix length"),
+                ));
             }
-            let dst: IpNetwork = dst_s
-                .parse()
-                .map_err(|e| IpamError::config(format!("{f}.dst"), format!("{dst_s:?} is not a CIDR: {e}")))?;
-            let gw = match r.get("gw").and_then(Value::as_str).filter(|s| !s.is_empty()) {
+            let dst: IpNetwork = dst_s.parse().map_err(|e| {
+                IpamError::config(format!("{f}.dst"), format!("{dst_s:?} is not a CIDR: {e}"))
+            })?;
+            let gw = match r
+                .get("gw")
+                .and_then(Value::as_str)
+                .filter(|s| !s.is_empty())
+            {
                 None => None,
-                Some(s) => Some(
-                    s.parse::<IpAddr>()
-                        .map_err(|_| IpamError::config(format!("{f}.gw"), format!("{s:?} is not an IP address")))?,
-                ),
+                Some(s) => Some(s.parse::<IpAddr>().map_err(|_| {
+                    IpamError::config(format!("{f}.gw"), format!("{s:?} is not an IP address"))
+                })?),
             };
             Ok(Route::new(dst, gw))
         })
@@ -112,19 +131,29 @@ impl IpamConfig {
         let ip_ranges = conf.runtime_config.get("ipRanges").filter(|v| !v.is_null());
         if let Some(rc) = ip_ranges {
             sets = parse_range_sets(rc, "runtimeConfig.ipRanges")?;
-            names = (0..sets.len()).map(|i| format!("runtimeConfig.ipRanges[{i}]")).collect();
+            names = (0..sets.len())
+                .map(|i| format!("runtimeConfig.ipRanges[{i}]"))
+                .collect();
         } else {
             if let Some(subnet) = ipam_str(&ipam, "subnet")? {
                 let ip = |k: &str| -> Result<Option<IpAddr>, IpamError> {
                     match ipam_str(&ipam, k)? {
                         None => Ok(None),
-                        Some(s) => s
-                            .parse()
-                            .map(Some)
-                            .map_err(|_| IpamError::config(format!("ipam.{k}"), format!("{s:?} is not an IP address"))),
+                        Some(s) => s.parse().map(Some).map_err(|_| {
+                            IpamError::config(
+                                format!("ipam.{k}"),
+                                format!("{s:?} is not an IP address"),
+                            )
+                        }),
                     }
                 };
-                let r = Range::new(&subnet, ip("rangeStart")?, ip("rangeEnd")?, ip("gateway")?, "ipam")?;
+                let r = Range::new(
+                    &subnet,
+                    ip("rangeStart")?,
+                    ip("rangeEnd")?,
+                    ip("gateway")?,
+                    "ipam",
+                )?;
                 sets.push(RangeSet { ranges: vec![r] });
                 names.push("ipam".to_string());
             }
@@ -135,14 +164,18 @@ impl IpamConfig {
             }
         }
         if sets.is_empty() {
-            return Err(IpamError::config("ipam.ranges", "no address ranges are configured (set ipam.ranges or ipam.subnet)"));
+            return Err(IpamError::config(
+                "ipam.ranges",
+                "no address ranges are configured (set ipam.ranges or ipam.subnet)",
+            ));
         }
         validate_sets(&sets, &names)?;
 
         let routes = parse_routes(ipam.get("routes"))?;
         let resolv_conf = ipam_str(&ipam, "resolvConf")?.map(PathBuf::from);
         let data_dir = ipam_str(&ipam, "dataDir")?;
-        let store_dir = PathBuf::from(data_dir.as_deref().unwrap_or(DEFAULT_DATA_DIR)).join(&conf.name);
+        let store_dir =
+            PathBuf::from(data_dir.as_deref().unwrap_or(DEFAULT_DATA_DIR)).join(&conf.name);
         let reference_dir = match ipam_str(&ipam, "referenceDataDir")? {
             Some(d) => PathBuf::from(d).join(&conf.name),
             None => match &data_dir {
@@ -160,13 +193,29 @@ impl IpamConfig {
                 });
             }
         }
-        requested.extend(requested_list(conf.cni_arg("ips"), "args.cni.ips", "args.cni.ips")?);
-        requested.extend(requested_list(conf.runtime_config.get("ips"), "runtimeConfig.ips", "runtimeConfig.ips")?);
+        requested.extend(requested_list(
+            conf.cni_arg("ips"),
+            "args.cni.ips",
+            "args.cni.ips",
+        )?);
+        requested.extend(requested_list(
+            conf.runtime_config.get("ips"),
+            "runtimeConfig.ips",
+            "runtimeConfig.ips",
+        )?);
         // The same address asked twice (say in CNI_ARGS and runtimeConfig) is one request.
         let mut seen = std::collections::HashSet::new();
         requested.retain(|r| seen.insert(r.addr));
 
-        Ok(IpamConfig { network: conf.name.clone(), range_sets: sets, routes, resolv_conf, store_dir, reference_dir, requested })
+        Ok(IpamConfig {
+            network: conf.name.clone(),
+            range_sets: sets,
+            routes,
+            resolv_conf,
+            store_dir,
+            reference_dir,
+            requested,
+        })
     }
 
     /// The ranges, for messages.
@@ -206,8 +255,10 @@ mod tests {
 
     #[test]
     fn requested_addresses_from_all_three_places() {
-        let c = conf(json!({"cniVersion":"1.0.0","name":"n","ipam":{"subnet":"10.1.0.0/24"},
-            "args":{"cni":{"ips":["10.1.0.7/24"]}},"runtimeConfig":{"ips":["fd00::9","10.1.0.7"]}}));
+        let c = conf(
+            json!({"cniVersion":"1.0.0","name":"n","ipam":{"subnet":"10.1.0.0/24"},
+            "args":{"cni":{"ips":["10.1.0.7/24"]}},"runtimeConfig":{"ips":["fd00::9","10.1.0.7"]}}),
+        );
         let c = IpamConfig::from_netconf(&c, "IgnoreUnknown=1;IP=10.1.0.5,10.1.0.6").expect("ok");
         let addrs: Vec<String> = c.requested.iter().map(|r| r.addr.to_string()).collect();
         assert_eq!(addrs, vec!["10.1.0.5", "10.1.0.6", "10.1.0.7", "fd00::9"]);
@@ -216,8 +267,10 @@ mod tests {
 
     #[test]
     fn runtime_ip_ranges_replace_ranges() {
-        let c = conf(json!({"cniVersion":"1.0.0","name":"n","ipam":{"subnet":"10.1.0.0/24"},
-            "runtimeConfig":{"ipRanges":[[{"subnet":"10.2.0.0/16"}]]}}));
+        let c = conf(
+            json!({"cniVersion":"1.0.0","name":"n","ipam":{"subnet":"10.1.0.0/24"},
+            "runtimeConfig":{"ipRanges":[[{"subnet":"10.2.0.0/16"}]]}}),
+        );
         let c = IpamConfig::from_netconf(&c, "").expect("ok");
         assert_eq!(c.range_sets.len(), 1);
         assert_eq!(c.range_sets[0].ranges[0].subnet.to_string(), "10.2.0.0/16");
@@ -228,10 +281,19 @@ mod tests {
     fn errors_name_fields() {
         let cases = [
             (json!({"subnet":"10.0.0.0/33"}), "ipam.subnet"),
-            (json!({"ranges":[[{"subnet":"10.0.0.0/24","rangeStart":"10.0.9.1"}]]}), "ipam.ranges[0][0].rangeStart"),
-            (json!({"ranges":[[{"subnet":"10.0.0.0/24"}],[{"subnet":"10.0.0.128/25"}]]}), "ipam.ranges[1]"),
+            (
+                json!({"ranges":[[{"subnet":"10.0.0.0/24","rangeStart":"10.0.9.1"}]]}),
+                "ipam.ranges[0][0].rangeStart",
+            ),
+            (
+                json!({"ranges":[[{"subnet":"10.0.0.0/24"}],[{"subnet":"10.0.0.128/25"}]]}),
+                "ipam.ranges[1]",
+            ),
             (json!({}), "ipam.ranges"),
-            (json!({"subnet":"10.0.0.0/24","routes":[{"dst":"bad"}]}), "ipam.routes[0].dst"),
+            (
+                json!({"subnet":"10.0.0.0/24","routes":[{"dst":"bad"}]}),
+                "ipam.routes[0].dst",
+            ),
             (json!({"subnet":"10.0.0.0/24","dataDir":7}), "ipam.dataDir"),
         ];
         for (ipam, field) in cases {

@@ -27,8 +27,12 @@ pub fn parse_resolv_conf(text: &str) -> Dns {
 }
 
 pub fn read_resolv_conf(path: &Path) -> Result<Dns, IpamError> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| IpamError::config("ipam.resolvConf", format!("cannot read {}: {e}", path.display())))?;
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        IpamError::config(
+            "ipam.resolvConf",
+            format!("cannot read {}: {e}", path.display()),
+        )
+    })?;
     Ok(parse_resolv_conf(&text))
 }
 

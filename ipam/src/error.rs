@@ -11,18 +11,38 @@ pub enum IpamError {
     Config { field: String, msg: String },
     #[error("no free address left in range set {index} ({ranges})")]
     Exhausted { index: usize, ranges: String },
-    #[error("requested address {addr} (from {source_name}) is not in any configured range ({ranges})")]
-    OutOfRange { addr: String, source_name: String, ranges: String },
+    #[error(
+        "requested address {addr} (from {source_name}) is not in any configured range ({ranges})"
+    )]
+    OutOfRange {
+        addr: String,
+        source_name: String,
+        ranges: String,
+    },
     #[error("{0}")]
     Requested(String),
     #[error("requested address {addr} is already held by container {holder} ({ifname})")]
-    InUse { addr: String, holder: String, ifname: String },
+    InUse {
+        addr: String,
+        holder: String,
+        ifname: String,
+    },
     #[error("container {container} interface {ifname} already holds {held}; a second ADD with a different netns or configuration is refused: DEL it first")]
-    Duplicate { container: String, ifname: String, held: String },
+    Duplicate {
+        container: String,
+        ifname: String,
+        held: String,
+    },
     #[error("ipam.dataDir: cannot use {}: {source}", path.display())]
-    DataDir { path: PathBuf, source: std::io::Error },
+    DataDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("address store {}: {source}", path.display())]
-    Store { path: PathBuf, source: rusqlite::Error },
+    Store {
+        path: PathBuf,
+        source: rusqlite::Error,
+    },
     #[error("{0}")]
     NotHeld(String),
     #[error("{0}")]
@@ -33,7 +53,10 @@ pub enum IpamError {
 
 impl IpamError {
     pub fn config(field: impl Into<String>, msg: impl Into<String>) -> Self {
-        IpamError::Config { field: field.into(), msg: msg.into() }
+        IpamError::Config {
+            field: field.into(),
+            msg: msg.into(),
+        }
     }
 }
 
@@ -42,7 +65,9 @@ impl From<IpamError> for CniError {
         let code = match &e {
             IpamError::Config { .. } => ErrorCode::InvalidNetworkConfig,
             IpamError::Exhausted { .. } => ErrorCode::RangeExhausted,
-            IpamError::OutOfRange { .. } | IpamError::Requested(_) => ErrorCode::RequestedOutOfRange,
+            IpamError::OutOfRange { .. } | IpamError::Requested(_) => {
+                ErrorCode::RequestedOutOfRange
+            }
             IpamError::InUse { .. } => ErrorCode::AddressInUse,
             IpamError::Duplicate { .. } => ErrorCode::DuplicateAllocation,
             IpamError::DataDir { .. } | IpamError::Io(_) => ErrorCode::IoFailure,

@@ -16,30 +16,43 @@ const META_KEY: &str = "reference_import";
 
 /// Imports `cfg.reference_dir` unless it was imported before or does not
 /// exist. Returns the number of addresses imported.
-pub fn import_reference(sql: &Sql<'_>, cfg: &IpamConfig, boot_id: &str) -> Result<usize, IpamError> {
+pub fn import_reference(
+    sql: &Sql<'_>,
+    cfg: &IpamConfig,
+    boot_id: &str,
+) -> Result<usize, IpamError> {
     let dir = &cfg.reference_dir;
     if !dir.is_dir() || sql.meta(META_KEY)?.is_some() {
         return Ok(0);
     }
-    let entries = std::fs::read_dir(dir)
-        .map_err(|e| IpamError::Io(format!("reading reference host-local directory {}: {e}", dir.display())))?;
+    let entries = std::fs::read_dir(dir).map_err(|e| {
+        IpamError::Io(format!(
+            "reading reference host-local directory {}: {e}",
+            dir.display()
+        ))
+    })?;
     let mut imported = 0;
     for entry in entries.flatten() {
         let name = entry.file_name();
         let Some(name) = name.to_str() else { continue };
         if let Some(idx) = name.strip_prefix("last_reserved_ip.") {
-            if let (Ok(i), Ok(text)) = (idx.parse::<usize>(), std::fs::read_to_string(entry.path())) {
+            if let (Ok(i), Ok(text)) = (idx.parse::<usize>(), std::fs::read_to_string(entry.path()))
+            {
                 if let Ok(addr) = text.trim().parse::<IpAddr>() {
                     sql.set_last_reserved(i, addr)?;
                 }
             }
             continue;
         }
-        let Ok(addr) = name.parse::<IpAddr>() else { continue };
+        let Ok(addr) = name.parse::<IpAddr>() else {
+            continue;
+        };
         if !entry.file_type().map(|t| t.is_file()).unwrap_or(false) {
             continue;
         }
-        let Some((container, ifname)) = read_reservation(&entry.path()) else { continue };
+        let Some((container, ifname)) = read_reservation(&entry.path()) else {
+            continue;
+        };
         if sql.holder_of(addr)?.is_some() {
             continue;
         }
@@ -67,14 +80,20 @@ pub fn import_reference(sql: &Sql<'_>, cfg: &IpamConfig, boot_id: &str) -> Resul
     }
     sql.set_meta(META_KEY, &dir.display().to_string())?;
     if imported > 0 {
-        eprintln!("berth-host-local: imported {imported} reservations from {}", dir.display());
+        eprintln!(
+            "berth-host-local: imported {imported} reservations from {}",
+            dir.display()
+        );
     }
     Ok(imported)
 }
 
 fn read_reservation(path: &Path) -> Option<(String, String)> {
     let text = std::fs::read_to_string(path).ok()?;
-    let mut lines = text.split(['\r', '\n']).map(str::trim).filter(|l| !l.is_empty());
+    let mut lines = text
+        .split(['\r', '\n'])
+        .map(str::trim)
+        .filter(|l| !l.is_empty());
     let container = lines.next()?.to_string();
     let ifname = lines.next().unwrap_or("").to_string();
     Some((container, ifname))

@@ -44,13 +44,25 @@ fn store_dir_loose(req: &Request) -> PathBuf {
     PathBuf::from(data_dir).join(&req.config.name)
 }
 
-fn build_result(cfg: &IpamConfig, held: &[(usize, std::net::IpAddr)]) -> Result<CniResult, IpamError> {
-    let mut res = CniResult { routes: cfg.routes.clone(), ..Default::default() };
+fn build_result(
+    cfg: &IpamConfig,
+    held: &[(usize, std::net::IpAddr)],
+) -> Result<CniResult, IpamError> {
+    let mut res = CniResult {
+        routes: cfg.routes.clone(),
+        ..Default::default()
+    };
     for (i, addr) in held {
-        let Some(range) = cfg.range_sets.get(*i).and_then(|s| s.range_for(*addr)) else { continue };
+        let Some(range) = cfg.range_sets.get(*i).and_then(|s| s.range_for(*addr)) else {
+            continue;
+        };
         let address = IpNetwork::new(*addr, range.subnet.prefix())
             .map_err(|e| IpamError::Io(format!("building result for {addr}: {e}")))?;
-        res.ips.push(IpConfig { address, gateway: Some(range.gateway), interface: None });
+        res.ips.push(IpConfig {
+            address,
+            gateway: Some(range.gateway),
+            interface: None,
+        });
     }
     if let Some(path) = &cfg.resolv_conf {
         res.dns = read_resolv_conf(path)?;
@@ -73,21 +85,32 @@ impl HostLocal {
         let mut store = Store::open_for_write(&cfg.store_dir)?;
         let path = store.db_path();
         let tx = store.begin()?;
-        let sql = Sql { tx: &tx, path: &path };
+        let sql = Sql {
+            tx: &tx,
+            path: &path,
+        };
         import_reference(&sql, &cfg, &boot_id)?;
         sql.reclaim_other_boots(&boot_id)?;
 
-        let request = digest(&[&req.stdin, req.env.args.as_bytes(), req.env.netns.as_bytes()]);
+        let request = digest(&[
+            &req.stdin,
+            req.env.args.as_bytes(),
+            req.env.netns.as_bytes(),
+        ]);
         let held = sql.held_by(&req.env.container_id, &req.env.ifname)?;
         let held_here = per_set(&cfg, &held);
         if held_here.iter().any(Option::is_some) {
             // A retry of an ADD whose result was lost (same netns, same
             // config and args) gets the same addresses; anything else is a
             // duplicate the spec forbids.
-            let relevant: Vec<&Allocation> =
-                held.iter().filter(|a| cfg.range_sets.iter().any(|s| s.contains(a.address))).collect();
+            let relevant: Vec<&Allocation> = held
+                .iter()
+                .filter(|a| cfg.range_sets.iter().any(|s| s.contains(a.address)))
+                .collect();
             let is_retry = held_here.iter().all(Option::is_some)
-                && relevant.iter().all(|a| a.request == request && a.netns == req.env.netns);
+                && relevant
+                    .iter()
+                    .all(|a| a.request == request && a.netns == req.env.netns);
             if !is_retry {
                 let list: Vec<String> = relevant.iter().map(|a| a.address.to_string()).collect();
                 return Err(IpamError::Duplicate {
@@ -96,10 +119,16 @@ impl HostLocal {
                     held: list.join(", "),
                 });
             }
-            let pairs: Vec<(usize, std::net::IpAddr)> =
-                held_here.iter().enumerate().filter_map(|(i, a)| a.map(|a| (i, a))).collect();
+            let pairs: Vec<(usize, std::net::IpAddr)> = held_here
+                .iter()
+                .enumerate()
+                .filter_map(|(i, a)| a.map(|a| (i, a)))
+                .collect();
             let result = build_result(&cfg, &pairs)?;
-            tx.commit().map_err(|source| IpamError::Store { path: path.clone(), source })?;
+            tx.commit().map_err(|source| IpamError::Store {
+                path: path.clone(),
+                source,
+            })?;
             return Ok(result);
         }
 
@@ -115,9 +144,12 @@ impl HostLocal {
         // Read resolv.conf before committing so a bad path fails the ADD
         // without holding addresses.
         let result = build_result(&cfg, &got)?;
-        cni_core::fault::pause("ipam-before-commit");
-        tx.commit().map_err(|source| IpamError::Store { path: path.clone(), source })?;
-        cni_core::fault::pause("ipam-after-commit");
+        berth_common::fault::pause("ipam-before-commit");
+        tx.commit().map_err(|source| IpamError::Store {
+            path: path.clone(),
+            source,
+        })?;
+        berth_common::fault::pause("ipam-after-commit");
         Ok(result)
     }
 
@@ -125,20 +157,32 @@ impl HostLocal {
         // A configuration whose ranges no longer parse must not keep an
         // address held forever: fall back to the store directory alone.
         let cfg = IpamConfig::from_netconf(&req.config, &req.env.args).ok();
-        let dir = cfg.as_ref().map(|c| c.store_dir.clone()).unwrap_or_else(|| store_dir_loose(req));
-        let needs_import = cfg.as_ref().map(|c| c.reference_dir.is_dir()).unwrap_or(false);
+        let dir = cfg
+            .as_ref()
+            .map(|c| c.store_dir.clone())
+            .unwrap_or_else(|| store_dir_loose(req));
+        let needs_import = cfg
+            .as_ref()
+            .map(|c| c.reference_dir.is_dir())
+            .unwrap_or(false);
         if !dir.join(crate::store::DB_FILE).exists() && !needs_import {
             return Ok(());
         }
         let mut store = Store::open_for_write(&dir)?;
         let path = store.db_path();
         let tx = store.begin()?;
-        let sql = Sql { tx: &tx, path: &path };
+        let sql = Sql {
+            tx: &tx,
+            path: &path,
+        };
         if let Some(cfg) = &cfg {
             import_reference(&sql, cfg, &bootid::current())?;
         }
         sql.release(&req.env.container_id, Some(&req.env.ifname))?;
-        tx.commit().map_err(|source| IpamError::Store { path: path.clone(), source })?;
+        tx.commit().map_err(|source| IpamError::Store {
+            path: path.clone(),
+            source,
+        })?;
         Ok(())
     }
 
@@ -147,11 +191,17 @@ impl HostLocal {
         let mut store = Store::open_for_write(&cfg.store_dir)?;
         let path = store.db_path();
         let tx = store.begin()?;
-        let sql = Sql { tx: &tx, path: &path };
+        let sql = Sql {
+            tx: &tx,
+            path: &path,
+        };
         import_reference(&sql, &cfg, &bootid::current())?;
         let held = sql.held_by(&req.env.container_id, &req.env.ifname)?;
         let held_here: Vec<std::net::IpAddr> = per_set(&cfg, &held).into_iter().flatten().collect();
-        tx.commit().map_err(|source| IpamError::Store { path: path.clone(), source })?;
+        tx.commit().map_err(|source| IpamError::Store {
+            path: path.clone(),
+            source,
+        })?;
         if held_here.is_empty() {
             return Err(IpamError::NotHeld(format!(
                 "container {} interface {} holds no address in network {}",
@@ -182,40 +232,64 @@ impl HostLocal {
     fn gc_inner(&self, req: &Request) -> Result<(), IpamError> {
         let valid = valid_attachments(&req.config.raw)?;
         let cfg = IpamConfig::from_netconf(&req.config, "").ok();
-        let dir = cfg.as_ref().map(|c| c.store_dir.clone()).unwrap_or_else(|| store_dir_loose(req));
-        let needs_import = cfg.as_ref().map(|c| c.reference_dir.is_dir()).unwrap_or(false);
+        let dir = cfg
+            .as_ref()
+            .map(|c| c.store_dir.clone())
+            .unwrap_or_else(|| store_dir_loose(req));
+        let needs_import = cfg
+            .as_ref()
+            .map(|c| c.reference_dir.is_dir())
+            .unwrap_or(false);
         if !dir.join(crate::store::DB_FILE).exists() && !needs_import {
             return Ok(());
         }
         let mut store = Store::open_for_write(&dir)?;
         let path = store.db_path();
         let tx = store.begin()?;
-        let sql = Sql { tx: &tx, path: &path };
+        let sql = Sql {
+            tx: &tx,
+            path: &path,
+        };
         let boot_id = bootid::current();
         if let Some(cfg) = &cfg {
             import_reference(&sql, cfg, &boot_id)?;
         }
         sql.reclaim_other_boots(&boot_id)?;
         let gone = sql.gc(&valid)?;
-        tx.commit().map_err(|source| IpamError::Store { path: path.clone(), source })?;
+        tx.commit().map_err(|source| IpamError::Store {
+            path: path.clone(),
+            source,
+        })?;
         for a in gone {
-            eprintln!("berth-host-local: GC released {} of {}/{}", a.address, a.container_id, a.ifname);
+            eprintln!(
+                "berth-host-local: GC released {} of {}/{}",
+                a.address, a.container_id, a.ifname
+            );
         }
         Ok(())
     }
 
     fn status_inner(&self, req: &Request) -> Result<(), IpamError> {
         let cfg = IpamConfig::from_netconf(&req.config, "")?;
-        let unavailable = |e: IpamError| IpamError::Unavailable(format!("address store unusable: {e}"));
+        let unavailable =
+            |e: IpamError| IpamError::Unavailable(format!("address store unusable: {e}"));
         let mut store = Store::open_for_write(&cfg.store_dir).map_err(unavailable)?;
         let path = store.db_path();
         let tx = store.begin().map_err(unavailable)?;
-        let sql = Sql { tx: &tx, path: &path };
+        let sql = Sql {
+            tx: &tx,
+            path: &path,
+        };
         let boot_id = bootid::current();
         import_reference(&sql, &cfg, &boot_id).map_err(unavailable)?;
         sql.reclaim_other_boots(&boot_id).map_err(unavailable)?;
         let free = any_free(&sql, &cfg).map_err(unavailable)?;
-        tx.commit().map_err(|source| unavailable(IpamError::Store { path: path.clone(), source }))?;
+        tx.commit().map_err(|source| {
+            unavailable(IpamError::Store {
+                path: path.clone(),
+                source,
+            })
+        })?;
         if !free {
             return Err(IpamError::Unavailable(format!(
                 "every range set is exhausted: {}",
@@ -227,9 +301,14 @@ impl HostLocal {
 }
 
 /// Reads `cni.dev/valid-attachments` (see `cni_core::config::valid_attachments`).
-pub fn valid_attachments(raw: &serde_json::Map<String, Value>) -> Result<Vec<(String, String)>, IpamError> {
+pub fn valid_attachments(
+    raw: &serde_json::Map<String, Value>,
+) -> Result<Vec<(String, String)>, IpamError> {
     cni_core::config::valid_attachments(raw).map_err(|e| {
-        let (field, msg) = e.msg.split_once(": ").unwrap_or(("cni.dev/valid-attachments", e.msg.as_str()));
+        let (field, msg) = e
+            .msg
+            .split_once(": ")
+            .unwrap_or(("cni.dev/valid-attachments", e.msg.as_str()));
         IpamError::config(field, msg)
     })
 }

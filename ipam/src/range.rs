@@ -80,17 +80,22 @@ impl Range {
 
     /// Reads and canonicalizes a range object at JSON path `field`.
     pub fn from_json(v: &Value, field: &str) -> Result<Range, IpamError> {
-        let obj = v.as_object().ok_or_else(|| IpamError::config(field, "must be an object"))?;
+        let obj = v
+            .as_object()
+            .ok_or_else(|| IpamError::config(field, "must be an object"))?;
         let get_str = |k: &str| -> Result<Option<String>, IpamError> {
             match obj.get(k) {
                 None | Some(Value::Null) => Ok(None),
                 Some(Value::String(s)) if s.is_empty() => Ok(None),
                 Some(Value::String(s)) => Ok(Some(s.clone())),
-                Some(_) => Err(IpamError::config(format!("{field}.{k}"), "must be a string")),
+                Some(_) => Err(IpamError::config(
+                    format!("{field}.{k}"),
+                    "must be a string",
+                )),
             }
         };
-        let subnet_s =
-            get_str("subnet")?.ok_or_else(|| IpamError::config(format!("{field}.subnet"), "is required"))?;
+        let subnet_s = get_str("subnet")?
+            .ok_or_else(|| IpamError::config(format!("{field}.subnet"), "is required"))?;
         let gateway = parse_ip_opt(get_str("gateway")?, &format!("{field}.gateway"))?;
         let start = parse_ip_opt(get_str("rangeStart")?, &format!("{field}.rangeStart"))?;
         let end = parse_ip_opt(get_str("rangeEnd")?, &format!("{field}.rangeEnd"))?;
@@ -107,20 +112,30 @@ impl Range {
     ) -> Result<Range, IpamError> {
         let sfield = format!("{field}.subnet");
         if !subnet_s.contains('/') {
-            return Err(IpamError::config(&sfield, format!("{subnet_s:?} is not a CIDR subnet (no prefix length)")));
+            return Err(IpamError::config(
+                &sfield,
+                format!("{subnet_s:?} is not a CIDR subnet (no prefix length)"),
+            ));
         }
-        let subnet: IpNetwork = subnet_s
-            .parse()
-            .map_err(|e| IpamError::config(&sfield, format!("{subnet_s:?} is not a valid subnet: {e}")))?;
+        let subnet: IpNetwork = subnet_s.parse().map_err(|e| {
+            IpamError::config(&sfield, format!("{subnet_s:?} is not a valid subnet: {e}"))
+        })?;
         if subnet.ip() != subnet.network() {
             return Err(IpamError::config(
                 &sfield,
-                format!("{subnet_s} has host bits set; the network address is {}/{}", subnet.network(), subnet.prefix()),
+                format!(
+                    "{subnet_s} has host bits set; the network address is {}/{}",
+                    subnet.network(),
+                    subnet.prefix()
+                ),
             ));
         }
         let bits: u8 = if subnet.is_ipv4() { 32 } else { 128 };
         if subnet.prefix() > bits - 2 {
-            return Err(IpamError::config(&sfield, format!("{subnet_s} is too small to allocate from")));
+            return Err(IpamError::config(
+                &sfield,
+                format!("{subnet_s} is too small to allocate from"),
+            ));
         }
         let first = to_u128(subnet.network()) + 1;
         let last_addr = to_u128(if subnet.is_ipv4() {
@@ -128,10 +143,18 @@ impl Range {
         } else {
             IpAddr::V6(last_v6(&subnet))
         });
-        let last = if subnet.is_ipv4() { last_addr - 1 } else { last_addr };
+        let last = if subnet.is_ipv4() {
+            last_addr - 1
+        } else {
+            last_addr
+        };
         let v4 = subnet.is_ipv4();
         let in_subnet = |ip: IpAddr| ip.is_ipv4() == v4 && subnet.contains(ip);
-        for (name, ip) in [("gateway", gateway), ("rangeStart", start), ("rangeEnd", end)] {
+        for (name, ip) in [
+            ("gateway", gateway),
+            ("rangeStart", start),
+            ("rangeEnd", end),
+        ] {
             if let Some(ip) = ip {
                 if ip.is_ipv4() != v4 {
                     return Err(IpamError::config(
@@ -152,7 +175,11 @@ impl Range {
         if start_n > end_n {
             return Err(IpamError::config(
                 format!("{field}.rangeStart"),
-                format!("{} is after rangeEnd {}", from_u128(start_n, v4), from_u128(end_n, v4)),
+                format!(
+                    "{} is after rangeEnd {}",
+                    from_u128(start_n, v4),
+                    from_u128(end_n, v4)
+                ),
             ));
         }
         Ok(Range {
@@ -165,14 +192,20 @@ impl Range {
     }
 
     fn overlaps(&self, other: &Range) -> bool {
-        self.is_v4() == other.is_v4() && self.start_n() <= other.end_n() && other.start_n() <= self.end_n()
+        self.is_v4() == other.is_v4()
+            && self.start_n() <= other.end_n()
+            && other.start_n() <= self.end_n()
     }
 }
 
 fn last_v6(net: &IpNetwork) -> Ipv6Addr {
     let base = to_u128(net.network());
     let host_bits = 128 - u32::from(net.prefix());
-    let mask = if host_bits >= 128 { u128::MAX } else { (1u128 << host_bits) - 1 };
+    let mask = if host_bits >= 128 {
+        u128::MAX
+    } else {
+        (1u128 << host_bits) - 1
+    };
     Ipv6Addr::from(base | mask)
 }
 
@@ -221,11 +254,15 @@ impl fmt::Display for RangeSet {
 
 /// Reads a list of range sets (`ranges` or `runtimeConfig.ipRanges`) at `field`.
 pub fn parse_range_sets(v: &Value, field: &str) -> Result<Vec<RangeSet>, IpamError> {
-    let sets = v.as_array().ok_or_else(|| IpamError::config(field, "must be a list of range sets"))?;
+    let sets = v
+        .as_array()
+        .ok_or_else(|| IpamError::config(field, "must be a list of range sets"))?;
     let mut out = Vec::with_capacity(sets.len());
     for (i, set) in sets.iter().enumerate() {
         let sfield = format!("{field}[{i}]");
-        let ranges = set.as_array().ok_or_else(|| IpamError::config(&sfield, "must be a list of ranges"))?;
+        let ranges = set
+            .as_array()
+            .ok_or_else(|| IpamError::config(&sfield, "must be a list of ranges"))?;
         if ranges.is_empty() {
             return Err(IpamError::config(&sfield, "is an empty range set"));
         }
@@ -317,11 +354,26 @@ mod tests {
             (json!({"subnet":"10.0.0.0"}), "r.subnet"),
             (json!({"subnet":"10.0.0.1/24"}), "r.subnet"),
             (json!({"subnet":"10.0.0.0/31"}), "r.subnet"),
-            (json!({"subnet":"10.0.0.0/24","rangeStart":"10.0.1.5"}), "r.rangeStart"),
-            (json!({"subnet":"10.0.0.0/24","rangeEnd":"10.9.0.5"}), "r.rangeEnd"),
-            (json!({"subnet":"10.0.0.0/24","rangeStart":"10.0.0.9","rangeEnd":"10.0.0.5"}), "r.rangeStart"),
-            (json!({"subnet":"10.0.0.0/24","gateway":"fd00::1"}), "r.gateway"),
-            (json!({"subnet":"10.0.0.0/24","gateway":"nope"}), "r.gateway"),
+            (
+                json!({"subnet":"10.0.0.0/24","rangeStart":"10.0.1.5"}),
+                "r.rangeStart",
+            ),
+            (
+                json!({"subnet":"10.0.0.0/24","rangeEnd":"10.9.0.5"}),
+                "r.rangeEnd",
+            ),
+            (
+                json!({"subnet":"10.0.0.0/24","rangeStart":"10.0.0.9","rangeEnd":"10.0.0.5"}),
+                "r.rangeStart",
+            ),
+            (
+                json!({"subnet":"10.0.0.0/24","gateway":"fd00::1"}),
+                "r.gateway",
+            ),
+            (
+                json!({"subnet":"10.0.0.0/24","gateway":"nope"}),
+                "r.gateway",
+            ),
             (json!({}), "r.subnet"),
         ];
         for (v, field) in cases {
@@ -338,7 +390,10 @@ mod tests {
         let sets = parse_range_sets(&v, "ipam.ranges").expect("parse");
         let names = vec!["ipam.ranges[0]".to_string(), "ipam.ranges[1]".to_string()];
         let e = validate_sets(&sets, &names).unwrap_err().to_string();
-        assert!(e.contains("ipam.ranges[1]") && e.contains("ipam.ranges[0]"), "{e}");
+        assert!(
+            e.contains("ipam.ranges[1]") && e.contains("ipam.ranges[0]"),
+            "{e}"
+        );
         let mixed = json!([[{"subnet":"10.0.0.0/24"},{"subnet":"fd00::/64"}]]);
         let sets = parse_range_sets(&mixed, "ipam.ranges").expect("parse");
         assert!(validate_sets(&sets, &names[..1]).is_err());

@@ -11,21 +11,19 @@
 //! address after X" is an index range walk that stops at the first gap: no
 //! operation reads every reservation.
 
-use std::fs::{File, OpenOptions};
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
-use rusqlite::{params, Connection, OpenFlags, OptionalExtension, Transaction, TransactionBehavior};
+use rusqlite::{params, Connection, OptionalExtension, Transaction, TransactionBehavior};
+use sqlite_store::{Db, Durability, Lock, Open, Spec, StoreError};
 
 use crate::error::IpamError;
 use crate::range::{from_u128, key, Range};
 
 pub const DB_FILE: &str = "ipam.db";
 pub const LOCK_FILE: &str = "lock";
-const SCHEMA_VERSION: i64 = 1;
-
-const SCHEMA: &str = "
+/// Version 1 of the schema (`PRAGMA user_version` 1).
+const SCHEMA_V1: &str = "
 CREATE TABLE IF NOT EXISTS allocations (
     key          BLOB PRIMARY KEY,   -- address as 16 bytes, IPv4 mapped into ::ffff:0:0/96
     address      TEXT NOT NULL,      -- the same address, for people
@@ -62,121 +60,63 @@ pub struct Allocation {
     pub created_at: i64,
 }
 
+/// The address store as [`sqlite_store`] opens it: the writer lock held for
+/// the whole plugin run, one IMMEDIATE transaction per command.
+pub const SPEC: Spec = Spec {
+    db_file: DB_FILE,
+    lock: Lock::WhileOpen(LOCK_FILE),
+    durability: Durability::Normal,
+    migrations: &[SCHEMA_V1],
+};
+
 /// An open store, holding the writer lock when opened for writing.
 pub struct Store {
-    pub conn: Connection,
+    pub db: Db,
     pub dir: PathBuf,
-    _lock: Option<File>,
 }
 
-fn store_err(dir: &Path) -> impl Fn(rusqlite::Error) -> IpamError + '_ {
-    move |source| IpamError::Store { path: dir.join(DB_FILE), source }
+impl From<StoreError> for IpamError {
+    fn from(e: StoreError) -> IpamError {
+        match e {
+            StoreError::Io { path, source } => IpamError::DataDir { path, source },
+            StoreError::Sql { path, source } => IpamError::Store { path, source },
+            e @ StoreError::TooNew { .. } => IpamError::Io(e.to_string()),
+        }
+    }
 }
 
 impl Store {
     /// Opens (creating if needed) the store in `dir` for writing: takes the
     /// writer lock and makes sure the schema exists.
     pub fn open_for_write(dir: &Path) -> Result<Store, IpamError> {
-        std::fs::create_dir_all(dir).map_err(|source| IpamError::DataDir { path: dir.to_path_buf(), source })?;
-        let lock = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(dir.join(LOCK_FILE))
-            .map_err(|source| IpamError::DataDir { path: dir.to_path_buf(), source })?;
-        lock.lock().map_err(|source| IpamError::DataDir { path: dir.join(LOCK_FILE), source })?;
-        let conn = Connection::open_with_flags(
-            dir.join(DB_FILE),
-            OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-        )
-        .map_err(store_err(dir))?;
-        let mut store = Store { conn, dir: dir.to_path_buf(), _lock: Some(lock) };
-        store.prepare(true)?;
-        Ok(store)
+        let db = Db::open(dir, &SPEC, Open::Create)?.ok_or_else(|| {
+            IpamError::Io(format!("{}: store vanished while opening", dir.display()))
+        })?;
+        Ok(Store {
+            db,
+            dir: dir.to_path_buf(),
+        })
     }
 
     /// Opens an existing store to read, without the writer lock. `None`
     /// when there is no store in `dir`.
     pub fn open_for_read(dir: &Path) -> Result<Option<Store>, IpamError> {
-        let path = dir.join(DB_FILE);
-        if !path.exists() {
-            return Ok(None);
-        }
-        let conn = Connection::open_with_flags(
-            &path,
-            OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-        )
-        .map_err(store_err(dir))?;
-        let mut store = Store { conn, dir: dir.to_path_buf(), _lock: None };
-        store.prepare(false)?;
-        Ok(Some(store))
-    }
-
-    fn prepare(&mut self, create: bool) -> Result<(), IpamError> {
-        let dir = self.dir.clone();
-        let err = store_err(&dir);
-        self.conn.busy_timeout(Duration::from_secs(30)).map_err(&err)?;
-        self.conn.pragma_update(None, "synchronous", "NORMAL").map_err(&err)?;
-        // SQLite checkpoints the WAL (two fsyncs) whenever the last connection
-        // closes, i.e. at every plugin exit. `Drop` checkpoints only when the
-        // WAL has grown, which keeps both exits and the WAL recovery of the
-        // next opener cheap.
-        self.conn
-            .set_db_config(rusqlite::config::DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, true)
-            .map_err(&err)?;
-        let version: i64 = self.conn.pragma_query_value(None, "user_version", |r| r.get(0)).map_err(&err)?;
-        if version == SCHEMA_VERSION {
-            return Ok(());
-        }
-        if version > SCHEMA_VERSION {
-            return Err(IpamError::Io(format!(
-                "{}: schema version {version} is newer than this plugin understands ({SCHEMA_VERSION})",
-                dir.join(DB_FILE).display()
-            )));
-        }
-        if !create {
-            return Ok(());
-        }
-        // WAL is a property of the file: set once, before the first transaction.
-        let _: String = self.conn.pragma_update_and_check(None, "journal_mode", "WAL", |r| r.get(0)).map_err(&err)?;
-        let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(&err)?;
-        tx.execute_batch(SCHEMA).map_err(&err)?;
-        tx.pragma_update(None, "user_version", SCHEMA_VERSION).map_err(&err)?;
-        tx.commit().map_err(&err)?;
-        Ok(())
+        Ok(Db::open(dir, &SPEC, Open::Inspect)?.map(|db| Store {
+            db,
+            dir: dir.to_path_buf(),
+        }))
     }
 
     pub fn begin(&mut self) -> Result<Transaction<'_>, IpamError> {
         let path = self.dir.join(DB_FILE);
-        self.conn
+        self.db
+            .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(|source| IpamError::Store { path, source })
     }
 
     pub fn db_path(&self) -> PathBuf {
         self.dir.join(DB_FILE)
-    }
-}
-
-/// Above this size the WAL is folded back into the database on close.
-pub const WAL_CHECKPOINT_BYTES: u64 = 256 * 1024;
-
-/// Checkpoints and truncates the WAL of `conn` if it grew past the limit.
-/// Best effort: a busy database is simply checkpointed by a later process.
-pub fn checkpoint_if_large(conn: &Connection, db: &Path) {
-    let mut wal = db.as_os_str().to_owned();
-    wal.push("-wal");
-    let big = std::fs::metadata(&wal).map(|m| m.len() > WAL_CHECKPOINT_BYTES).unwrap_or(false);
-    if big {
-        let _ = conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()));
-    }
-}
-
-impl Drop for Store {
-    fn drop(&mut self) {
-        if self._lock.is_some() {
-            checkpoint_if_large(&self.conn, &self.dir.join(DB_FILE));
-        }
     }
 }
 
@@ -190,7 +130,9 @@ fn row_to_alloc(r: &rusqlite::Row<'_>) -> rusqlite::Result<Allocation> {
     let address: String = r.get("address")?;
     let range_set: Option<i64> = r.get("range_set")?;
     Ok(Allocation {
-        address: address.parse().unwrap_or(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED)),
+        address: address
+            .parse()
+            .unwrap_or(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED)),
         range_set: range_set.and_then(|n| usize::try_from(n).ok()),
         container_id: r.get("container_id")?,
         ifname: r.get("ifname")?,
@@ -201,11 +143,15 @@ fn row_to_alloc(r: &rusqlite::Row<'_>) -> rusqlite::Result<Allocation> {
     })
 }
 
-const COLUMNS: &str = "address, range_set, container_id, ifname, netns, request, boot_id, created_at";
+const COLUMNS: &str =
+    "address, range_set, container_id, ifname, netns, request, boot_id, created_at";
 
 impl Sql<'_> {
     fn err(&self, source: rusqlite::Error) -> IpamError {
-        IpamError::Store { path: self.path.to_path_buf(), source }
+        IpamError::Store {
+            path: self.path.to_path_buf(),
+            source,
+        }
     }
 
     /// Addresses held by one attachment. Records imported without an
@@ -217,7 +163,9 @@ impl Sql<'_> {
                 "SELECT {COLUMNS} FROM allocations WHERE container_id = ?1 AND (ifname = ?2 OR ifname = '') ORDER BY range_set, key"
             ))
             .map_err(|e| self.err(e))?;
-        let rows = st.query_map(params![container, ifname], row_to_alloc).map_err(|e| self.err(e))?;
+        let rows = st
+            .query_map(params![container, ifname], row_to_alloc)
+            .map_err(|e| self.err(e))?;
         rows.collect::<Result<Vec<_>, _>>().map_err(|e| self.err(e))
     }
 
@@ -226,7 +174,9 @@ impl Sql<'_> {
             .tx
             .prepare_cached(&format!("SELECT {COLUMNS} FROM allocations WHERE key = ?1"))
             .map_err(|e| self.err(e))?;
-        st.query_row(params![&key(addr)[..]], row_to_alloc).optional().map_err(|e| self.err(e))
+        st.query_row(params![&key(addr)[..]], row_to_alloc)
+            .optional()
+            .map_err(|e| self.err(e))
     }
 
     pub fn insert(&self, a: &Allocation) -> Result<(), IpamError> {
@@ -259,7 +209,10 @@ impl Sql<'_> {
                 "DELETE FROM allocations WHERE container_id = ?1 AND (ifname = ?2 OR ifname = '')",
                 params![container, ifname],
             ),
-            None => self.tx.execute("DELETE FROM allocations WHERE container_id = ?1", params![container]),
+            None => self.tx.execute(
+                "DELETE FROM allocations WHERE container_id = ?1",
+                params![container],
+            ),
         };
         n.map_err(|e| self.err(e))
     }
@@ -270,7 +223,9 @@ impl Sql<'_> {
             .prepare_cached("SELECT address FROM last_reserved WHERE range_set = ?1")
             .map_err(|e| self.err(e))?;
         let s: Option<String> = st
-            .query_row(params![i64::try_from(set).unwrap_or(i64::MAX)], |r| r.get(0))
+            .query_row(params![i64::try_from(set).unwrap_or(i64::MAX)], |r| {
+                r.get(0)
+            })
             .optional()
             .map_err(|e| self.err(e))?;
         Ok(s.and_then(|s| s.parse().ok()))
@@ -281,8 +236,12 @@ impl Sql<'_> {
             .tx
             .prepare_cached("INSERT OR REPLACE INTO last_reserved (range_set, key, address) VALUES (?1, ?2, ?3)")
             .map_err(|e| self.err(e))?;
-        st.execute(params![i64::try_from(set).unwrap_or(i64::MAX), &key(addr)[..], addr.to_string()])
-            .map_err(|e| self.err(e))?;
+        st.execute(params![
+            i64::try_from(set).unwrap_or(i64::MAX),
+            &key(addr)[..],
+            addr.to_string()
+        ])
+        .map_err(|e| self.err(e))?;
         Ok(())
     }
 
@@ -305,14 +264,18 @@ impl Sql<'_> {
         }
         let mut st = self
             .tx
-            .prepare_cached("SELECT key FROM allocations WHERE key >= ?1 AND key <= ?2 ORDER BY key")
+            .prepare_cached(
+                "SELECT key FROM allocations WHERE key >= ?1 AND key <= ?2 ORDER BY key",
+            )
             .map_err(|e| self.err(e))?;
         let mut rows = st
             .query(params![&cand.to_be_bytes()[..], &hi.to_be_bytes()[..]])
             .map_err(|e| self.err(e))?;
         while let Some(row) = rows.next().map_err(|e| self.err(e))? {
             let k: Vec<u8> = row.get(0).map_err(|e| self.err(e))?;
-            let Ok(bytes) = <[u8; 16]>::try_from(k.as_slice()) else { continue };
+            let Ok(bytes) = <[u8; 16]>::try_from(k.as_slice()) else {
+                continue;
+            };
             let held = u128::from_be_bytes(bytes);
             if held > cand {
                 return Ok(Some(cand));
@@ -328,13 +291,21 @@ impl Sql<'_> {
     }
 
     pub fn meta(&self, name: &str) -> Result<Option<String>, IpamError> {
-        let mut st = self.tx.prepare_cached("SELECT value FROM meta WHERE name = ?1").map_err(|e| self.err(e))?;
-        st.query_row(params![name], |r| r.get(0)).optional().map_err(|e| self.err(e))
+        let mut st = self
+            .tx
+            .prepare_cached("SELECT value FROM meta WHERE name = ?1")
+            .map_err(|e| self.err(e))?;
+        st.query_row(params![name], |r| r.get(0))
+            .optional()
+            .map_err(|e| self.err(e))
     }
 
     pub fn set_meta(&self, name: &str, value: &str) -> Result<(), IpamError> {
         self.tx
-            .execute("INSERT OR REPLACE INTO meta (name, value) VALUES (?1, ?2)", params![name, value])
+            .execute(
+                "INSERT OR REPLACE INTO meta (name, value) VALUES (?1, ?2)",
+                params![name, value],
+            )
             .map_err(|e| self.err(e))?;
         Ok(())
     }
@@ -353,7 +324,10 @@ impl Sql<'_> {
         }
         let n = self
             .tx
-            .execute("DELETE FROM allocations WHERE boot_id <> ?1 AND boot_id <> ''", params![boot_id])
+            .execute(
+                "DELETE FROM allocations WHERE boot_id <> ?1 AND boot_id <> ''",
+                params![boot_id],
+            )
             .map_err(|e| self.err(e))?;
         self.set_meta("boot_id", boot_id)?;
         Ok(n)
@@ -371,7 +345,9 @@ impl Sql<'_> {
         {
             let mut ins = self
                 .tx
-                .prepare_cached("INSERT OR IGNORE INTO gc_valid (container_id, ifname) VALUES (?1, ?2)")
+                .prepare_cached(
+                    "INSERT OR IGNORE INTO gc_valid (container_id, ifname) VALUES (?1, ?2)",
+                )
                 .map_err(|e| self.err(e))?;
             for (c, i) in valid {
                 ins.execute(params![c, i]).map_err(|e| self.err(e))?;
@@ -397,8 +373,13 @@ impl Sql<'_> {
 
 /// Every allocation, ordered by address (for the operator CLI).
 pub fn list_all(conn: &Connection, path: &Path) -> Result<Vec<Allocation>, IpamError> {
-    let err = |source| IpamError::Store { path: path.to_path_buf(), source };
-    let mut st = conn.prepare(&format!("SELECT {COLUMNS} FROM allocations ORDER BY key")).map_err(err)?;
+    let err = |source| IpamError::Store {
+        path: path.to_path_buf(),
+        source,
+    };
+    let mut st = conn
+        .prepare(&format!("SELECT {COLUMNS} FROM allocations ORDER BY key"))
+        .map_err(err)?;
     let rows = st.query_map([], row_to_alloc).map_err(err)?;
     rows.collect::<Result<Vec<_>, _>>().map_err(err)
 }

@@ -5,7 +5,11 @@ use clap::Parser;
 /// It needs berth-overlayd running on the node. Run with no arguments it
 /// prints what it is.
 #[derive(Parser)]
-#[command(name = "berth-overlay", version, about = "CNI plugin: attaches pods to this node's subnet of the Berth VXLAN overlay")]
+#[command(
+    name = "berth-overlay",
+    version,
+    about = "CNI plugin: attaches pods to this node's subnet of the Berth VXLAN overlay"
+)]
 struct Cli {}
 
 fn main() {
@@ -13,5 +17,8 @@ fn main() {
         let _ = Cli::parse();
         return;
     }
-    cni_core::skel::run(&cni_overlay::plugin::OverlayPlugin, &cni_overlay::plugin::INFO)
+    cni_core::skel::run(
+        &cni_overlay::plugin::OverlayPlugin,
+        &cni_overlay::plugin::INFO,
+    )
 }

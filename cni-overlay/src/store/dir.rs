@@ -4,16 +4,29 @@
 //! cannot both win; a revision counter lets watchers notice changes with a
 //! cheap read.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
-use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
+use rusqlite::{params, OptionalExtension, TransactionBehavior};
+use sqlite_store::{Db, Durability, Lock, Open, Spec};
 
 use crate::error::OverlayError;
 use crate::lease::{now, Lease};
 use crate::store::LeaseStore;
 
-const SCHEMA: &str = "
+/// The lease store as [`sqlite_store`] opens it. Setting up the schema and
+/// the WAL journal races badly between processes opening a new store
+/// together, so that part takes the lock; the daemons then share the
+/// database through SQLite's own locking.
+const SPEC: Spec = Spec {
+    db_file: "leases.db",
+    lock: Lock::WhileSettingUp("leases.lock"),
+    durability: Durability::Normal,
+    migrations: &[SCHEMA_V1],
+};
+
+/// Version 1 of the schema.
+const SCHEMA_V1: &str = "
 CREATE TABLE IF NOT EXISTS leases (
     network    TEXT NOT NULL,    -- which cluster network (several overlays may share a store)
     subnet     TEXT NOT NULL,
@@ -27,38 +40,30 @@ CREATE TABLE IF NOT EXISTS revision (network TEXT PRIMARY KEY, rev INTEGER NOT N
 ";
 
 pub struct DirStore {
-    conn: Connection,
-    path: PathBuf,
+    db: Db,
     network: String,
 }
 
 impl DirStore {
     pub fn open(dir: &Path, network: &str) -> Result<DirStore, OverlayError> {
-        let err = |m: String| OverlayError::Store { store: format!("dir:{}", dir.display()), msg: m };
-        std::fs::create_dir_all(dir).map_err(|e| err(e.to_string()))?;
-        let path = dir.join("leases.db");
-        // Setting up the schema and the WAL journal races badly between
-        // processes opening a new store together; one at a time.
-        let lock = std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(dir.join("leases.lock"))
-            .map_err(|e| err(e.to_string()))?;
-        lock.lock().map_err(|e| err(e.to_string()))?;
-        let conn = Connection::open(&path).map_err(|e| err(e.to_string()))?;
-        conn.busy_timeout(Duration::from_secs(10)).map_err(|e| err(e.to_string()))?;
-        let _: String = conn
-            .pragma_update_and_check(None, "journal_mode", "WAL", |r| r.get(0))
-            .map_err(|e| err(e.to_string()))?;
-        conn.pragma_update(None, "synchronous", "NORMAL").map_err(|e| err(e.to_string()))?;
-        conn.execute_batch(SCHEMA).map_err(|e| err(e.to_string()))?;
-        drop(lock);
-        Ok(DirStore { conn, path, network: network.to_string() })
+        let err = |m: String| OverlayError::Store {
+            store: format!("dir:{}", dir.display()),
+            msg: m,
+        };
+        let db = Db::open(dir, &SPEC, Open::Create)
+            .map_err(|e| err(e.to_string()))?
+            .ok_or_else(|| err("the database vanished while opening".into()))?;
+        Ok(DirStore {
+            db,
+            network: network.to_string(),
+        })
     }
 
     fn err(&self, e: impl std::fmt::Display) -> OverlayError {
-        OverlayError::Store { store: self.describe(), msg: e.to_string() }
+        OverlayError::Store {
+            store: self.describe(),
+            msg: e.to_string(),
+        }
     }
 
     fn bump(tx: &rusqlite::Transaction<'_>, network: &str) -> rusqlite::Result<()> {
@@ -72,8 +77,13 @@ impl DirStore {
 
     fn revision(&self) -> Result<u64, OverlayError> {
         let r: Option<i64> = self
+            .db
             .conn
-            .query_row("SELECT rev FROM revision WHERE network = ?1", params![self.network], |r| r.get(0))
+            .query_row(
+                "SELECT rev FROM revision WHERE network = ?1",
+                params![self.network],
+                |r| r.get(0),
+            )
             .optional()
             .map_err(|e| self.err(e))?;
         Ok(r.unwrap_or(0) as u64)
@@ -84,8 +94,11 @@ impl LeaseStore for DirStore {
     fn list(&mut self) -> Result<(Vec<Lease>, u64), OverlayError> {
         let rev = self.revision()?;
         let mut st = self
+            .db
             .conn
-            .prepare_cached("SELECT lease FROM leases WHERE network = ?1 AND expires_at > ?2 ORDER BY subnet")
+            .prepare_cached(
+                "SELECT lease FROM leases WHERE network = ?1 AND expires_at > ?2 ORDER BY subnet",
+            )
             .map_err(|e| self.err(e))?;
         let rows = st
             .query_map(params![self.network, now()], |r| r.get::<_, String>(0))
@@ -95,7 +108,10 @@ impl LeaseStore for DirStore {
             let text = r.map_err(|e| self.err(e))?;
             match serde_json::from_str::<Lease>(&text) {
                 Ok(l) => out.push(l),
-                Err(e) => eprintln!("berth-overlayd: ignoring an unreadable lease in {}: {e}", self.path.display()),
+                Err(e) => eprintln!(
+                    "berth-overlayd: ignoring an unreadable lease in {}: {e}",
+                    self.db.path().display()
+                ),
             }
         }
         // Expiry is part of the revision: fold the earliest expiry in, so a
@@ -107,15 +123,27 @@ impl LeaseStore for DirStore {
         let network = self.network.clone();
         let json = serde_json::to_string(lease).map_err(|e| self.err(e))?;
         let subnet = lease.subnet.to_string();
-        let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(|e| OverlayError::Store {
-            store: format!("dir:{}", self.path.display()),
-            msg: e.to_string(),
-        })?;
+        let store = self.describe();
+        let tx = self
+            .db
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(|e| OverlayError::Store {
+                store: store.clone(),
+                msg: e.to_string(),
+            })?;
         let result = (|| -> rusqlite::Result<bool> {
             let t = now();
-            let expired = tx.execute("DELETE FROM leases WHERE network = ?1 AND expires_at <= ?2", params![network, t])?;
+            let expired = tx.execute(
+                "DELETE FROM leases WHERE network = ?1 AND expires_at <= ?2",
+                params![network, t],
+            )?;
             let holder: Option<String> = tx
-                .query_row("SELECT node FROM leases WHERE network = ?1 AND subnet = ?2", params![network, subnet], |r| r.get(0))
+                .query_row(
+                    "SELECT node FROM leases WHERE network = ?1 AND subnet = ?2",
+                    params![network, subnet],
+                    |r| r.get(0),
+                )
                 .optional()?;
             if let Some(h) = &holder {
                 if h != &lease.node {
@@ -127,7 +155,10 @@ impl LeaseStore for DirStore {
                 }
             }
             // A node holds one subnet: drop any other it had.
-            tx.execute("DELETE FROM leases WHERE network = ?1 AND node = ?2 AND subnet <> ?3", params![network, lease.node, subnet])?;
+            tx.execute(
+                "DELETE FROM leases WHERE network = ?1 AND node = ?2 AND subnet <> ?3",
+                params![network, lease.node, subnet],
+            )?;
             tx.execute(
                 "INSERT OR REPLACE INTO leases (network, subnet, node, lease, expires_at) VALUES (?1, ?2, ?3, ?4, ?5)",
                 params![network, subnet, lease.node, json, lease.expires_at],
@@ -136,12 +167,16 @@ impl LeaseStore for DirStore {
             tx.commit()?;
             Ok(true)
         })();
-        result.map_err(|e| OverlayError::Store { store: format!("dir:{}", self.path.display()), msg: e.to_string() })
+        result.map_err(|e| OverlayError::Store {
+            store,
+            msg: e.to_string(),
+        })
     }
 
     fn renew(&mut self, lease: &Lease) -> Result<(), OverlayError> {
         let json = serde_json::to_string(lease).map_err(|e| self.err(e))?;
         let n = self
+            .db
             .conn
             .execute(
                 "UPDATE leases SET lease = ?1, expires_at = ?2 WHERE network = ?3 AND subnet = ?4 AND node = ?5",
@@ -150,6 +185,7 @@ impl LeaseStore for DirStore {
             .map_err(|e| self.err(e))?;
         if n == 0 {
             let holder: Option<String> = self
+                .db
                 .conn
                 .query_row(
                     "SELECT node FROM leases WHERE network = ?1 AND subnet = ?2",
@@ -170,16 +206,23 @@ impl LeaseStore for DirStore {
         let network = self.network.clone();
         let store = self.describe();
         let tx = self
+            .db
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(|e| OverlayError::Store { store, msg: e.to_string() })?;
+            .map_err(|e| OverlayError::Store {
+                store: store.clone(),
+                msg: e.to_string(),
+            })?;
         tx.execute(
             "DELETE FROM leases WHERE network = ?1 AND subnet = ?2 AND node = ?3",
             params![network, lease.subnet.to_string(), lease.node],
         )
         .and_then(|_| Self::bump(&tx, &network))
         .and_then(|_| tx.commit())
-        .map_err(|e| OverlayError::Store { store: format!("dir:{}", self.path.display()), msg: e.to_string() })
+        .map_err(|e| OverlayError::Store {
+            store,
+            msg: e.to_string(),
+        })
     }
 
     fn wait_change(&mut self, since: u64, timeout: Duration) -> Result<u64, OverlayError> {
@@ -189,12 +232,21 @@ impl LeaseStore for DirStore {
             if rev != since || Instant::now() >= deadline {
                 return Ok(rev);
             }
-            std::thread::sleep(Duration::from_millis(50).min(deadline.saturating_duration_since(Instant::now())));
+            std::thread::sleep(
+                Duration::from_millis(50).min(deadline.saturating_duration_since(Instant::now())),
+            );
         }
     }
 
     fn describe(&self) -> String {
-        format!("dir:{}", self.path.parent().map(|p| p.display().to_string()).unwrap_or_default())
+        format!(
+            "dir:{}",
+            self.db
+                .path()
+                .parent()
+                .map(|p| p.display().to_string())
+                .unwrap_or_default()
+        )
     }
 }
 
@@ -228,11 +280,18 @@ mod tests {
         assert!(b.renew(&lease("b", "10.244.2.0/24", -1)).is_ok());
         assert_eq!(a.list().expect("list").0.len(), 1);
         assert!(a.try_acquire(&lease("c", "10.244.2.0/24", 60)).expect("c"));
-        assert!(matches!(b.renew(&lease("b", "10.244.2.0/24", 60)), Err(OverlayError::LeaseLost { .. })));
-        a.release(&lease("a", "10.244.1.0/24", 60)).expect("release");
+        assert!(matches!(
+            b.renew(&lease("b", "10.244.2.0/24", 60)),
+            Err(OverlayError::LeaseLost { .. })
+        ));
+        a.release(&lease("a", "10.244.1.0/24", 60))
+            .expect("release");
         let (_, r2) = a.list().expect("list");
         assert_ne!(r1, r2);
-        assert_eq!(b.wait_change(r2, Duration::from_millis(10)).expect("wait"), r2);
+        assert_eq!(
+            b.wait_change(r2, Duration::from_millis(10)).expect("wait"),
+            r2
+        );
         let _ = std::fs::remove_dir_all(&d);
     }
 }

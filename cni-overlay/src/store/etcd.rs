@@ -37,10 +37,16 @@ impl EtcdStore {
         let store_name = format!("etcd:{}", endpoints.join(","));
         let mut client = rt
             .block_on(Client::connect(endpoints, Some(opts)))
-            .map_err(|e| OverlayError::Store { store: store_name.clone(), msg: format!("cannot connect: {e}") })?;
+            .map_err(|e| OverlayError::Store {
+                store: store_name.clone(),
+                msg: format!("cannot connect: {e}"),
+            })?;
         // Fail fast on an unreachable cluster: connect() is lazy.
         rt.block_on(client.status())
-            .map_err(|e| OverlayError::Store { store: store_name, msg: format!("etcd is unreachable: {e}") })?;
+            .map_err(|e| OverlayError::Store {
+                store: store_name,
+                msg: format!("etcd is unreachable: {e}"),
+            })?;
         Ok(EtcdStore {
             rt,
             client,
@@ -51,7 +57,10 @@ impl EtcdStore {
     }
 
     fn err(&self, e: impl std::fmt::Display) -> OverlayError {
-        OverlayError::Store { store: self.describe(), msg: e.to_string() }
+        OverlayError::Store {
+            store: self.describe(),
+            msg: e.to_string(),
+        }
     }
 
     fn key(&self, l: &Lease) -> String {
@@ -65,7 +74,10 @@ impl EtcdStore {
     /// Keys and mod revisions under the prefix, as a fingerprint of the set.
     fn fingerprint(&mut self) -> Result<u64, OverlayError> {
         let opts = GetOptions::new().with_prefix().with_keys_only();
-        let resp = self.rt.block_on(self.client.get(self.prefix.clone(), Some(opts))).map_err(|e| self.err(e))?;
+        let resp = self
+            .rt
+            .block_on(self.client.get(self.prefix.clone(), Some(opts)))
+            .map_err(|e| self.err(e))?;
         let mut parts: Vec<Vec<u8>> = Vec::new();
         for kv in resp.kvs() {
             let mut p = kv.key().to_vec();
@@ -73,7 +85,7 @@ impl EtcdStore {
             parts.push(p);
         }
         let refs: Vec<&[u8]> = parts.iter().map(|p| p.as_slice()).collect();
-        Ok(u64::from_str_radix(&cni_core::digest(&refs), 16).unwrap_or(0))
+        Ok(u64::from_str_radix(&berth_common::digest(&refs), 16).unwrap_or(0))
     }
 }
 
@@ -81,7 +93,10 @@ impl LeaseStore for EtcdStore {
     fn list(&mut self) -> Result<(Vec<Lease>, u64), OverlayError> {
         let resp = self
             .rt
-            .block_on(self.client.get(self.prefix.clone(), Some(GetOptions::new().with_prefix())))
+            .block_on(
+                self.client
+                    .get(self.prefix.clone(), Some(GetOptions::new().with_prefix())),
+            )
             .map_err(|e| self.err(e))?;
         let mut out = Vec::new();
         let mut parts: Vec<Vec<u8>> = Vec::new();
@@ -91,20 +106,31 @@ impl LeaseStore for EtcdStore {
             parts.push(p);
             match serde_json::from_slice::<Lease>(kv.value()) {
                 Ok(l) => out.push(l),
-                Err(e) => eprintln!("berth-overlayd: ignoring an unreadable lease {:?}: {e}", kv.key_str().unwrap_or("?")),
+                Err(e) => eprintln!(
+                    "berth-overlayd: ignoring an unreadable lease {:?}: {e}",
+                    kv.key_str().unwrap_or("?")
+                ),
             }
         }
         let refs: Vec<&[u8]> = parts.iter().map(|p| p.as_slice()).collect();
-        Ok((out, u64::from_str_radix(&cni_core::digest(&refs), 16).unwrap_or(0)))
+        Ok((
+            out,
+            u64::from_str_radix(&berth_common::digest(&refs), 16).unwrap_or(0),
+        ))
     }
 
     fn try_acquire(&mut self, lease: &Lease) -> Result<bool, OverlayError> {
         let key = self.key(lease);
         let value = serde_json::to_vec(lease).map_err(|e| self.err(e))?;
-        let current = self.rt.block_on(self.client.get(key.clone(), None)).map_err(|e| self.err(e))?;
+        let current = self
+            .rt
+            .block_on(self.client.get(key.clone(), None))
+            .map_err(|e| self.err(e))?;
         let compare = match current.kvs().first() {
             Some(kv) => {
-                let holder = serde_json::from_slice::<Lease>(kv.value()).map(|l| l.node).unwrap_or_default();
+                let holder = serde_json::from_slice::<Lease>(kv.value())
+                    .map(|l| l.node)
+                    .unwrap_or_default();
                 if holder != lease.node {
                     return Ok(false);
                 }
@@ -116,10 +142,15 @@ impl LeaseStore for EtcdStore {
             .rt
             .block_on(self.client.lease_grant(Self::ttl_of(lease), None))
             .map_err(|e| self.err(e))?;
-        let txn = Txn::new()
-            .when(vec![compare])
-            .and_then(vec![TxnOp::put(key.clone(), value, Some(PutOptions::new().with_lease(granted.id())))]);
-        let resp = self.rt.block_on(self.client.txn(txn)).map_err(|e| self.err(e))?;
+        let txn = Txn::new().when(vec![compare]).and_then(vec![TxnOp::put(
+            key.clone(),
+            value,
+            Some(PutOptions::new().with_lease(granted.id())),
+        )]);
+        let resp = self
+            .rt
+            .block_on(self.client.txn(txn))
+            .map_err(|e| self.err(e))?;
         if !resp.succeeded() {
             let _ = self.rt.block_on(self.client.lease_revoke(granted.id()));
             return Ok(false);
@@ -132,14 +163,22 @@ impl LeaseStore for EtcdStore {
         // One subnet per node: drop any other key this node held.
         let all = self
             .rt
-            .block_on(self.client.get(self.prefix.clone(), Some(GetOptions::new().with_prefix())))
+            .block_on(
+                self.client
+                    .get(self.prefix.clone(), Some(GetOptions::new().with_prefix())),
+            )
             .map_err(|e| self.err(e))?;
         for kv in all.kvs() {
             if kv.key() == key.as_bytes() {
                 continue;
             }
-            if serde_json::from_slice::<Lease>(kv.value()).map(|l| l.node == lease.node).unwrap_or(false) {
-                let _ = self.rt.block_on(self.client.delete(kv.key().to_vec(), None));
+            if serde_json::from_slice::<Lease>(kv.value())
+                .map(|l| l.node == lease.node)
+                .unwrap_or(false)
+            {
+                let _ = self
+                    .rt
+                    .block_on(self.client.delete(kv.key().to_vec(), None));
             }
         }
         Ok(true)
@@ -147,8 +186,13 @@ impl LeaseStore for EtcdStore {
 
     fn renew(&mut self, lease: &Lease) -> Result<(), OverlayError> {
         let key = self.key(lease);
-        let lost = |holder: String| OverlayError::LeaseLost { subnet: lease.subnet.to_string(), holder };
-        let Some(id) = self.lease_id else { return Err(lost("nobody (no etcd lease)".into())) };
+        let lost = |holder: String| OverlayError::LeaseLost {
+            subnet: lease.subnet.to_string(),
+            holder,
+        };
+        let Some(id) = self.lease_id else {
+            return Err(lost("nobody (no etcd lease)".into()));
+        };
         let ttl = self.rt.block_on(async {
             let (mut keeper, mut stream) = self.client.lease_keep_alive(id).await?;
             keeper.keep_alive().await?;
@@ -159,24 +203,44 @@ impl LeaseStore for EtcdStore {
             self.lease_id = None;
             return Err(lost("nobody (it expired)".into()));
         }
-        let current = self.rt.block_on(self.client.get(key.clone(), None)).map_err(|e| self.err(e))?;
-        let kv = current.kvs().first().ok_or_else(|| lost("nobody (the key is gone)".into()))?;
-        let holder = serde_json::from_slice::<Lease>(kv.value()).map(|l| l.node).unwrap_or_default();
+        let current = self
+            .rt
+            .block_on(self.client.get(key.clone(), None))
+            .map_err(|e| self.err(e))?;
+        let kv = current
+            .kvs()
+            .first()
+            .ok_or_else(|| lost("nobody (the key is gone)".into()))?;
+        let holder = serde_json::from_slice::<Lease>(kv.value())
+            .map(|l| l.node)
+            .unwrap_or_default();
         if holder != lease.node {
             return Err(lost(holder));
         }
         // Refresh the expiry shown to operators, only if the key is still ours.
         let value = serde_json::to_vec(lease).map_err(|e| self.err(e))?;
         let txn = Txn::new()
-            .when(vec![Compare::mod_revision(key.clone(), CompareOp::Equal, kv.mod_revision())])
-            .and_then(vec![TxnOp::put(key, value, Some(PutOptions::new().with_lease(id)))]);
-        self.rt.block_on(self.client.txn(txn)).map_err(|e| self.err(e))?;
+            .when(vec![Compare::mod_revision(
+                key.clone(),
+                CompareOp::Equal,
+                kv.mod_revision(),
+            )])
+            .and_then(vec![TxnOp::put(
+                key,
+                value,
+                Some(PutOptions::new().with_lease(id)),
+            )]);
+        self.rt
+            .block_on(self.client.txn(txn))
+            .map_err(|e| self.err(e))?;
         Ok(())
     }
 
     fn release(&mut self, lease: &Lease) -> Result<(), OverlayError> {
         let key = self.key(lease);
-        self.rt.block_on(self.client.delete(key, None)).map_err(|e| self.err(e))?;
+        self.rt
+            .block_on(self.client.delete(key, None))
+            .map_err(|e| self.err(e))?;
         if let Some(id) = self.lease_id.take() {
             let _ = self.rt.block_on(self.client.lease_revoke(id));
         }
@@ -190,7 +254,9 @@ impl LeaseStore for EtcdStore {
             if fp != since || Instant::now() >= deadline {
                 return Ok(fp);
             }
-            std::thread::sleep(Duration::from_millis(100).min(deadline.saturating_duration_since(Instant::now())));
+            std::thread::sleep(
+                Duration::from_millis(100).min(deadline.saturating_duration_since(Instant::now())),
+            );
         }
     }
 

@@ -31,21 +31,40 @@ pub trait LeaseStore: Send {
 pub fn open(spec: &str, key_prefix: &str) -> Result<Box<dyn LeaseStore>, OverlayError> {
     if let Some(path) = spec.strip_prefix("dir:") {
         if path.is_empty() {
-            return Err(OverlayError::config("--store", "dir: needs a path, e.g. dir:/var/lib/berth/overlay"));
+            return Err(OverlayError::config(
+                "--store",
+                "dir: needs a path, e.g. dir:/var/lib/berth/overlay",
+            ));
         }
-        return Ok(Box::new(dir::DirStore::open(std::path::Path::new(path), key_prefix)?));
+        return Ok(Box::new(dir::DirStore::open(
+            std::path::Path::new(path),
+            key_prefix,
+        )?));
     }
     if let Some(urls) = spec.strip_prefix("etcd:") {
-        let endpoints: Vec<String> = urls.split(',').filter(|s| !s.is_empty()).map(String::from).collect();
+        let endpoints: Vec<String> = urls
+            .split(',')
+            .filter(|s| !s.is_empty())
+            .map(String::from)
+            .collect();
         if endpoints.is_empty() {
-            return Err(OverlayError::config("--store", "etcd: needs at least one URL, e.g. etcd:http://10.0.0.1:2379"));
+            return Err(OverlayError::config(
+                "--store",
+                "etcd: needs at least one URL, e.g. etcd:http://10.0.0.1:2379",
+            ));
         }
         for e in &endpoints {
             if !(e.starts_with("http://") || e.starts_with("https://")) {
-                return Err(OverlayError::config("--store", format!("{e:?} is not an http:// or https:// URL")));
+                return Err(OverlayError::config(
+                    "--store",
+                    format!("{e:?} is not an http:// or https:// URL"),
+                ));
             }
         }
         return Ok(Box::new(etcd::EtcdStore::open(&endpoints, key_prefix)?));
     }
-    Err(OverlayError::config("--store", format!("{spec:?} is neither dir:PATH nor etcd:URL")))
+    Err(OverlayError::config(
+        "--store",
+        format!("{spec:?} is neither dir:PATH nor etcd:URL"),
+    ))
 }

@@ -331,7 +331,7 @@ pub async fn delete_volume(d: Arc<Driver>, volume_id: &str) -> Result<()> {
 /// The archive file name of a snapshot: a digest of its CSI name, so ids
 /// stay short whatever the name.
 fn archive_name(name: &str) -> String {
-    format!("s-{}.tar", cni_core::digest(&[name.as_bytes()]))
+    format!("s-{}.tar", berth_common::digest(&[name.as_bytes()]))
 }
 
 /// CreateSnapshot of an NFS volume: an archive on the same export.

@@ -16,7 +16,9 @@ pub type Handler = Arc<dyn Fn(&str) -> Reply + Send + Sync>;
 
 fn respond(mut stream: TcpStream, handler: &Handler) {
     let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
-    let Ok(clone) = stream.try_clone() else { return };
+    let Ok(clone) = stream.try_clone() else {
+        return;
+    };
     let mut reader = BufReader::new(clone);
     let mut line = String::new();
     if reader.read_line(&mut line).is_err() {
@@ -44,11 +46,13 @@ fn respond(mut stream: TcpStream, handler: &Handler) {
 pub fn serve(addr: SocketAddr, handler: Handler) -> std::io::Result<SocketAddr> {
     let listener = TcpListener::bind(addr)?;
     let local = listener.local_addr()?;
-    std::thread::Builder::new().name("metrics-http".into()).spawn(move || {
-        for conn in listener.incoming().flatten() {
-            respond(conn, &handler);
-        }
-    })?;
+    std::thread::Builder::new()
+        .name("metrics-http".into())
+        .spawn(move || {
+            for conn in listener.incoming().flatten() {
+                respond(conn, &handler);
+            }
+        })?;
     Ok(local)
 }
 

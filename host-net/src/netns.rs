@@ -15,7 +15,10 @@ use nix::sched::{setns, CloneFlags};
 #[derive(Debug, thiserror::Error)]
 pub enum NetNsError {
     #[error("netns {path}: {source}")]
-    Open { path: PathBuf, source: std::io::Error },
+    Open {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("netns {path} is not a network namespace")]
     NotNetns { path: PathBuf },
     #[error("entering netns {path}: {source}")]
@@ -46,9 +49,14 @@ const PROC_SUPER_MAGIC: i64 = 0x9fa0;
 impl NetNs {
     pub fn open(path: impl AsRef<Path>) -> Result<NetNs, NetNsError> {
         let path = path.as_ref().to_path_buf();
-        let file = File::open(&path).map_err(|source| NetNsError::Open { path: path.clone(), source })?;
-        let st = nix::sys::statfs::fstatfs(file.as_fd())
-            .map_err(|e| NetNsError::Open { path: path.clone(), source: e.into() })?;
+        let file = File::open(&path).map_err(|source| NetNsError::Open {
+            path: path.clone(),
+            source,
+        })?;
+        let st = nix::sys::statfs::fstatfs(file.as_fd()).map_err(|e| NetNsError::Open {
+            path: path.clone(),
+            source: e.into(),
+        })?;
         let magic = st.filesystem_type().0 as i64;
         if magic != NSFS_MAGIC && magic != PROC_SUPER_MAGIC {
             return Err(NetNsError::NotNetns { path });
@@ -79,11 +87,17 @@ impl NetNs {
     pub fn run<T: Send, F: FnOnce() -> T + Send>(&self, f: F) -> Result<T, NetNsError> {
         std::thread::scope(|s| {
             let handle = s.spawn(|| {
-                setns(self.file.as_fd(), CloneFlags::CLONE_NEWNET)
-                    .map_err(|source| NetNsError::Enter { path: self.path.clone(), source })?;
+                setns(self.file.as_fd(), CloneFlags::CLONE_NEWNET).map_err(|source| {
+                    NetNsError::Enter {
+                        path: self.path.clone(),
+                        source,
+                    }
+                })?;
                 Ok(f())
             });
-            handle.join().map_err(|_| NetNsError::Panicked { path: self.path.clone() })?
+            handle.join().map_err(|_| NetNsError::Panicked {
+                path: self.path.clone(),
+            })?
         })
     }
 }

@@ -8,7 +8,9 @@ use std::io::Write;
 use std::time::Duration;
 
 pub fn pause(point: &str) {
-    let Ok(want) = std::env::var("BERTH_FAULT_PAUSE") else { return };
+    let Ok(want) = std::env::var("BERTH_FAULT_PAUSE") else {
+        return;
+    };
     if want != point {
         return;
     }
