@@ -205,6 +205,34 @@ pub fn dispatch(
 
 /// The `main` of a CNI plugin binary: dispatch using the process
 /// environment and stdin, print, and exit.
+/// A CNI plugin's whole `main`: with arguments a person is asking
+/// (`--help`, `--version`), so they are answered; without, it runs as the
+/// runtime execs it. `needs` adds a sentence to `--help` about what the
+/// plugin relies on (e.g. a node agent).
+pub fn main(plugin: &dyn Plugin, info: &PluginInfo, needs: Option<&str>) -> ! {
+    if std::env::args_os().len() > 1 {
+        let mut long = format!(
+            "{} is a CNI plugin: a container runtime runs it with CNI_COMMAND and the other CNI_* \
+             variables set and the network configuration on stdin.",
+            info.name
+        );
+        if let Some(n) = needs {
+            long.push(' ');
+            long.push_str(n);
+        }
+        long.push_str(" Run with no arguments it prints what it is.");
+        clap::Command::new(info.name)
+            .version(info.version)
+            .about(format!("CNI plugin: {}", info.description))
+            .long_about(long)
+            .get_matches();
+        std::process::exit(0);
+    }
+    run(plugin, info)
+}
+
+/// Runs the plugin as a runtime execs it: dispatches the command in the
+/// environment, prints the result (or error) and exits with its status.
 pub fn run(plugin: &dyn Plugin, info: &PluginInfo) -> ! {
     let get = |k: &str| std::env::var(k).ok();
     let outcome = dispatch(plugin, info, &get, &mut std::io::stdin().lock());

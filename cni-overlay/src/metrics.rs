@@ -77,31 +77,26 @@ pub fn render(s: &Shared) -> String {
     o
 }
 
+struct Endpoints(Handle);
+
+impl berth_common::metrics_http::Endpoints for Endpoints {
+    fn metrics(&self) -> String {
+        render(&self.0.lock().map(|s| s.clone()).unwrap_or_default())
+    }
+
+    fn health(&self) -> Result<(), String> {
+        let up = self.0.lock().map(|s| s.device_up).unwrap_or(false);
+        if up {
+            Ok(())
+        } else {
+            Err("VXLAN device not up".into())
+        }
+    }
+}
+
 /// Starts serving on `addr` in a background thread.
 pub fn serve(addr: SocketAddr, shared: Handle) -> std::io::Result<SocketAddr> {
-    let handler: berth_common::metrics_http::Handler = Arc::new(move |path: &str| {
-        let snapshot = shared.lock().map(|s| s.clone()).unwrap_or_default();
-        match path {
-            "/metrics" => ("200 OK", "text/plain; version=0.0.4", render(&snapshot)),
-            "/healthz" | "/health" => {
-                if snapshot.device_up {
-                    ("200 OK", "text/plain", "ok\n".to_string())
-                } else {
-                    (
-                        "503 Service Unavailable",
-                        "text/plain",
-                        "VXLAN device not up\n".to_string(),
-                    )
-                }
-            }
-            _ => (
-                "404 Not Found",
-                "text/plain",
-                "try /metrics or /healthz\n".to_string(),
-            ),
-        }
-    });
-    berth_common::metrics_http::serve(addr, handler)
+    berth_common::metrics_http::serve_endpoints(addr, Endpoints(shared))
 }
 
 #[cfg(test)]

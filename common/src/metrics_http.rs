@@ -56,6 +56,27 @@ pub fn serve(addr: SocketAddr, handler: Handler) -> std::io::Result<SocketAddr> 
     Ok(local)
 }
 
+/// What a daemon exposes: its metrics in the Prometheus text format, and
+/// its health (`Err` says what is wrong).
+pub trait Endpoints: Send + Sync + 'static {
+    fn metrics(&self) -> String;
+    fn health(&self) -> Result<(), String>;
+}
+
+/// Serves `/metrics` and `/healthz` (also `/health`) of `e` on `addr`; any
+/// other path is a 404 that names the two.
+pub fn serve_endpoints(addr: SocketAddr, e: impl Endpoints) -> std::io::Result<SocketAddr> {
+    let handler: Handler = Arc::new(move |path: &str| match path {
+        "/metrics" => ("200 OK", "text/plain; version=0.0.4", e.metrics()),
+        "/healthz" | "/health" => match e.health() {
+            Ok(()) => ("200 OK", "text/plain", "ok\n".to_string()),
+            Err(why) => ("503 Service Unavailable", "text/plain", format!("{why}\n")),
+        },
+        _ => ("404 Not Found", "text/plain", "try /metrics or /healthz\n".to_string()),
+    });
+    serve(addr, handler)
+}
+
 /// Writes one metric family in the Prometheus text format.
 pub fn family(out: &mut String, name: &str, kind: &str, help: &str, samples: &[(String, String)]) {
     out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} {kind}\n"));

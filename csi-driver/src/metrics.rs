@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Instant;
 
-use berth_common::metrics_http::{family, Handler};
+use berth_common::metrics_http::family;
 use tonic::codegen::http;
 use tower::{Layer, Service};
 
@@ -217,32 +217,28 @@ pub fn render(driver: &Driver, rpc: &RpcMetrics) -> String {
     out
 }
 
-/// Serves /metrics and /healthz on `addr`.
-pub fn serve(
-    addr: SocketAddr,
+struct Endpoints {
     driver: Arc<Driver>,
     rpc: Arc<RpcMetrics>,
-) -> std::io::Result<SocketAddr> {
-    let handler: Handler = Arc::new(move |path: &str| match path {
-        "/metrics" => ("200 OK", "text/plain; version=0.0.4", render(&driver, &rpc)),
-        "/healthz" | "/health" => {
-            if driver.state.healthy() && driver.config.pool_dir.is_dir() {
-                ("200 OK", "text/plain", "ok\n".to_string())
-            } else {
-                (
-                    "503 Service Unavailable",
-                    "text/plain",
-                    "state store or pool unusable\n".to_string(),
-                )
-            }
+}
+
+impl berth_common::metrics_http::Endpoints for Endpoints {
+    fn metrics(&self) -> String {
+        render(&self.driver, &self.rpc)
+    }
+
+    fn health(&self) -> Result<(), String> {
+        if self.driver.state.healthy() && self.driver.config.pool_dir.is_dir() {
+            Ok(())
+        } else {
+            Err("state store or pool unusable".into())
         }
-        _ => (
-            "404 Not Found",
-            "text/plain",
-            "try /metrics or /healthz\n".to_string(),
-        ),
-    });
-    berth_common::metrics_http::serve(addr, handler)
+    }
+}
+
+/// Serves /metrics and /healthz on `addr`.
+pub fn serve(addr: SocketAddr, driver: Arc<Driver>, rpc: Arc<RpcMetrics>) -> std::io::Result<SocketAddr> {
+    berth_common::metrics_http::serve_endpoints(addr, Endpoints { driver, rpc })
 }
 
 #[cfg(test)]
