@@ -30,10 +30,9 @@ use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStderr, ChildStdout, Command, ExitStatus, Stdio};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
 use std::thread::{self, JoinHandle};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
@@ -117,15 +116,7 @@ pub fn reference_host_local() -> Option<PathBuf> {
 // Unique names
 // ---------------------------------------------------------------------------------------------
 
-static NAME_COUNTER: AtomicU64 = AtomicU64::new(0);
-
-/// A name unique to this process and call: `<prefix>-<pid>-<counter>-<time>`. Only ASCII
-/// letters, digits and `-`, so it is valid as a network name and as a container id.
-pub fn unique_name(prefix: &str) -> String {
-    let n = NAME_COUNTER.fetch_add(1, Ordering::Relaxed);
-    let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
-    format!("{prefix}-{}-{n}-{:x}", std::process::id(), nanos % 0x10_0000)
-}
+pub use netns_fixture::unique_name;
 
 // ---------------------------------------------------------------------------------------------
 // Network configuration
@@ -291,7 +282,7 @@ impl CniRun {
             None => None,
         };
         if let Some(ns) = &ns {
-            ns.install(&mut cmd);
+            ns.install(&mut cmd)?;
         }
         let spawned = cmd.spawn();
         drop(ns);
@@ -362,7 +353,7 @@ impl CniRun {
             None => None,
         };
         if let Some(ns) = &ns {
-            ns.install(&mut cmd);
+            ns.install(&mut cmd)?;
         }
         // SAFETY: runs in the forked child; ptrace(PTRACE_TRACEME) is a plain system call. The
         // child then stops with SIGTRAP right after exec.

@@ -46,7 +46,7 @@ pub struct Harness {
 }
 
 pub fn require_root() -> bool {
-    if unsafe { libc::geteuid() } == 0 {
+    if netns_fixture::is_root() {
         return true;
     }
     eprintln!("skipping: needs root (loop devices and mounts)");
