@@ -24,6 +24,9 @@
 //! The core functions return `Result`s; only [`fixture`], which exists to make test code short,
 //! panics (with a message saying what failed), as a test assertion would.
 
+// Test-support crate: a fixture that cannot be set up fails the test, like an assertion.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::ffi::OsString;
 use std::fs;
 use std::io::{self, BufRead, BufReader, Read, Write};
@@ -381,8 +384,10 @@ impl CniRun {
         let mut exec_seen = false;
         let (status, rss) = loop {
             let mut status: libc::c_int = 0;
-            // SAFETY: wait4 writes only into the status int and the zeroed rusage we own.
+            // SAFETY: an all-zero `rusage` is a valid value (plain integers and timevals).
             let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+            // SAFETY: wait4 writes only into the status int and the rusage we own, both live for
+            // the call.
             let rc = unsafe { libc::wait4(pid, &mut status, libc::__WALL, &mut usage) };
             if rc < 0 {
                 let err = io::Error::last_os_error();
@@ -506,8 +511,10 @@ fn reap_with_rusage(child: &mut Child) -> io::Result<(ExitStatus, Option<u64>)> 
     let pid = child.id() as libc::pid_t;
     loop {
         let mut status: libc::c_int = 0;
-        // SAFETY: wait4 writes only into the status int and the zeroed rusage we own.
+        // SAFETY: an all-zero `rusage` is a valid value (plain integers and timevals).
         let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+        // SAFETY: wait4 writes only into the status int and the rusage we own, both live for
+        // the call.
         let rc = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
         if rc == pid {
             let rss = u64::try_from(usage.ru_maxrss).ok().filter(|kb| *kb > 0);
