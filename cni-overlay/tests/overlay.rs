@@ -4,20 +4,22 @@
 //! traffic between them. Nothing touches the root network namespace: every
 //! link is created directly inside the test's namespaces, and guards remove
 //! namespaces and kill daemons even when a test fails. Needs root.
+//!
+//! The namespaces, the underlay bridge and the daemon guards are the shared
+//! `netns-fixture` crate.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::net::IpAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use netns_fixture::{is_root, unique_name, wait_until as eventually, ChildGuard, Netns, Underlay};
 use serde_json::Value;
 
 static COUNTER: AtomicUsize = AtomicUsize::new(0);
-
-fn is_root() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    unsafe { libc::geteuid() == 0 }
-}
 
 macro_rules! need_root {
     () => {
@@ -28,19 +30,6 @@ macro_rules! need_root {
     };
 }
 
-fn uniq(prefix: &str) -> String {
-    format!("{prefix}{}x{}", std::process::id() % 100_000, COUNTER.fetch_add(1, Ordering::SeqCst))
-}
-
-fn run(args: &[&str]) -> Output {
-    Command::new(args[0]).args(&args[1..]).output().unwrap_or_else(|e| panic!("running {args:?}: {e}"))
-}
-
-fn ok(args: &[&str]) {
-    let o = run(args);
-    assert!(o.status.success(), "{args:?} failed: {}", String::from_utf8_lossy(&o.stderr));
-}
-
 fn bin(name: &str) -> PathBuf {
     match name {
         "berth-overlayd" => PathBuf::from(env!("CARGO_BIN_EXE_berth-overlayd")),
@@ -49,62 +38,23 @@ fn bin(name: &str) -> PathBuf {
     }
 }
 
-/// A network namespace, deleted on drop.
-struct Ns(String);
-
-impl Ns {
-    fn new(prefix: &str) -> Ns {
-        let name = uniq(prefix);
-        ok(&["ip", "netns", "add", &name]);
-        ok(&["ip", "-n", &name, "link", "set", "lo", "up"]);
-        Ns(name)
-    }
-
-    fn exec(&self, args: &[&str]) -> Output {
-        let mut v = vec!["ip", "netns", "exec", &self.0];
-        v.extend_from_slice(args);
-        run(&v)
-    }
-
-    fn path(&self) -> String {
-        format!("/var/run/netns/{}", self.0)
-    }
-}
-
-impl Drop for Ns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
-    }
-}
-
-/// A daemon killed (SIGTERM, then SIGKILL) on drop.
+/// A daemon stopped (SIGTERM, then SIGKILL) on drop, with its log.
 struct Daemon {
-    child: Option<Child>,
+    guard: ChildGuard,
     log: PathBuf,
 }
 
 impl Daemon {
+    fn new(child: Child, log: PathBuf) -> Daemon {
+        Daemon { guard: ChildGuard::new(child), log }
+    }
+
     fn stop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            // SAFETY: plain kill(2) on our own child's pid.
-            unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
-            let deadline = Instant::now() + Duration::from_secs(5);
-            while Instant::now() < deadline {
-                if let Ok(Some(_)) = c.try_wait() {
-                    return;
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            let _ = c.kill();
-            let _ = c.wait();
-        }
+        self.guard.stop();
     }
 
     fn kill9(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
+        self.guard.kill();
     }
 
     fn log_text(&self) -> String {
@@ -112,14 +62,8 @@ impl Daemon {
     }
 }
 
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
-
 struct Host {
-    ns: Ns,
+    ns: Netns,
     ip: String,
     subnet_file: PathBuf,
     data_dir: PathBuf,
@@ -128,7 +72,7 @@ struct Host {
 }
 
 struct Cluster {
-    ul: Ns,
+    ul: Underlay,
     hosts: Vec<Host>,
     dir: PathBuf,
     store: String,
@@ -155,11 +99,8 @@ impl Drop for Cluster {
 
 impl Cluster {
     fn new(n: usize, use_etcd: bool) -> Cluster {
-        let ul = Ns::new("bul");
-        ok(&["ip", "-n", &ul.0, "link", "add", "br-ul", "type", "bridge"]);
-        ok(&["ip", "-n", &ul.0, "link", "set", "br-ul", "up"]);
-        ok(&["ip", "-n", &ul.0, "addr", "add", "172.31.250.254/24", "dev", "br-ul"]);
-        let dir = std::env::temp_dir().join(uniq("berth-ovl-"));
+        let ul = Underlay::create("bul", "br-ul", Some("172.31.250.254/24"));
+        let dir = std::env::temp_dir().join(unique_name("berth-ovl"));
         std::fs::create_dir_all(&dir).expect("temp dir");
         let mut c = Cluster { ul, hosts: Vec::new(), store: format!("dir:{}", dir.join("store").display()), dir, etcd: None, resync: "1s", extra: Vec::new() };
         if use_etcd {
@@ -175,8 +116,8 @@ impl Cluster {
     fn start_etcd(&mut self) {
         assert!(Path::new("/usr/bin/etcd").exists(), "etcd is not installed (Debian package etcd-server)");
         let log = self.dir.join("etcd.log");
-        let child = Command::new("ip")
-            .args(["netns", "exec", &self.ul.0, "etcd", "--data-dir"])
+        let mut cmd = Command::new("etcd");
+        cmd.arg("--data-dir")
             .arg(self.dir.join("etcd"))
             .args([
                 "--listen-client-urls", "http://172.31.250.254:2379",
@@ -184,15 +125,13 @@ impl Cluster {
                 "--listen-peer-urls", "http://127.0.0.1:2380",
             ])
             .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).expect("log"))
-            .spawn()
-            .expect("starting etcd");
-        self.etcd = Some(Daemon { child: Some(child), log });
+            .stderr(std::fs::File::create(&log).expect("log"));
+        let child = self.ul.spawn(cmd).expect("starting etcd");
+        self.etcd = Some(Daemon::new(child, log));
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             // The client port accepts connections once etcd serves.
-            let o = self.ul.exec(&["bash", "-c", "exec 3<>/dev/tcp/172.31.250.254/2379"]);
-            if o.status.success() {
+            if self.ul.try_exec(&["bash", "-c", "exec 3<>/dev/tcp/172.31.250.254/2379"]).is_ok() {
                 break;
             }
             assert!(Instant::now() < deadline, "etcd did not become healthy: {}", self.etcd.as_ref().map(|d| d.log_text()).unwrap_or_default());
@@ -202,13 +141,9 @@ impl Cluster {
 
     fn add_host(&mut self) -> usize {
         let i = self.hosts.len() + 1;
-        let ns = Ns::new("bh");
-        let ul_end = format!("u{i}");
-        ok(&["ip", "-n", &self.ul.0, "link", "add", &ul_end, "type", "veth", "peer", "name", "eth0", "netns", &ns.0]);
-        ok(&["ip", "-n", &self.ul.0, "link", "set", &ul_end, "master", "br-ul", "up"]);
+        let ns = Netns::create("bh");
         let ip = format!("172.31.250.{i}");
-        ok(&["ip", "-n", &ns.0, "addr", "add", &format!("{ip}/24"), "dev", "eth0"]);
-        ok(&["ip", "-n", &ns.0, "link", "set", "eth0", "up"]);
+        self.ul.attach(&ns, &format!("u{i}"), "eth0", &[&format!("{ip}/24")]);
         let hdir = self.dir.join(format!("h{i}"));
         self.hosts.push(Host {
             ns,
@@ -223,10 +158,9 @@ impl Cluster {
 
     fn daemon_cmd(&self, i: usize, extra: &[&str]) -> Command {
         let h = &self.hosts[i];
-        let mut cmd = Command::new("ip");
-        cmd.args(["netns", "exec", &h.ns.0])
-            .arg(bin("berth-overlayd"))
-            .args(["--node-name", &h.node, "--network", "10.244.0.0/16", "--store", &self.store, "--iface", "eth0"])
+        let mut cmd = Command::new(bin("berth-overlayd"));
+        h.ns.command(&mut cmd).expect("enter the host netns");
+        cmd.args(["--node-name", &h.node, "--network", "10.244.0.0/16", "--store", &self.store, "--iface", "eth0"])
             .arg("--subnet-file")
             .arg(&h.subnet_file)
             .args(["--lease-ttl", "30s", "--resync-interval", self.resync])
@@ -247,7 +181,7 @@ impl Cluster {
             .stderr(std::fs::File::create(&log).expect("log"))
             .spawn()
             .expect("starting berth-overlayd");
-        self.hosts[i].daemon = Some(Daemon { child: Some(child), log });
+        self.hosts[i].daemon = Some(Daemon::new(child, log));
         let deadline = Instant::now() + Duration::from_secs(15);
         while !self.hosts[i].subnet_file.exists() {
             assert!(
@@ -280,7 +214,7 @@ impl Cluster {
                         &["bridge", "fdb", "show", "dev", "berth.1"],
                         &["ip", "addr", "show", "berth.1"],
                     ] {
-                        out.push_str(&String::from_utf8_lossy(&h.ns.exec(cmd).stdout));
+                        out.push_str(&h.ns.try_exec(cmd).unwrap_or_else(|e| e));
                     }
                     out
                 })
@@ -292,15 +226,15 @@ impl Cluster {
         t.lines().find_map(|l| l.strip_prefix("BERTH_SUBNET=")).expect("BERTH_SUBNET").to_string()
     }
 
-    fn cni(&self, i: usize, cmd: &str, pod: &Ns, container: &str) -> (i32, Value) {
+    fn cni(&self, i: usize, cmd: &str, pod: &Netns, container: &str) -> (i32, Value) {
         let h = &self.hosts[i];
         let conf = serde_json::json!({
             "cniVersion": "1.1.0", "name": "pods", "type": "berth-overlay",
             "subnetFile": h.subnet_file, "dataDir": h.data_dir,
         });
-        let mut child = Command::new("ip")
-            .args(["netns", "exec", &h.ns.0])
-            .arg(bin("berth-overlay"))
+        let mut run = Command::new(bin("berth-overlay"));
+        h.ns.command(&mut run).expect("enter the host netns");
+        let mut child = run
             .env("CNI_COMMAND", cmd)
             .env("CNI_CONTAINERID", container)
             .env("CNI_NETNS", pod.path())
@@ -322,9 +256,9 @@ impl Cluster {
     }
 
     /// Attaches a pod on host `i`; returns (pod netns, its IPv4 address).
-    fn pod(&self, i: usize) -> (Ns, String) {
-        let pod = Ns::new("bp");
-        let (code, v) = self.cni(i, "ADD", &pod, &pod.0);
+    fn pod(&self, i: usize) -> (Netns, String) {
+        let pod = Netns::create("bp");
+        let (code, v) = self.cni(i, "ADD", &pod, pod.name());
         assert_eq!(code, 0, "ADD on host {i} failed: {v}");
         let addr = v["ips"][0]["address"].as_str().expect("address").split('/').next().expect("ip").to_string();
         (pod, addr)
@@ -332,36 +266,21 @@ impl Cluster {
 
     fn status(&self, i: usize) -> Value {
         let h = &self.hosts[i];
-        let o = h.ns.exec(&[
+        let out = h.ns.exec(&[
             bin("berth-overlayd").to_str().expect("utf8"),
             "status", "--json", "--node-name", &h.node, "--network", "10.244.0.0/16", "--store", &self.store,
         ]);
-        assert!(o.status.success(), "status failed: {}", String::from_utf8_lossy(&o.stderr));
-        serde_json::from_slice(&o.stdout).expect("status JSON")
+        serde_json::from_str(&out).expect("status JSON")
     }
 }
 
-fn pings(from: &Ns, to: &str) -> bool {
-    from.exec(&["ping", "-c", "1", "-W", "2", to]).status.success()
-}
-
-/// Polls `f` until it holds or `bound` passes.
-fn eventually(bound: Duration, mut f: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + bound;
-    loop {
-        if f() {
-            return true;
-        }
-        if Instant::now() >= deadline {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
+fn pings(from: &Netns, to: &str) -> bool {
+    from.ping(to.parse::<IpAddr>().expect("an IP address"), 2)
 }
 
 fn routes_via_vxlan(h: &Host) -> Vec<String> {
-    let o = h.ns.exec(&["ip", "-j", "route", "show", "dev", "berth.1"]);
-    let v: Value = serde_json::from_slice(&o.stdout).unwrap_or(Value::Array(vec![]));
+    let out = h.ns.try_exec(&["ip", "-j", "route", "show", "dev", "berth.1"]).unwrap_or_default();
+    let v: Value = serde_json::from_str(&out).unwrap_or(Value::Array(vec![]));
     v.as_array()
         .map(|a| a.iter().filter(|r| r.get("gateway").is_some()).filter_map(|r| r["dst"].as_str().map(String::from)).collect())
         .unwrap_or_default()
@@ -371,7 +290,7 @@ fn full_mesh(c: &mut Cluster) {
     for i in 0..c.hosts.len() {
         c.start(i);
     }
-    let pods: Vec<(Ns, String)> = (0..c.hosts.len()).map(|i| c.pod(i)).collect();
+    let pods: Vec<(Netns, String)> = (0..c.hosts.len()).map(|i| c.pod(i)).collect();
     let subnets: Vec<String> = (0..c.hosts.len()).map(|i| c.subnet(i)).collect();
     let mut sorted = subnets.clone();
     sorted.sort();
@@ -451,9 +370,9 @@ fn stopped_node_is_removed_by_peers_and_gets_its_subnet_back() {
         );
         let neigh = c.hosts[i].ns.exec(&["ip", "neigh", "show", "dev", "berth.1"]);
         let vtep = s2.split('/').next().expect("ip");
-        assert!(!String::from_utf8_lossy(&neigh.stdout).contains(&format!("{vtep} ")), "neighbour for {vtep} left on host {i}");
+        assert!(!neigh.contains(&format!("{vtep} ")), "neighbour for {vtep} left on host {i}");
         let fdb = c.hosts[i].ns.exec(&["bridge", "fdb", "show", "dev", "berth.1"]);
-        assert!(!String::from_utf8_lossy(&fdb.stdout).contains(&c.hosts[2].ip), "FDB entry for host 2 left on host {i}");
+        assert!(!fdb.contains(&c.hosts[2].ip), "FDB entry for host 2 left on host {i}");
     }
     // Restart: same subnet, reachable again.
     c.start(2);
@@ -488,7 +407,7 @@ fn two_nodes_joining_at_the_same_instant_get_distinct_subnets() {
             })
             .collect();
         for (i, ch) in children.into_iter().enumerate() {
-            c.hosts[i].daemon = Some(Daemon { child: Some(ch), log: logs[i].clone() });
+            c.hosts[i].daemon = Some(Daemon::new(ch, logs[i].clone()));
         }
         let written = |h: &Host| std::fs::read_to_string(&h.subnet_file).map(|t| t.contains("BERTH_NODE=node")).unwrap_or(false);
         assert!(eventually(Duration::from_secs(10), || c.hosts.iter().all(written)), "a node did not start:\n{}", c.logs());
@@ -510,17 +429,17 @@ fn drift_is_repaired_by_the_resync() {
     let s1 = c.subnet(1);
     // A peer route deleted by hand comes back.
     let h0 = &c.hosts[0];
-    assert!(h0.ns.exec(&["ip", "route", "del", &s1]).status.success());
+    assert!(h0.ns.try_exec(&["ip", "route", "del", &s1]).is_ok());
     assert!(!routes_via_vxlan(h0).contains(&s1));
     assert!(eventually(Duration::from_secs(5), || routes_via_vxlan(&c.hosts[0]).contains(&s1)), "route not repaired");
     // A deleted FDB entry comes back.
-    let fdb = |h: &Host| String::from_utf8_lossy(&h.ns.exec(&["bridge", "fdb", "show", "dev", "berth.1"]).stdout).to_string();
+    let fdb = |h: &Host| h.ns.exec(&["bridge", "fdb", "show", "dev", "berth.1"]);
     let line = fdb(&c.hosts[0]).lines().find(|l| l.contains(&c.hosts[1].ip)).expect("fdb entry").to_string();
     let mac = line.split_whitespace().next().expect("mac").to_string();
-    assert!(c.hosts[0].ns.exec(&["bridge", "fdb", "del", &mac, "dev", "berth.1", "dst", &c.hosts[1].ip]).status.success());
+    assert!(c.hosts[0].ns.try_exec(&["bridge", "fdb", "del", &mac, "dev", "berth.1", "dst", &c.hosts[1].ip]).is_ok());
     assert!(eventually(Duration::from_secs(5), || fdb(&c.hosts[0]).contains(&c.hosts[1].ip)), "FDB entry not repaired");
     // A deleted device is recreated, with its peers.
-    assert!(c.hosts[0].ns.exec(&["ip", "link", "del", "berth.1"]).status.success());
+    assert!(c.hosts[0].ns.try_exec(&["ip", "link", "del", "berth.1"]).is_ok());
     assert!(eventually(Duration::from_secs(8), || pings(&p0, &a1)), "device not recreated:\n{}", c.logs());
 }
 
@@ -537,8 +456,9 @@ fn bad_input_fails_cleanly() {
     ];
     let h = &c.hosts[0];
     for (args, needle) in cases {
-        let mut cmd = Command::new("ip");
-        cmd.args(["netns", "exec", &h.ns.0]).arg(bin("berth-overlayd")).args(["--node-name", "x", "--store", &c.store, "--iface", "eth0"]);
+        let mut cmd = Command::new(bin("berth-overlayd"));
+        h.ns.command(&mut cmd).expect("enter the host netns");
+        cmd.args(["--node-name", "x", "--store", &c.store, "--iface", "eth0"]);
         cmd.arg("--subnet-file").arg(&h.subnet_file);
         // The last --network wins only if it is the sole one; these cases give exactly one.
         cmd.args(&args);
@@ -556,14 +476,14 @@ fn bad_input_fails_cleanly() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("etcd"), "{}", String::from_utf8_lossy(&out.stderr));
     let h = &c.hosts[0];
     assert!(!h.subnet_file.exists(), "a subnet file was written");
-    assert!(!h.ns.exec(&["ip", "link", "show", "berth.1"]).status.success(), "a VXLAN device was left behind");
+    assert!(h.ns.try_exec(&["ip", "link", "show", "berth.1"]).is_err(), "a VXLAN device was left behind");
 }
 
 #[test]
 fn plugin_without_the_agent_says_try_later_and_del_still_works() {
     need_root!();
     let c = Cluster::new(1, false);
-    let pod = Ns::new("bp");
+    let pod = Netns::create("bp");
     let (code, v) = c.cni(0, "ADD", &pod, "c1");
     assert_eq!(code, 1);
     assert_eq!(v["code"], 11, "{v}");
@@ -572,25 +492,14 @@ fn plugin_without_the_agent_says_try_later_and_del_still_works() {
     assert_eq!(code, 0, "{v}");
 }
 
-/// Receives one UDP datagram inside `ns` on `port` and returns the source
-/// address the receiver saw.
-fn udp_source_seen(ns: &Ns, bind: &str, port: u16, send: impl FnOnce()) -> Option<String> {
-    use std::os::fd::AsRawFd;
-    let f = std::fs::File::open(ns.path()).expect("open netns");
-    let bind = bind.to_string();
-    let handle = std::thread::spawn(move || {
-        // SAFETY: setns on this thread only, with a valid netns fd.
-        if unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-            return None;
-        }
-        let sock = std::net::UdpSocket::bind((bind.as_str(), port)).ok()?;
-        sock.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-        let mut buf = [0u8; 64];
-        sock.recv_from(&mut buf).ok().map(|(_, from)| from.ip().to_string())
-    });
-    std::thread::sleep(Duration::from_millis(200));
+/// Receives one UDP datagram inside `ns` on `port` (the socket is bound
+/// before `send` runs) and returns the source address the receiver saw.
+fn udp_source_seen(ns: &Netns, bind: &str, port: u16, send: impl FnOnce()) -> Option<String> {
+    let sock = ns.run(|| std::net::UdpSocket::bind((bind, port))).expect("enter netns").ok()?;
+    sock.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
     send();
-    handle.join().ok().flatten()
+    let mut buf = [0u8; 64];
+    sock.recv_from(&mut buf).ok().map(|(_, from)| from.ip().to_string())
 }
 
 #[test]
@@ -623,8 +532,8 @@ fn dual_stack_pods_reach_each_other_over_ipv6() {
     c.start(0);
     c.start(1);
     let (p0, _) = c.pod(0);
-    let p1 = Ns::new("bp");
-    let (code, v) = c.cni(1, "ADD", &p1, &p1.0);
+    let p1 = Netns::create("bp");
+    let (code, v) = c.cni(1, "ADD", &p1, p1.name());
     assert_eq!(code, 0, "{v}");
     let v6 = v["ips"]
         .as_array()
@@ -635,7 +544,7 @@ fn dual_stack_pods_reach_each_other_over_ipv6() {
         .expect("ip")
         .to_string();
     assert!(v6.starts_with("fd00:244:"), "{v6}");
-    let ping6 = || p0.exec(&["ping", "-6", "-c", "1", "-W", "2", &v6]).status.success();
+    let ping6 = || pings(&p0, &v6);
     assert!(eventually(Duration::from_secs(10), ping6), "IPv6 pod-to-pod across hosts failed:\n{}", c.logs());
 }
 
@@ -649,7 +558,7 @@ fn metrics_and_health_are_served_when_asked() {
         let script = format!(
             "exec 3<>/dev/tcp/127.0.0.1/9464; printf 'GET {path} HTTP/1.1\\r\\nHost: x\\r\\n\\r\\n' >&3; cat <&3"
         );
-        String::from_utf8_lossy(&c.hosts[0].ns.exec(&["bash", "-c", &script]).stdout).to_string()
+        c.hosts[0].ns.try_exec(&["bash", "-c", &script]).unwrap_or_default()
     };
     assert!(
         eventually(Duration::from_secs(5), || get("/metrics").contains("berth_overlay_peers_programmed 1")),

@@ -24,16 +24,18 @@
 //! The core functions return `Result`s; only [`fixture`], which exists to make test code short,
 //! panics (with a message saying what failed), as a test assertion would.
 
+// Test-support crate: a fixture that cannot be set up fails the test, like an assertion.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::ffi::OsString;
 use std::fs;
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStderr, ChildStdout, Command, ExitStatus, Stdio};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
 use std::thread::{self, JoinHandle};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
@@ -117,15 +119,7 @@ pub fn reference_host_local() -> Option<PathBuf> {
 // Unique names
 // ---------------------------------------------------------------------------------------------
 
-static NAME_COUNTER: AtomicU64 = AtomicU64::new(0);
-
-/// A name unique to this process and call: `<prefix>-<pid>-<counter>-<time>`. Only ASCII
-/// letters, digits and `-`, so it is valid as a network name and as a container id.
-pub fn unique_name(prefix: &str) -> String {
-    let n = NAME_COUNTER.fetch_add(1, Ordering::Relaxed);
-    let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
-    format!("{prefix}-{}-{n}-{:x}", std::process::id(), nanos % 0x10_0000)
-}
+pub use netns_fixture::unique_name;
 
 // ---------------------------------------------------------------------------------------------
 // Network configuration
@@ -291,7 +285,7 @@ impl CniRun {
             None => None,
         };
         if let Some(ns) = &ns {
-            ns.install(&mut cmd);
+            ns.install(&mut cmd)?;
         }
         let spawned = cmd.spawn();
         drop(ns);
@@ -362,7 +356,7 @@ impl CniRun {
             None => None,
         };
         if let Some(ns) = &ns {
-            ns.install(&mut cmd);
+            ns.install(&mut cmd)?;
         }
         // SAFETY: runs in the forked child; ptrace(PTRACE_TRACEME) is a plain system call. The
         // child then stops with SIGTRAP right after exec.
@@ -390,8 +384,10 @@ impl CniRun {
         let mut exec_seen = false;
         let (status, rss) = loop {
             let mut status: libc::c_int = 0;
-            // SAFETY: wait4 writes only into the status int and the zeroed rusage we own.
+            // SAFETY: an all-zero `rusage` is a valid value (plain integers and timevals).
             let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+            // SAFETY: wait4 writes only into the status int and the rusage we own, both live for
+            // the call.
             let rc = unsafe { libc::wait4(pid, &mut status, libc::__WALL, &mut usage) };
             if rc < 0 {
                 let err = io::Error::last_os_error();
@@ -515,8 +511,10 @@ fn reap_with_rusage(child: &mut Child) -> io::Result<(ExitStatus, Option<u64>)> 
     let pid = child.id() as libc::pid_t;
     loop {
         let mut status: libc::c_int = 0;
-        // SAFETY: wait4 writes only into the status int and the zeroed rusage we own.
+        // SAFETY: an all-zero `rusage` is a valid value (plain integers and timevals).
         let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+        // SAFETY: wait4 writes only into the status int and the rusage we own, both live for
+        // the call.
         let rc = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
         if rc == pid {
             let rss = u64::try_from(usage.ru_maxrss).ok().filter(|kb| *kb > 0);

@@ -11,21 +11,20 @@
 //! every link, address, route, sysctl and nft/iptables rule inside. Data directories are
 //! tempdirs, removed on drop too.
 //!
-//! Commands inside a namespace (`ip`, `nft`, `iptables`, `ping`) are spawned with the same
-//! pre-exec `setns`; threads that need a socket inside a namespace use [`in_netns`] (namespace
-//! membership is per thread, and a socket stays in the namespace it was created in).
+//! The namespaces themselves, entering them (pre-exec `setns` for commands, [`in_netns`] for
+//! threads that need a socket inside), veth links, [`wait_until`] and [`ChildGuard`] are the
+//! shared `netns-fixture` crate, re-exported here; this module adds what is CNI-specific: the
+//! hosts and pods, plugin runs, and the state readers of [`NetnsInspect`] (links, addresses,
+//! routes, nft sets, iptables chains, bridge VLANs).
 //!
 //! Functions named `try_*` or returning `Result` do not panic; the rest are test fixtures and
 //! panic with a message saying what failed, as an assertion would.
 
-use std::fs::{self, File};
+use std::fs;
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream};
 use std::ops::Deref;
-use std::os::fd::{AsRawFd, RawFd};
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -34,9 +33,6 @@ use serde_json::{json, Value};
 use crate::{
     bin_dir, conf_bytes, merge_top_level, read_allocations, store_path, unique_name, Allocation, CniOutput, CniRun,
 };
-
-/// Where `ip netns add` binds named namespaces.
-pub const NETNS_DIR: &str = "/run/netns";
 
 /// File name of the plugin under test.
 pub const BRIDGE_BIN: &str = "berth-bridge";
@@ -92,239 +88,55 @@ pub fn default_cni_path() -> String {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Entering namespaces
+// Namespaces: the shared fixture, and what the CNI tests read from a namespace
 // ---------------------------------------------------------------------------------------------
 
-/// Namespace files opened in the parent, entered by a child between fork and exec.
-///
-/// Keep this value alive until `spawn` returned (the child uses the descriptor numbers).
-pub struct NsFiles {
-    files: Vec<(File, libc::c_int)>,
+pub use netns_fixture::{
+    describe_output, in_netns, output_in_netns, spawn_in_netns, wait_until, ChildGuard, Netns, NsFiles, Underlay, NETNS_DIR,
+};
+
+/// `argv` inside `ns`, its stdout parsed as JSON (empty output: an empty list); panics when
+/// the command fails or prints something else.
+fn ip_json(ns: &Netns, argv: &[&str]) -> Value {
+    let text = ns.exec(argv);
+    if text.trim().is_empty() {
+        return Value::Array(Vec::new());
+    }
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("`{}` in {}: not JSON ({e}): {text}", argv.join(" "), ns.name()))
 }
 
-impl NsFiles {
-    /// Open each `(path, CLONE_NEW*)`; they are entered in this order.
-    pub fn open(list: &[(&Path, libc::c_int)]) -> io::Result<NsFiles> {
-        let mut files = Vec::with_capacity(list.len());
-        for (path, kind) in list {
-            let f = File::open(path).map_err(|e| io::Error::new(e.kind(), format!("open {}: {e}", path.display())))?;
-            files.push((f, *kind));
-        }
-        Ok(NsFiles { files })
-    }
-
-    /// Make `cmd`'s child enter the namespaces before exec.
-    pub fn install(&self, cmd: &mut Command) {
-        let fds: Vec<(RawFd, libc::c_int)> = self.files.iter().map(|(f, k)| (f.as_raw_fd(), *k)).collect();
-        // SAFETY: the closure runs in the forked child and only makes setns(2) system calls on
-        // descriptors the parent keeps open until spawn returns; it does not allocate.
-        unsafe {
-            cmd.pre_exec(move || {
-                for &(fd, kind) in &fds {
-                    if libc::setns(fd, kind) != 0 {
-                        return Err(io::Error::last_os_error());
-                    }
-                }
-                Ok(())
-            });
-        }
-    }
-
-    /// Spawn `cmd` inside the namespaces.
-    pub fn spawn(&self, mut cmd: Command) -> io::Result<Child> {
-        self.install(&mut cmd);
-        cmd.spawn()
-    }
-}
-
-/// Spawn `cmd` inside the network namespace at `netns`.
-pub fn spawn_in_netns(netns: &Path, cmd: Command) -> io::Result<Child> {
-    NsFiles::open(&[(netns, libc::CLONE_NEWNET)])?.spawn(cmd)
-}
-
-/// Run `argv` inside the network namespace at `netns` and collect its output.
-pub fn output_in_netns(netns: &Path, argv: &[&str]) -> io::Result<Output> {
-    let (prog, args) = argv.split_first().ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "empty argv"))?;
-    let mut cmd = Command::new(prog);
-    cmd.args(args).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
-    let child = spawn_in_netns(netns, cmd)?;
-    child.wait_with_output()
-}
-
-/// Run `f` on a thread that joined the network namespace at `netns`; sockets created there stay
-/// in that namespace. The calling thread never changes namespace.
-pub fn in_netns<T: Send, F: FnOnce() -> T + Send>(netns: &Path, f: F) -> io::Result<T> {
-    let file = File::open(netns).map_err(|e| io::Error::new(e.kind(), format!("open {}: {e}", netns.display())))?;
-    thread::scope(|s| {
-        s.spawn(move || {
-            // SAFETY: setns(2) on a descriptor we own; this thread is ours and ends after `f`.
-            if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-                return Err(io::Error::last_os_error());
-            }
-            Ok(f())
-        })
-        .join()
-        .unwrap_or_else(|_| Err(io::Error::other("thread inside the netns panicked")))
-    })
-}
-
-fn describe_output(argv: &[&str], out: &Output) -> String {
-    format!(
-        "`{}` exited with {:?}\nstdout: {}\nstderr: {}",
-        argv.join(" "),
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout).trim(),
-        String::from_utf8_lossy(&out.stderr).trim()
-    )
-}
-
-// ---------------------------------------------------------------------------------------------
-// Namespaces
-// ---------------------------------------------------------------------------------------------
-
-/// A named network namespace created by the test; deleted on drop.
-#[derive(Debug)]
-pub struct Netns {
-    name: String,
-    path: PathBuf,
-    deleted: bool,
-}
-
-impl Netns {
-    /// `ip netns add <prefix>-<pid>-<n>-<t>`, then `lo` up inside.
-    pub fn try_create(prefix: &str) -> Result<Netns, String> {
-        let name = unique_name(prefix);
-        let out = Command::new("ip")
-            .args(["netns", "add", &name])
-            .stdin(Stdio::null())
-            .output()
-            .map_err(|e| format!("cannot run `ip netns add` (is iproute2 installed?): {e}"))?;
-        if !out.status.success() {
-            return Err(describe_output(&["ip", "netns", "add", &name], &out));
-        }
-        let ns = Netns { path: Path::new(NETNS_DIR).join(&name), name, deleted: false };
-        ns.try_exec(&["ip", "link", "set", "lo", "up"])?;
-        Ok(ns)
-    }
-
-    /// [`Netns::try_create`], panicking on failure.
-    pub fn create(prefix: &str) -> Netns {
-        Netns::try_create(prefix).unwrap_or_else(|e| panic!("cannot create a netns: {e}"))
-    }
-
-    /// Name (as in `ip netns list`).
-    pub fn name(&self) -> &str {
-        &self.name
-    }
-
-    /// `/run/netns/<name>`.
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-
-    /// `path()` as a string, for `CNI_NETNS`.
-    pub fn path_str(&self) -> String {
-        self.path.to_string_lossy().into_owned()
-    }
-
-    /// Whether the namespace is still bound.
-    pub fn exists(&self) -> bool {
-        !self.deleted && self.path.exists()
-    }
-
-    /// Delete it now (`ip netns delete`); the guard then has nothing left to do.
-    pub fn delete(&mut self) -> Result<(), String> {
-        if self.deleted {
-            return Ok(());
-        }
-        let out = Command::new("ip")
-            .args(["netns", "delete", &self.name])
-            .stdin(Stdio::null())
-            .output()
-            .map_err(|e| format!("ip netns delete {}: {e}", self.name))?;
-        self.deleted = true;
-        if out.status.success() {
-            Ok(())
-        } else {
-            Err(describe_output(&["ip", "netns", "delete", &self.name], &out))
-        }
-    }
-
-    /// Run `argv` inside; the raw output.
-    pub fn output(&self, argv: &[&str]) -> io::Result<Output> {
-        output_in_netns(&self.path, argv)
-    }
-
-    /// Run `argv` inside; `Err` (with the command's output) unless it exits 0; `Ok(stdout)`.
-    pub fn try_exec(&self, argv: &[&str]) -> Result<String, String> {
-        let out = self.output(argv).map_err(|e| format!("cannot run `{}` in netns {}: {e}", argv.join(" "), self.name))?;
-        if out.status.success() {
-            Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-        } else {
-            Err(format!("in netns {}: {}", self.name, describe_output(argv, &out)))
-        }
-    }
-
-    /// Run `argv` inside and panic unless it exits 0; returns stdout.
-    pub fn exec(&self, argv: &[&str]) -> String {
-        self.try_exec(argv).unwrap_or_else(|e| panic!("{e}"))
-    }
-
-    /// A command that will run inside this namespace when spawned with [`Netns::spawn`].
-    pub fn spawn(&self, cmd: Command) -> io::Result<Child> {
-        spawn_in_netns(&self.path, cmd)
-    }
-
-    /// Run `f` on a thread inside this namespace.
-    pub fn run<T: Send, F: FnOnce() -> T + Send>(&self, f: F) -> io::Result<T> {
-        in_netns(&self.path, f)
-    }
-
-    /// Write a sysctl of this namespace (`key` like `net/ipv4/ip_forward`).
-    pub fn set_sysctl(&self, key: &str, value: &str) -> io::Result<()> {
-        let path = Path::new("/proc/sys").join(key);
-        self.run(|| fs::write(&path, value))?
-    }
-
-    /// Read a sysctl of this namespace.
-    pub fn sysctl(&self, key: &str) -> io::Result<String> {
-        let path = Path::new("/proc/sys").join(key);
-        self.run(|| fs::read_to_string(&path).map(|s| s.trim().to_string()))?
-    }
-
-    fn json(&self, argv: &[&str]) -> Value {
-        let text = self.exec(argv);
-        if text.trim().is_empty() {
-            return Value::Array(Vec::new());
-        }
-        serde_json::from_str(&text).unwrap_or_else(|e| panic!("`{}` in {}: not JSON ({e}): {text}", argv.join(" "), self.name))
-    }
+/// State readers for a test namespace (links, addresses, routes, VLANs, nft sets, iptables
+/// chains), on top of the shared [`Netns`] fixture; in scope with `use berth_tests::netns::*`.
+/// They panic with the command's output when it fails, as an assertion would.
+pub trait NetnsInspect {
+    /// The namespace to read.
+    fn netns(&self) -> &Netns;
 
     /// `ip -j -d link show`: every link with details.
-    pub fn links(&self) -> Vec<Value> {
-        match self.json(&["ip", "-j", "-d", "link", "show"]) {
+    fn links(&self) -> Vec<Value> {
+        match ip_json(self.netns(), &["ip", "-j", "-d", "link", "show"]) {
             Value::Array(v) => v,
-            other => panic!("ip -j link show in {}: not a list: {other}", self.name),
+            other => panic!("ip -j link show in {}: not a list: {other}", self.netns().name()),
         }
     }
 
     /// One link by name, with details; None when absent.
-    pub fn link(&self, name: &str) -> Option<Value> {
+    fn link(&self, name: &str) -> Option<Value> {
         self.links().into_iter().find(|l| l["ifname"] == json!(name))
     }
 
     /// One link by name; panics when absent.
-    pub fn link_or_panic(&self, name: &str) -> Value {
-        self.link(name).unwrap_or_else(|| panic!("no link {name} in netns {}; links: {}", self.name, self.link_names().join(", ")))
+    fn link_or_panic(&self, name: &str) -> Value {
+        self.link(name).unwrap_or_else(|| panic!("no link {name} in netns {}; links: {}", self.netns().name(), self.link_names().join(", ")))
     }
 
     /// Names of every link.
-    pub fn link_names(&self) -> Vec<String> {
+    fn link_names(&self) -> Vec<String> {
         self.links().iter().filter_map(|l| l["ifname"].as_str().map(str::to_string)).collect()
     }
 
     /// Names of every link of `kind` (`veth`, `bridge`, ...).
-    pub fn links_of_kind(&self, kind: &str) -> Vec<String> {
+    fn links_of_kind(&self, kind: &str) -> Vec<String> {
         self.links()
             .iter()
             .filter(|l| l["linkinfo"]["info_kind"] == json!(kind))
@@ -333,13 +145,13 @@ impl Netns {
     }
 
     /// Every veth in this namespace.
-    pub fn veths(&self) -> Vec<String> {
+    fn veths(&self) -> Vec<String> {
         self.links_of_kind("veth")
     }
 
     /// Addresses on `dev` (without prefix length), both families, global and link scope.
-    pub fn addrs(&self, dev: &str) -> Vec<(IpAddr, u8, String)> {
-        let v = self.json(&["ip", "-j", "addr", "show", "dev", dev]);
+    fn addrs(&self, dev: &str) -> Vec<(IpAddr, u8, String)> {
+        let v = ip_json(self.netns(), &["ip", "-j", "addr", "show", "dev", dev]);
         let mut out = Vec::new();
         for link in v.as_array().into_iter().flatten() {
             for a in link["addr_info"].as_array().into_iter().flatten() {
@@ -353,43 +165,43 @@ impl Netns {
     }
 
     /// Global-scope addresses on `dev`.
-    pub fn global_addrs(&self, dev: &str) -> Vec<IpAddr> {
+    fn global_addrs(&self, dev: &str) -> Vec<IpAddr> {
         self.addrs(dev).into_iter().filter(|(_, _, s)| s == "global").map(|(ip, _, _)| ip).collect()
     }
 
     /// `ip -j [-6] route show table all`: every route of the family.
-    pub fn routes(&self, v6: bool) -> Vec<Value> {
+    fn routes(&self, v6: bool) -> Vec<Value> {
         let fam = if v6 { "-6" } else { "-4" };
-        match self.json(&["ip", "-j", fam, "route", "show"]) {
+        match ip_json(self.netns(), &["ip", "-j", fam, "route", "show"]) {
             Value::Array(v) => v,
-            other => panic!("ip route in {}: not a list: {other}", self.name),
+            other => panic!("ip route in {}: not a list: {other}", self.netns().name()),
         }
     }
 
     /// The default route of the family, if any.
-    pub fn default_route(&self, v6: bool) -> Option<Value> {
+    fn default_route(&self, v6: bool) -> Option<Value> {
         self.routes(v6).into_iter().find(|r| r["dst"] == json!("default"))
     }
 
     /// `bridge -j vlan show`: per port, the VLAN entries.
-    pub fn bridge_vlans(&self) -> Vec<Value> {
-        match self.json(&["bridge", "-j", "vlan", "show"]) {
+    fn bridge_vlans(&self) -> Vec<Value> {
+        match ip_json(self.netns(), &["bridge", "-j", "vlan", "show"]) {
             Value::Array(v) => v,
-            other => panic!("bridge vlan show in {}: not a list: {other}", self.name),
+            other => panic!("bridge vlan show in {}: not a list: {other}", self.netns().name()),
         }
     }
 
     /// The elements of an nft set (as JSON values), `Ok(None)` when the table or set does not
     /// exist.
-    pub fn nft_set_elements(&self, family: &str, table: &str, set: &str) -> Result<Option<Vec<Value>>, String> {
+    fn nft_set_elements(&self, family: &str, table: &str, set: &str) -> Result<Option<Vec<Value>>, String> {
         let argv = ["nft", "-j", "list", "set", family, table, set];
-        let out = self.output(&argv).map_err(|e| format!("cannot run nft (install nftables): {e}"))?;
+        let out = self.netns().output(&argv).map_err(|e| format!("cannot run nft (install nftables): {e}"))?;
         if !out.status.success() {
             let err = String::from_utf8_lossy(&out.stderr);
             if err.contains("No such file or directory") || err.contains("does not exist") {
                 return Ok(None);
             }
-            return Err(format!("in netns {}: {}", self.name, describe_output(&argv, &out)));
+            return Err(format!("in netns {}: {}", self.netns().name(), describe_output(&argv, &out)));
         }
         let v: Value = serde_json::from_slice(&out.stdout).map_err(|e| format!("nft -j output is not JSON: {e}"))?;
         for item in v["nftables"].as_array().into_iter().flatten() {
@@ -401,70 +213,33 @@ impl Netns {
     }
 
     /// `nft -j list ruleset` of this namespace (for failure messages and table checks).
-    pub fn nft_ruleset(&self) -> Value {
-        self.json(&["nft", "-j", "list", "ruleset"])
+    fn nft_ruleset(&self) -> Value {
+        ip_json(self.netns(), &["nft", "-j", "list", "ruleset"])
     }
 
     /// `nft list ruleset` as text (for failure messages).
-    pub fn nft_ruleset_text(&self) -> String {
-        self.try_exec(&["nft", "list", "ruleset"]).unwrap_or_else(|e| e)
+    fn nft_ruleset_text(&self) -> String {
+        self.netns().try_exec(&["nft", "list", "ruleset"]).unwrap_or_else(|e| e)
     }
 
     /// `iptables -t nat -S` (or ip6tables): one line per chain and rule.
-    pub fn nat_rules(&self, v6: bool) -> Vec<String> {
+    fn nat_rules(&self, v6: bool) -> Vec<String> {
         let prog = if v6 { "ip6tables" } else { "iptables" };
-        match self.try_exec(&[prog, "-w", "-t", "nat", "-S"]) {
+        match self.netns().try_exec(&[prog, "-w", "-t", "nat", "-S"]) {
             Ok(text) => text.lines().map(str::to_string).collect(),
             Err(e) => panic!("{prog} -t nat -S failed (install iptables): {e}"),
         }
     }
 
-    /// `ping -c1 -W1 -n <addr>` from this namespace, up to `attempts` times until one succeeds.
-    pub fn ping(&self, addr: IpAddr, attempts: usize) -> bool {
-        for i in 0..attempts.max(1) {
-            let a = addr.to_string();
-            match self.output(&["ping", "-c1", "-W1", "-n", &a]) {
-                Ok(out) if out.status.success() => return true,
-                Ok(_) => {}
-                Err(e) => panic!("cannot run ping (install iputils-ping): {e}"),
-            }
-            if i + 1 < attempts {
-                thread::sleep(Duration::from_millis(250));
-            }
-        }
-        false
-    }
-
     /// Flush the neighbour cache of `dev`.
-    pub fn flush_neigh(&self, dev: &str) {
-        self.exec(&["ip", "neigh", "flush", "dev", dev]);
+    fn flush_neigh(&self, dev: &str) {
+        self.netns().exec(&["ip", "neigh", "flush", "dev", dev]);
     }
 }
 
-impl Drop for Netns {
-    fn drop(&mut self) {
-        if !self.deleted {
-            let _ = Command::new("ip")
-                .args(["netns", "delete", &self.name])
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .status();
-        }
-    }
-}
-
-/// Poll `f` every 50 ms until it returns true or `timeout` passes; returns the last value.
-pub fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if f() {
-            return true;
-        }
-        if Instant::now() >= deadline {
-            return false;
-        }
-        thread::sleep(Duration::from_millis(50));
+impl NetnsInspect for Netns {
+    fn netns(&self) -> &Netns {
+        self
     }
 }
 
@@ -646,13 +421,9 @@ impl Outside {
     /// Create the namespace and the link (both ends in test namespaces).
     pub fn connect(host: &Host) -> Outside {
         let ns = Netns::create("bto");
-        host.exec(&["ip", "link", "add", "uplink0", "type", "veth", "peer", "name", "eth0", "netns", ns.name()]);
-        host.exec(&["ip", "addr", "add", "203.0.113.1/24", "dev", "uplink0"]);
-        host.exec(&["ip", "addr", "add", "2001:db8:ff::1/64", "dev", "uplink0", "nodad"]);
-        host.exec(&["ip", "link", "set", "uplink0", "up"]);
-        ns.exec(&["ip", "addr", "add", "203.0.113.2/24", "dev", "eth0"]);
-        ns.exec(&["ip", "addr", "add", "2001:db8:ff::2/64", "dev", "eth0", "nodad"]);
-        ns.exec(&["ip", "link", "set", "eth0", "up"]);
+        host.add_veth("uplink0", &ns, "eth0");
+        host.configure("uplink0", &["203.0.113.1/24", "2001:db8:ff::1/64"]);
+        ns.configure("eth0", &["203.0.113.2/24", "2001:db8:ff::2/64"]);
         Outside { ns }
     }
 
@@ -1015,27 +786,6 @@ impl Failures {
     pub fn assert_none(self, context: &str) {
         if !self.0.is_empty() {
             panic!("{context}: {} failed expectation(s):\n- {}", self.0.len(), self.0.join("\n- "));
-        }
-    }
-}
-
-/// A child process (daemon) stopped on drop: SIGTERM, up to 5 s to exit, then SIGKILL.
-pub struct ChildGuard(pub Option<Child>);
-
-impl Drop for ChildGuard {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.0.take() {
-            // SAFETY: kill(2) on our own child's pid.
-            unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
-            let deadline = std::time::Instant::now() + Duration::from_secs(5);
-            while std::time::Instant::now() < deadline {
-                if let Ok(Some(_)) = c.try_wait() {
-                    return;
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            let _ = c.kill();
-            let _ = c.wait();
         }
     }
 }

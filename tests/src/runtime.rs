@@ -165,7 +165,7 @@ impl NsHolder {
         cmd.arg("-c").arg(&script).env_clear().env("PATH", SYSTEM_PATH);
         cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
         let ns = NsFiles::open(&[(host.path(), libc::CLONE_NEWNET)]).map_err(|e| e.to_string())?;
-        ns.install(&mut cmd);
+        ns.install(&mut cmd).map_err(|e| e.to_string())?;
         // SAFETY: runs in the forked child and makes only system calls on static strings.
         // Mounts made in the new namespace must not propagate back: make every mount a slave
         // before the script mounts anything (and `mount -n` keeps /run/mount/utab untouched).
@@ -408,17 +408,7 @@ impl Daemon {
     /// Stop it: SIGTERM, up to 5 s, then SIGKILL.
     pub fn stop(&mut self) {
         if let Some(mut c) = self.child.take() {
-            // SAFETY: kill(2) on our own unreaped child.
-            unsafe { libc::kill(c.id() as libc::pid_t, libc::SIGTERM) };
-            let deadline = Instant::now() + Duration::from_secs(5);
-            while Instant::now() < deadline {
-                if let Ok(Some(_)) = c.try_wait() {
-                    return;
-                }
-                thread::sleep(Duration::from_millis(50));
-            }
-            let _ = c.kill();
-            let _ = c.wait();
+            netns_fixture::stop_child(&mut c, netns_fixture::STOP_GRACE);
         }
     }
 }

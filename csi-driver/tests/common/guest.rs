@@ -30,7 +30,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use super::nfs_server::{command_in_netns, find_program, in_netns, kill_child};
+use netns_fixture::{command_in_netns, find_program, in_netns, is_root, kill_child, netns_path};
 
 /// The guest port of the shell service (always forwarded).
 pub const SHELL_PORT: u16 = 7000;
@@ -57,7 +57,7 @@ static PREPARE: Mutex<Option<Result<(), String>>> = Mutex::new(None);
 /// netns, and keeps that namespace when used from any other thread.
 pub fn connect_in_netns(netns: &str, port: u16) -> io::Result<TcpStream> {
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
-    in_netns(netns, || {
+    in_netns(&netns_path(netns), || {
         TcpStream::connect_timeout(&addr, Duration::from_secs(5))
     })?
 }
@@ -141,7 +141,7 @@ impl Guest {
     /// the shell service answers. An error starting with "skipping" means
     /// the machine lacks something (no qemu, no guest kernel, not root).
     pub fn boot(netns: &str, opts: GuestOptions) -> Result<Guest, String> {
-        if unsafe { libc::geteuid() } != 0 {
+        if !is_root() {
             return Err("skipping: the guest fixture needs root (it runs QEMU in a netns)".into());
         }
         let qemu = find_program("qemu-system-x86_64")
@@ -168,7 +168,7 @@ impl Guest {
                 guest_ports.push(*p);
             }
         }
-        let host_ports = in_netns(netns, || -> io::Result<Vec<u16>> {
+        let host_ports = in_netns(&netns_path(netns), || -> io::Result<Vec<u16>> {
             let listeners = guest_ports
                 .iter()
                 .map(|_| TcpListener::bind(("127.0.0.1", 0)))
@@ -211,7 +211,7 @@ impl Guest {
             .stdout(qemu_log)
             .stderr(qemu_log2)
             .process_group(0);
-        command_in_netns(&mut cmd, netns).map_err(|e| e.to_string())?;
+        command_in_netns(&mut cmd, &netns_path(netns)).map_err(|e| e.to_string())?;
 
         let started = Instant::now();
         let child = cmd.spawn().map_err(|e| format!("start qemu: {e}"))?;

@@ -4,6 +4,8 @@
 //! removed by `Drop`, also when the test fails.
 
 #![allow(dead_code)]
+// Test support: a fixture that cannot be set up fails the test, like an assertion.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 pub mod guest;
 pub mod nfs_server;
@@ -46,7 +48,7 @@ pub struct Harness {
 }
 
 pub fn require_root() -> bool {
-    if unsafe { libc::geteuid() } == 0 {
+    if netns_fixture::is_root() {
         return true;
     }
     eprintln!("skipping: needs root (loop devices and mounts)");

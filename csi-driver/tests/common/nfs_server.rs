@@ -14,13 +14,13 @@
 //!   process keeps that mount namespace alive, so ganesha can be restarted
 //!   into it.
 //! - Everything (processes, netns, temp dir) is removed in `Drop`, also when
-//!   a test fails half way.
+//!   a test fails half way. The netns and the daemon plumbing are the shared
+//!   `netns-fixture` crate ([`Netns`]); this file adds what is NFS-specific.
 
 use std::ffi::CString;
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, OpenOptions};
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::os::fd::AsRawFd;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -28,10 +28,11 @@ use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use netns_fixture::{find_program, is_root, kill_child, reap_stale, Netns, NsFiles};
 use nix::sys::signal::{kill as send_signal, Signal};
 use nix::unistd::Pid;
 
-/// Network namespaces made by this fixture are named `bnfs-<pid>-<n>`.
+/// Network namespaces made by this fixture are named `bnfs-<pid>-<n>-<t>`.
 pub const NETNS_PREFIX: &str = "bnfs-";
 /// The server's address, as seen from the netns and from QEMU guests in it.
 pub const SERVER_ADDR: &str = "10.0.2.2";
@@ -44,138 +45,18 @@ const READY_TIMEOUT: Duration = Duration::from_secs(20);
 
 static COUNTER: AtomicUsize = AtomicUsize::new(0);
 
-/// Path of a named network namespace (as made by `ip netns add`).
-pub fn netns_path(netns: &str) -> PathBuf {
-    Path::new("/run/netns").join(netns)
-}
-
-/// Runs `f` on a scoped thread that has joined `netns`. Sockets keep the
-/// namespace they were created in, so a socket made here can be used from
-/// any thread afterwards. The calling thread's namespace is untouched.
-pub fn in_netns<T: Send>(netns: &str, f: impl FnOnce() -> T + Send) -> io::Result<T> {
-    let ns = File::open(netns_path(netns))
-        .map_err(|e| io::Error::new(e.kind(), format!("open netns {netns}: {e}")))?;
-    std::thread::scope(|s| {
-        s.spawn(move || {
-            // SAFETY: plain syscall on a valid fd; it only affects this
-            // short-lived thread.
-            if unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-                return Err(io::Error::last_os_error());
-            }
-            Ok(f())
-        })
-        .join()
-        .map_err(|_| io::Error::other("thread in netns panicked"))?
-    })
-}
-
-/// Makes `cmd` start its process inside `netns` (setns in the child before
-/// exec). The netns file is opened now, so a missing netns fails here.
-pub fn command_in_netns<'a>(cmd: &'a mut Command, netns: &str) -> io::Result<&'a mut Command> {
-    let ns = File::open(netns_path(netns))
-        .map_err(|e| io::Error::new(e.kind(), format!("open netns {netns}: {e}")))?;
-    // SAFETY: the hook only calls setns (async-signal-safe) on an fd owned by
-    // the closure.
-    unsafe {
-        cmd.pre_exec(move || {
-            if libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) != 0 {
-                return Err(io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
-    Ok(cmd)
-}
-
-/// TCP connect from inside `netns`, with a timeout.
-pub fn tcp_connect_in_netns(
-    netns: &str,
-    addr: SocketAddr,
-    timeout: Duration,
-) -> io::Result<TcpStream> {
-    in_netns(netns, || TcpStream::connect_timeout(&addr, timeout))?
-}
-
-/// Finds `name` in PATH (and the sbin dirs, which a non-login PATH may lack).
-pub fn find_program(name: &str) -> Option<PathBuf> {
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&path)
-        .chain(
-            ["/usr/sbin", "/sbin", "/usr/bin", "/bin"]
-                .iter()
-                .map(PathBuf::from),
-        )
-        .map(|d| d.join(name))
-        .find(|p| p.is_file())
-}
-
 /// True for an error that means "this machine cannot run the test", which
 /// tests report and skip instead of failing.
 pub fn is_skip(err: &str) -> bool {
     err.starts_with("skipping")
 }
 
-fn run(cmd: &mut Command) -> Result<(), String> {
-    let out = cmd.output().map_err(|e| format!("{cmd:?}: {e}"))?;
-    if !out.status.success() {
-        return Err(format!(
-            "{cmd:?}: {}: {}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr).trim()
-        ));
-    }
-    Ok(())
-}
-
-fn pid_alive(pid: u32) -> bool {
-    Path::new(&format!("/proc/{pid}")).exists()
-}
-
-/// Removes namespaces left by an earlier test process that was killed
-/// before its `Drop` ran (name `bnfs-<pid>-<n>` with that pid gone), with
-/// whatever still runs in them. Best effort: it never fails a test.
-fn reap_stale() {
-    let Ok(entries) = fs::read_dir("/run/netns") else {
-        return;
-    };
-    for e in entries.flatten() {
-        let name = e.file_name().to_string_lossy().into_owned();
-        let Some(rest) = name.strip_prefix(NETNS_PREFIX) else {
-            continue;
-        };
-        let Some(pid) = rest.split('-').next().and_then(|p| p.parse::<u32>().ok()) else {
-            continue;
-        };
-        if pid == std::process::id() || pid_alive(pid) {
-            continue;
-        }
-        if let Ok(out) = Command::new("ip").args(["netns", "pids", &name]).output() {
-            for p in String::from_utf8_lossy(&out.stdout).split_whitespace() {
-                if let Ok(p) = p.parse::<i32>() {
-                    let _ = send_signal(Pid::from_raw(p), Signal::SIGKILL);
-                }
-            }
-        }
-        let _ = Command::new("ip").args(["netns", "del", &name]).status();
-    }
-}
-
-/// Kills a child by PID (and its process group, which each daemon leads) and
-/// reaps it. SIGKILL also ends a stopped (paused) process.
-pub fn kill_child(child: &mut Child) {
-    let pid = child.id() as i32;
-    let _ = send_signal(Pid::from_raw(-pid), Signal::SIGKILL);
-    let _ = child.kill();
-    let _ = child.wait();
-}
-
 /// The running server. See the module docs.
 pub struct NfsServer {
-    netns: String,
+    netns: Netns,
     dir: tempfile::TempDir,
     export: PathBuf,
     config: PathBuf,
-    netns_made: bool,
     /// Keeps the private mount namespace (with its /run tmpfs) alive.
     holder: Option<Child>,
     rpcbind: Option<Child>,
@@ -188,7 +69,7 @@ impl NfsServer {
     /// An error starting with "skipping" means the machine lacks something
     /// (see [`is_skip`]).
     pub fn start() -> Result<NfsServer, String> {
-        if unsafe { libc::geteuid() } != 0 {
+        if !is_root() {
             return Err(
                 "skipping: the NFS server fixture needs root (netns, mount namespaces)".into(),
             );
@@ -206,17 +87,15 @@ impl NfsServer {
             // Not fatal by itself (other layouts exist), but say so early.
             eprintln!("nfs_server: libfsalvfs.so not found where Debian puts it; is nfs-ganesha-vfs installed?");
         }
-        reap_stale();
+        reap_stale(NETNS_PREFIX.trim_end_matches('-'));
 
         let dir = tempfile::Builder::new()
             .prefix("bnfs-")
             .tempdir()
             .map_err(|e| format!("temp dir: {e}"))?;
-        let netns = format!(
-            "{NETNS_PREFIX}{}-{}",
-            std::process::id(),
-            COUNTER.fetch_add(1, Ordering::SeqCst)
-        );
+        // `lo` is up; it also carries the address guests use for the server.
+        let netns = Netns::try_create(NETNS_PREFIX.trim_end_matches('-'))?;
+        netns.try_exec(&["ip", "addr", "add", "10.0.2.2/32", "dev", "lo"])?;
         let export = dir.path().join("export");
         let recovery = dir.path().join("recovery");
         let config = dir.path().join("ganesha.conf");
@@ -225,7 +104,6 @@ impl NfsServer {
             export,
             config,
             dir,
-            netns_made: false,
             holder: None,
             rpcbind: None,
             ganesha: None,
@@ -241,19 +119,6 @@ impl NfsServer {
         fs::write(&server.config, ganesha_config(&server.export, &recovery))
             .map_err(|e| format!("write ganesha config: {e}"))?;
 
-        run(Command::new("ip").args(["netns", "add", &server.netns]))?;
-        server.netns_made = true;
-        run(Command::new("ip").args(["-n", &server.netns, "link", "set", "lo", "up"]))?;
-        run(Command::new("ip").args([
-            "-n",
-            &server.netns,
-            "addr",
-            "add",
-            "10.0.2.2/32",
-            "dev",
-            "lo",
-        ]))?;
-
         server.holder = Some(server.spawn_holder()?);
         server.start_rpcbind()?;
         server.start_ganesha()?;
@@ -262,7 +127,7 @@ impl NfsServer {
 
     /// The network namespace the server (and its clients) live in.
     pub fn netns(&self) -> &str {
-        &self.netns
+        self.netns.name()
     }
 
     /// Host path of the exported directory.
@@ -350,7 +215,7 @@ impl NfsServer {
     /// Makes `cmd` run in the server's netns (e.g. a CSI controller that
     /// mounts nothing but talks NFS/RPC to 10.0.2.2).
     pub fn run_in_netns<'a>(&self, cmd: &'a mut Command) -> io::Result<&'a mut Command> {
-        command_in_netns(cmd, &self.netns)
+        self.netns.command(cmd)
     }
 
     /// Spawns `cmd` in the server's netns.
@@ -360,7 +225,8 @@ impl NfsServer {
 
     /// TCP connect to `port` on 10.0.2.2 from inside the netns.
     pub fn connect(&self, port: u16, timeout: Duration) -> io::Result<TcpStream> {
-        tcp_connect_in_netns(&self.netns, server_sockaddr(port), timeout)
+        let addr = server_sockaddr(port);
+        self.netns.run(|| TcpStream::connect_timeout(&addr, timeout))?
     }
 
     /// An RPC NULL call to NFSv3 on 2049: Ok when ganesha answers within
@@ -398,7 +264,7 @@ impl NfsServer {
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .process_group(0);
-        command_in_netns(&mut cmd, &self.netns).map_err(|e| e.to_string())?;
+        self.netns.command(&mut cmd).map_err(|e| e.to_string())?;
         let root = CString::new("/").map_err(|e| e.to_string())?;
         let run_dir = CString::new("/run").map_err(|e| e.to_string())?;
         let tmpfs = CString::new("tmpfs").map_err(|e| e.to_string())?;
@@ -443,8 +309,11 @@ impl NfsServer {
     /// namespace, logging stdout+stderr to `log` in the temp dir.
     fn daemon_command(&self, program: &Path, log: &str) -> Result<Command, String> {
         let holder = self.holder.as_ref().ok_or("no mount-namespace holder")?;
-        let mnt = File::open(format!("/proc/{}/ns/mnt", holder.id()))
-            .map_err(|e| format!("open holder mount ns: {e}"))?;
+        // The netns first, then the holder's mount namespace (the forked child is
+        // single-threaded, as joining a mount namespace requires).
+        let mnt = PathBuf::from(format!("/proc/{}/ns/mnt", holder.id()));
+        let ns = NsFiles::open(&[(self.netns.path(), libc::CLONE_NEWNET), (&mnt, libc::CLONE_NEWNS)])
+            .map_err(|e| format!("open the server's namespaces: {e}"))?;
         let log = OpenOptions::new()
             .create(true)
             .append(true)
@@ -456,17 +325,7 @@ impl NfsServer {
             .stdout(log)
             .stderr(log2)
             .process_group(0);
-        command_in_netns(&mut cmd, &self.netns).map_err(|e| e.to_string())?;
-        // SAFETY: setns on an fd owned by the closure; the forked child is
-        // single-threaded, as joining a mount namespace requires.
-        unsafe {
-            cmd.pre_exec(move || {
-                if libc::setns(mnt.as_raw_fd(), libc::CLONE_NEWNS) != 0 {
-                    return Err(io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
+        ns.install(&mut cmd).map_err(|e| e.to_string())?;
         Ok(cmd)
     }
 
@@ -584,22 +443,8 @@ impl Drop for NfsServer {
         {
             kill_child(child);
         }
-        if self.netns_made {
-            // Anything else a test started in the netns and forgot.
-            if let Ok(out) = Command::new("ip")
-                .args(["netns", "pids", &self.netns])
-                .output()
-            {
-                for p in String::from_utf8_lossy(&out.stdout).split_whitespace() {
-                    if let Ok(p) = p.parse::<i32>() {
-                        let _ = send_signal(Pid::from_raw(p), Signal::SIGKILL);
-                    }
-                }
-            }
-            if let Err(e) = run(Command::new("ip").args(["netns", "del", &self.netns])) {
-                eprintln!("nfs_server: {e}");
-            }
-        }
+        // Then the `Netns` guard kills anything else a test started in the
+        // netns and forgot, and deletes the netns.
         // The TempDir removes config, logs, export and recovery dirs.
     }
 }

@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use berth_tests::netns::{spawn_in_netns, Netns};
+use berth_tests::netns::{spawn_in_netns, Netns, Underlay};
 use berth_tests::{bin_dir, conf_bytes, CniRun};
 use hyper_util::rt::TokioIo;
 use proto::v1::controller_client::ControllerClient;
@@ -181,21 +181,14 @@ fn run(steps: &mut Steps, hosts: usize) -> Res<()> {
     steps.run("checking privileges and kernel features (netns, veth, VXLAN, loop devices)", preflight)?;
     let dir = tempfile::Builder::new().prefix("berth-demo-").tempdir().map_err(|e| e.to_string())?;
     let ul = steps.run("creating the underlay: a bridge in its own network namespace", || {
-        let ul = Netns::try_create("bdul")?;
-        ul.try_exec(&["ip", "link", "add", "br-ul", "type", "bridge"])?;
-        ul.try_exec(&["ip", "link", "set", "br-ul", "up"])?;
-        Ok(ul)
+        Underlay::try_create("bdul", "br-ul", None)
     })?;
     let mut nodes: Vec<Node> = Vec::new();
     for i in 1..=hosts {
         let node = steps.run(&format!("host {i}: network namespace on the underlay at 172.31.250.{i}"), || {
             let ns = Netns::try_create("bdh")?;
-            let end = format!("u{i}");
-            ul.try_exec(&["ip", "link", "add", &end, "type", "veth", "peer", "name", "eth0", "netns", ns.name()])?;
-            ul.try_exec(&["ip", "link", "set", &end, "master", "br-ul", "up"])?;
             let ip = format!("172.31.250.{i}");
-            ns.try_exec(&["ip", "addr", "add", &format!("{ip}/24"), "dev", "eth0"])?;
-            ns.try_exec(&["ip", "link", "set", "eth0", "up"])?;
+            ul.try_attach(&ns, &format!("u{i}"), "eth0", &[&format!("{ip}/24")])?;
             let d = dir.path().join(format!("host{i}"));
             Ok(Node { ns, ip, subnet_file: d.join("subnet.env"), data_dir: d.join("data"), _daemon: None })
         })?;

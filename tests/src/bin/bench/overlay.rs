@@ -14,7 +14,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use berth_tests::bench::{self, markdown_table, text_table};
-use berth_tests::netns::{spawn_in_netns, Netns};
+use berth_tests::netns::{spawn_in_netns, Netns, Underlay};
 use berth_tests::{bin_dir, conf_bytes, CniRun};
 use serde_json::{json, Value};
 
@@ -41,20 +41,14 @@ struct Node {
 }
 
 struct Cluster {
-    ul: Netns,
+    ul: Underlay,
     nodes: Vec<Node>,
     dir: tempfile::TempDir,
 }
 
-fn must(ns: &Netns, argv: &[&str]) -> Result<String, String> {
-    ns.try_exec(argv)
-}
-
 impl Cluster {
     fn new() -> Result<Cluster, String> {
-        let ul = Netns::try_create("bbul")?;
-        must(&ul, &["ip", "link", "add", "br-ul", "type", "bridge"])?;
-        must(&ul, &["ip", "link", "set", "br-ul", "up"])?;
+        let ul = Underlay::try_create("bbul", "br-ul", None)?;
         let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
         Ok(Cluster { ul, nodes: Vec::new(), dir })
     }
@@ -62,12 +56,8 @@ impl Cluster {
     fn add_node(&mut self) -> Result<usize, String> {
         let i = self.nodes.len() + 1;
         let ns = Netns::try_create("bbh")?;
-        let end = format!("u{i}");
-        must(&self.ul, &["ip", "link", "add", &end, "type", "veth", "peer", "name", "eth0", "netns", ns.name()])?;
-        must(&self.ul, &["ip", "link", "set", &end, "master", "br-ul", "up"])?;
         let ip = format!("172.31.{}.{}", i / 250, i % 250 + 1);
-        must(&ns, &["ip", "addr", "add", &format!("{ip}/16"), "dev", "eth0"])?;
-        must(&ns, &["ip", "link", "set", "eth0", "up"])?;
+        self.ul.try_attach(&ns, &format!("u{i}"), "eth0", &[&format!("{ip}/16")])?;
         let d = self.dir.path().join(format!("n{i}"));
         self.nodes.push(Node { ns, ip, subnet_file: d.join("subnet.env"), data_dir: d.join("data"), daemon: None });
         Ok(i - 1)
