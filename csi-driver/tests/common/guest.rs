@@ -141,7 +141,7 @@ impl Guest {
     /// the shell service answers. An error starting with "skipping" means
     /// the machine lacks something (no qemu, no guest kernel, not root).
     pub fn boot(netns: &str, opts: GuestOptions) -> Result<Guest, String> {
-        if unsafe { libc::geteuid() } != 0 {
+        if !csi_driver::driver::running_as_root() {
             return Err("skipping: the guest fixture needs root (it runs QEMU in a netns)".into());
         }
         let qemu = find_program("qemu-system-x86_64")

@@ -14,7 +14,8 @@ use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use csi_driver::engine::{loopdev, mount};
+use csi_driver::backend::local::loopdev;
+use csi_driver::mount;
 use hyper_util::rt::TokioIo;
 use proto::v1::controller_client::ControllerClient;
 use proto::v1::identity_client::IdentityClient;
@@ -46,7 +47,7 @@ pub struct Harness {
 }
 
 pub fn require_root() -> bool {
-    if unsafe { libc::geteuid() } == 0 {
+    if csi_driver::driver::running_as_root() {
         return true;
     }
     eprintln!("skipping: needs root (loop devices and mounts)");

@@ -188,7 +188,7 @@ impl NfsServer {
     /// An error starting with "skipping" means the machine lacks something
     /// (see [`is_skip`]).
     pub fn start() -> Result<NfsServer, String> {
-        if unsafe { libc::geteuid() } != 0 {
+        if !csi_driver::driver::running_as_root() {
             return Err(
                 "skipping: the NFS server fixture needs root (netns, mount namespaces)".into(),
             );
