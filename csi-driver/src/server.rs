@@ -51,9 +51,8 @@ enum Incoming {
     Tcp(tokio_stream::wrappers::TcpListenerStream),
 }
 
-/// Opens the backends, reconciles them, then serves until SIGTERM or SIGINT.
-pub async fn serve(driver: Arc<Driver>) -> Result<()> {
-    let backends = Arc::new(Registry::open(&driver)?);
+/// Reconciles the backends, then serves until SIGTERM or SIGINT.
+pub async fn serve(driver: Arc<Driver>, backends: Arc<Registry>) -> Result<()> {
     {
         let b = backends.clone();
         blocking(move || b.reconcile()).await?;

@@ -6,10 +6,10 @@
 use proto::v1::volume_content_source::Type as SourceType;
 use proto::v1::*;
 
+use super::base::LocalBackend;
 use super::loopdev;
 use super::pool::{Kind, LocalId};
 use super::rules::{self, access_supported};
-use super::LocalBackend;
 use crate::config::{FsType, TOPOLOGY_KEY};
 use crate::csi::{
     align_up, choose_size, condition, content_source, existing_snapshot, node_topology,

@@ -4,9 +4,12 @@
 //! device. Ids are `local:<node>:<hex>` and `snap:<node>:<hex>`; ids that no
 //! other backend claims come here too (the default), and are NOT_FOUND.
 //!
-//! [`controller`] and [`node`] hold the RPCs (blocking), [`rules`] what
-//! the backend accepts, [`reconcile`] the start-up repair of its records.
+//! [`base`] holds the backend's type (driver + pool), [`controller`] and
+//! [`node`] the RPCs (blocking), [`rules`] what the backend accepts,
+//! [`reconcile`] the start-up repair of its records; this module plugs them
+//! into [`Backend`].
 
+pub mod base;
 pub mod controller;
 pub mod loopdev;
 pub mod node;
@@ -16,55 +19,17 @@ pub mod rules;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::Arc;
 
 use proto::v1::volume_capability::access_mode::Mode as AccessMode;
 use proto::v1::volume_capability::AccessType;
 use proto::v1::*;
 
 use crate::backend::{Backend, PathCheck};
-use crate::driver::{blocking, Driver};
 use crate::error::Result;
 use crate::state;
 use crate::validate::{self, Access, Capability, CapabilityRules, Range};
-use pool::{Kind, LocalId, Pool};
-
-/// The StorageClass `backend` value of this backend (also the default).
-pub const NAME: &str = "local";
-
-/// The local backend: the shared driver and the pool. Derefs to the
-/// [`Driver`] (configuration, records, locks), so its code reads
-/// `d.state`, `d.config`, `d.pool`.
-#[derive(Clone)]
-pub struct LocalBackend {
-    driver: Arc<Driver>,
-    /// Image files.
-    pub pool: Pool,
-}
-
-impl std::ops::Deref for LocalBackend {
-    type Target = Driver;
-    fn deref(&self) -> &Driver {
-        &self.driver
-    }
-}
-
-impl LocalBackend {
-    /// Opens (creating) the pool at `--local-pool`.
-    pub fn open(driver: Arc<Driver>) -> Result<LocalBackend> {
-        let pool = Pool::open(&driver.config.pool_dir)?;
-        Ok(LocalBackend { driver, pool })
-    }
-
-    /// Runs blocking work with this backend on the blocking pool.
-    async fn run<T: Send + 'static>(
-        &self,
-        f: impl FnOnce(&LocalBackend) -> Result<T> + Send + 'static,
-    ) -> Result<T> {
-        let me = self.clone();
-        blocking(move || f(&me)).await
-    }
-}
+pub use base::{LocalBackend, NAME};
+use pool::{Kind, LocalId};
 
 impl CapabilityRules for LocalBackend {
     fn access_mode(&self, mode: AccessMode) -> std::result::Result<bool, String> {

@@ -5,11 +5,11 @@ use std::path::{Component, Path, PathBuf};
 
 use proto::v1::*;
 
+use super::base::LocalBackend;
 use super::controller::lookup_volume;
 use super::loopdev;
 use super::pool::{Kind, LocalId};
 use super::rules::access_supported;
-use super::LocalBackend;
 use crate::config::FsType;
 use crate::csi::{condition, usage_entries, ALIGN};
 use crate::driver::Driver;

@@ -9,10 +9,10 @@
 
 use std::path::{Path, PathBuf};
 
+use super::base::LocalBackend;
 use super::loopdev;
 use super::node::{bind_publication, teardown_staging};
 use super::pool::{Kind, LocalId};
-use super::LocalBackend;
 use crate::error::Result;
 use crate::mount;
 

@@ -98,7 +98,7 @@ pub fn params(field: &str, map: &HashMap<String, String>) -> Result<Params> {
     for (k, v) in map {
         match k.as_str() {
             "backend" => {
-                if v != super::NAME {
+                if v != super::base::NAME {
                     return Err(Error::invalid(
                         format!("{field}[backend]"),
                         format!(

@@ -8,9 +8,10 @@ use std::collections::HashMap;
 use proto::v1::volume_content_source::Type as SourceType;
 use proto::v1::*;
 
+use super::base::NfsBackend;
 use super::client::Nfs;
-use super::id::{self, OnDelete, SnapshotId, VolumeId};
-use super::{archive, params, NfsBackend, SNAPSHOT_DIR};
+use super::id::{self, OnDelete, SnapshotId, VolumeId, SNAPSHOT_DIR};
+use super::{archive, params};
 use crate::csi::{choose_size, condition, content_source, existing_snapshot, to_snapshot};
 use crate::driver::{now_ns, Driver};
 use crate::error::{Error, Result};

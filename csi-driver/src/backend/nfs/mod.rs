@@ -8,9 +8,11 @@
 //! NFS client. Ids carry the server, export, subdirectory and delete policy
 //! ([`id`]), so no call after CreateVolume needs our records; records are
 //! still kept for idempotency by name and for ListVolumes. [`params`] holds
-//! the StorageClass parameters and the mount options a node accepts.
+//! the StorageClass parameters and the mount options a node accepts,
+//! [`base`] the backend's type; this module plugs them into [`Backend`].
 
 pub mod archive;
+pub mod base;
 pub mod client;
 pub mod controller;
 pub mod id;
@@ -19,42 +21,17 @@ pub mod params;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::Arc;
 
 use proto::v1::volume_capability::access_mode::Mode as AccessMode;
 use proto::v1::volume_capability::AccessType;
 use proto::v1::*;
 
 use crate::backend::{Backend, PathCheck};
-use crate::driver::Driver;
 use crate::error::{Error, Result};
 use crate::state;
 use crate::validate::{self, Access, Capability, CapabilityRules, Range};
-
-/// The StorageClass `backend` value of this backend.
-pub const NAME: &str = "nfs";
-
-/// Directory on each export that holds snapshot archives.
-pub const SNAPSHOT_DIR: &str = ".berth-snapshots";
-
-/// The NFS backend. Derefs to the shared [`Driver`].
-pub struct NfsBackend {
-    driver: Arc<Driver>,
-}
-
-impl std::ops::Deref for NfsBackend {
-    type Target = Driver;
-    fn deref(&self) -> &Driver {
-        &self.driver
-    }
-}
-
-impl NfsBackend {
-    /// The backend over the shared driver (it opens nothing until a call).
-    pub fn new(driver: Arc<Driver>) -> NfsBackend {
-        NfsBackend { driver }
-    }
-}
+pub use base::{NfsBackend, NAME};
+pub use id::SNAPSHOT_DIR;
 
 impl CapabilityRules for NfsBackend {
     /// Single- and multi-node modes: every node can mount the export.
