@@ -97,6 +97,23 @@ impl From<rusqlite::Error> for Error {
     }
 }
 
+/// The status of a failed call of RPC `rpc`, logged at debug level (the
+/// answer itself is the CO's to log).
+pub fn failed(rpc: &'static str) -> impl Fn(Error) -> Status {
+    move |e| {
+        tracing::debug!(rpc, error = %e, "request failed");
+        Status::from(e)
+    }
+}
+
+/// A gRPC answer: the response, or the status of the error.
+pub fn answer<T>(
+    rpc: &'static str,
+    r: Result<T>,
+) -> std::result::Result<tonic::Response<T>, Status> {
+    r.map(tonic::Response::new).map_err(failed(rpc))
+}
+
 impl From<Error> for Status {
     fn from(e: Error) -> Self {
         Status::new(e.code(), e.to_string())

@@ -1,4 +1,5 @@
-//! Identity service: name, version, capabilities, readiness.
+//! Identity service: name, version, capabilities, readiness (the state
+//! store and every backend's storage).
 
 use std::sync::Arc;
 
@@ -8,17 +9,19 @@ use proto::v1::*;
 use tonic::{Request, Response, Status};
 
 use crate::config::DRIVER_NAME;
-use crate::Driver;
+use crate::driver::Driver;
+use crate::registry::Registry;
 
 /// The Identity service.
 pub struct IdentityService {
     driver: Arc<Driver>,
+    backends: Arc<Registry>,
 }
 
 impl IdentityService {
-    /// Wraps the shared driver.
-    pub fn new(driver: Arc<Driver>) -> Self {
-        IdentityService { driver }
+    /// Answers for the driver and its backends.
+    pub fn new(driver: Arc<Driver>, backends: Arc<Registry>) -> Self {
+        IdentityService { driver, backends }
     }
 }
 
@@ -70,8 +73,8 @@ impl Identity for IdentityService {
     }
 
     async fn probe(&self, _req: Request<ProbeRequest>) -> Result<Response<ProbeResponse>, Status> {
-        let d = self.driver.clone();
-        let ready = tokio::task::spawn_blocking(move || d.state.healthy() && d.pool.healthy())
+        let (d, backends) = (self.driver.clone(), self.backends.clone());
+        let ready = tokio::task::spawn_blocking(move || d.state.healthy() && backends.healthy())
             .await
             .unwrap_or(false);
         if !ready {

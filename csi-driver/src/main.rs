@@ -84,8 +84,12 @@ fn main() -> ExitCode {
         default_fs_type: args.default_fs_type,
         metrics_addr: args.metrics_addr,
     };
-    let driver = match csi_driver::Driver::open(config) {
-        Ok(d) => d,
+    let opened = csi_driver::Driver::open(config).and_then(|d| {
+        let backends = csi_driver::registry::Registry::open(&d)?;
+        Ok((d, std::sync::Arc::new(backends)))
+    });
+    let (driver, backends) = match opened {
+        Ok(opened) => opened,
         Err(e) => {
             eprintln!("berth-csi: {e}");
             return ExitCode::from(2);
@@ -102,7 +106,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let r = rt.block_on(csi_driver::server::serve(driver));
+    let r = rt.block_on(csi_driver::server::serve(driver, backends));
     // Give engine work already running (a copy, an fsync) time to finish.
     rt.shutdown_timeout(std::time::Duration::from_secs(30));
     match r {

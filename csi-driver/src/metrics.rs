@@ -15,7 +15,7 @@ use berth_common::metrics_http::family;
 use tonic::codegen::http;
 use tower::{Layer, Service};
 
-use crate::Driver;
+use crate::driver::Driver;
 
 /// Latency buckets, seconds.
 const BUCKETS: [f64; 10] = [0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 5.0, 30.0];

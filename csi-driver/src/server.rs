@@ -16,10 +16,11 @@ use tonic::transport::Server;
 
 use crate::config::Endpoint;
 use crate::controller::ControllerService;
+use crate::driver::{blocking, Driver};
 use crate::error::{Error, Result};
 use crate::identity::IdentityService;
 use crate::node::NodeService;
-use crate::{blocking, Driver};
+use crate::registry::Registry;
 
 /// Removes a socket file left by a previous run; refuses to take over a
 /// socket another live process still answers on, or a path that is not a socket.
@@ -50,11 +51,11 @@ enum Incoming {
     Tcp(tokio_stream::wrappers::TcpListenerStream),
 }
 
-/// Reconciles, then serves until SIGTERM or SIGINT.
-pub async fn serve(driver: Arc<Driver>) -> Result<()> {
+/// Reconciles the backends, then serves until SIGTERM or SIGINT.
+pub async fn serve(driver: Arc<Driver>, backends: Arc<Registry>) -> Result<()> {
     {
-        let d = driver.clone();
-        blocking(move || crate::reconcile::reconcile(&d)).await?;
+        let b = backends.clone();
+        blocking(move || b.reconcile()).await?;
     }
     let incoming = match &driver.config.endpoint {
         Endpoint::Unix(socket) => {
@@ -91,14 +92,16 @@ pub async fn serve(driver: Arc<Driver>) -> Result<()> {
     }
     let mut builder = Server::builder().layer(crate::metrics::MetricsLayer(rpc));
     let router = builder
-        .add_service(IdentityServer::new(IdentityService::new(driver.clone())))
-        .add_optional_service(
-            mode.controller()
-                .then(|| ControllerServer::new(ControllerService::new(driver.clone()))),
-        )
+        .add_service(IdentityServer::new(IdentityService::new(
+            driver.clone(),
+            backends.clone(),
+        )))
+        .add_optional_service(mode.controller().then(|| {
+            ControllerServer::new(ControllerService::new(driver.clone(), backends.clone()))
+        }))
         .add_optional_service(
             mode.node()
-                .then(|| NodeServer::new(NodeService::new(driver.clone()))),
+                .then(|| NodeServer::new(NodeService::new(driver.clone(), backends.clone()))),
         );
     tracing::info!(endpoint = ?driver.config.endpoint, node = %driver.config.node_id, mode = ?mode, "serving");
     type Serving = std::pin::Pin<

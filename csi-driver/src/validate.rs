@@ -1,5 +1,8 @@
-//! Argument validation shared by the services. Nothing here touches the
-//! system: every request is checked with these before any device is used.
+//! Generic CSI argument checks: names and ids, CO paths, capacity ranges,
+//! pagination, the shape of a capability, sidecar parameter keys. Nothing
+//! here knows a backend (each one's capability rules come in through
+//! [`CapabilityRules`]) or touches the system beyond resolving paths: every
+//! request is checked with these before any device is used.
 
 use std::collections::HashMap;
 use std::path::{Component, Path, PathBuf};
@@ -68,7 +71,14 @@ pub fn abs_path_lexical(field: &str, value: &str, forbidden: &[&Path]) -> Result
     abs_path_with(field, value, forbidden, false)
 }
 
-fn abs_path_with(field: &str, value: &str, forbidden: &[&Path], resolve: bool) -> Result<PathBuf> {
+/// [`abs_path`] (`resolve`) or [`abs_path_lexical`] (not), as a backend's
+/// rules choose.
+pub fn abs_path_with(
+    field: &str,
+    value: &str,
+    forbidden: &[&Path],
+    resolve: bool,
+) -> Result<PathBuf> {
     if value.is_empty() {
         return Err(Error::missing(field));
     }
@@ -175,7 +185,7 @@ pub struct Capability {
 
 /// Options of the kernel's generic mount layer (mount(2) flags), valid for
 /// every filesystem, NFS included.
-pub(crate) const VFS_MOUNT_FLAGS: &[&str] = &[
+pub const VFS_MOUNT_FLAGS: &[&str] = &[
     "ro",
     "rw",
     "noexec",
@@ -199,50 +209,43 @@ pub(crate) const VFS_MOUNT_FLAGS: &[&str] = &[
     "defaults",
 ];
 
-/// Options of ext4/xfs the driver understands besides [`VFS_MOUNT_FLAGS`].
-/// Everything else is refused, so a typo is an INVALID_ARGUMENT instead of
-/// a mount failure later.
-const LOCAL_FS_FLAGS: &[&str] = &[
-    "discard",
-    "nodiscard",
-    "nouuid",
-    "noquota",
-    "usrquota",
-    "grpquota",
-    "prjquota",
-    "quota",
-    "user_xattr",
-    "acl",
-    "noacl",
-    "data=ordered",
-    "data=writeback",
-    "data=journal",
-    "barrier",
-    "nobarrier",
-    "errors=remount-ro",
-    "errors=continue",
-    "errors=panic",
-];
+/// The CSI limit on all mount flags of a capability together.
+const MAX_MOUNT_FLAGS_LEN: usize = 4096;
 
-/// Validates one capability; `field` is e.g. `volume_capabilities[0]`.
-/// Unsupported access modes (multi-node ones: a local disk is on one node)
-/// are INVALID_ARGUMENT.
-pub fn capability(field: &str, cap: &VolumeCapability) -> Result<Capability> {
-    capability_for(field, cap, Backend::Local)
+/// INVALID_ARGUMENT on `{field}.mount.mount_flags` when the flags together
+/// exceed 4 KiB.
+pub fn mount_flags_size(field: &str, flags: &[String]) -> Result<()> {
+    if flags.iter().map(String::len).sum::<usize>() > MAX_MOUNT_FLAGS_LEN {
+        return Err(Error::invalid(
+            format!("{field}.mount.mount_flags"),
+            "exceed 4 KiB",
+        ));
+    }
+    Ok(())
 }
 
-/// Which storage backend a capability is checked for: local disks live on
-/// one node; NFS volumes are filesystems reachable from every node.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Backend {
-    /// Image files on loop devices.
-    Local,
-    /// Subdirectories of NFS exports.
-    Nfs,
+/// What one storage backend accepts in a capability. [`capability`] checks
+/// the generic shape around these rules.
+pub trait CapabilityRules {
+    /// Whether an access mode (never `UNKNOWN`) is read-only, or why the
+    /// backend refuses it.
+    fn access_mode(&self, mode: AccessMode) -> std::result::Result<bool, String>;
+
+    /// The access an access type asks for (block, or a filesystem with
+    /// type and flags), or INVALID_ARGUMENT naming the field below `field`
+    /// (e.g. `{field}.mount.fs_type`).
+    fn access_type(&self, field: &str, access_type: &AccessType) -> Result<Access>;
 }
 
-/// [`capability`] for a given backend.
-pub fn capability_for(field: &str, cap: &VolumeCapability, backend: Backend) -> Result<Capability> {
+/// Validates one capability; `field` is e.g. `volume_capabilities[0]`. The
+/// shape (access mode and type present, mode known, no mount group) is
+/// checked here; `rules` say which modes, types, filesystems and flags the
+/// backend accepts.
+pub fn capability<R: CapabilityRules + ?Sized>(
+    field: &str,
+    cap: &VolumeCapability,
+    rules: &R,
+) -> Result<Capability> {
     let mode_field = format!("{field}.access_mode");
     let mode = cap
         .access_mode
@@ -254,112 +257,27 @@ pub fn capability_for(field: &str, cap: &VolumeCapability, backend: Backend) -> 
             format!("unknown mode {}", mode.mode),
         )
     })?;
-    let read_only_mode = match mode {
-        AccessMode::SingleNodeWriter => false,
-        AccessMode::SingleNodeReaderOnly => true,
-        AccessMode::Unknown => return Err(Error::missing(format!("{mode_field}.mode"))),
-        AccessMode::MultiNodeReaderOnly if backend == Backend::Nfs => true,
-        AccessMode::MultiNodeSingleWriter | AccessMode::MultiNodeMultiWriter
-            if backend == Backend::Nfs =>
-        {
-            false
-        }
-        other => {
+    if mode == AccessMode::Unknown {
+        return Err(Error::missing(format!("{mode_field}.mode")));
+    }
+    let read_only_mode = rules
+        .access_mode(mode)
+        .map_err(|why| Error::invalid(format!("{mode_field}.mode"), why))?;
+    let access_type = cap.access_type.as_ref().ok_or_else(|| {
+        Error::invalid(
+            format!("{field}.access_type"),
+            "one of block or mount is required",
+        )
+    })?;
+    let access = rules.access_type(field, access_type)?;
+    if let AccessType::Mount(m) = access_type {
+        if !m.volume_mount_group.is_empty() {
             return Err(Error::invalid(
-                format!("{mode_field}.mode"),
-                format!(
-                    "{} is not supported: local volumes live on one node",
-                    other.as_str_name()
-                ),
-            ))
+                format!("{field}.mount.volume_mount_group"),
+                "is not supported (no VOLUME_MOUNT_GROUP capability)",
+            ));
         }
-    };
-    let access = match &cap.access_type {
-        None => {
-            return Err(Error::invalid(
-                format!("{field}.access_type"),
-                "one of block or mount is required",
-            ))
-        }
-        Some(AccessType::Block(_)) if backend == Backend::Nfs => {
-            return Err(Error::invalid(
-                format!("{field}.block"),
-                "NFS volumes are filesystems; block access is not possible",
-            ))
-        }
-        Some(AccessType::Block(_)) => Access::Block,
-        Some(AccessType::Mount(m)) if backend == Backend::Nfs => {
-            if !matches!(m.fs_type.as_str(), "" | "nfs" | "nfs4") {
-                return Err(Error::invalid(
-                    format!("{field}.mount.fs_type"),
-                    format!(
-                        "{:?} is not an NFS filesystem type (nfs, nfs4 or empty)",
-                        m.fs_type
-                    ),
-                ));
-            }
-            if m.mount_flags.iter().map(String::len).sum::<usize>() > 4096 {
-                return Err(Error::invalid(
-                    format!("{field}.mount.mount_flags"),
-                    "exceed 4 KiB",
-                ));
-            }
-            for (i, f) in m.mount_flags.iter().enumerate() {
-                crate::nfs::params::check_mount_option(
-                    &format!("{field}.mount.mount_flags[{i}]"),
-                    f,
-                )?;
-            }
-            if !m.volume_mount_group.is_empty() {
-                return Err(Error::invalid(
-                    format!("{field}.mount.volume_mount_group"),
-                    "is not supported (no VOLUME_MOUNT_GROUP capability)",
-                ));
-            }
-            Access::Mount {
-                fs_type: None,
-                flags: m.mount_flags.clone(),
-            }
-        }
-        Some(AccessType::Mount(m)) => {
-            let fs_type = if m.fs_type.is_empty() {
-                None
-            } else {
-                Some(FsType::parse(&m.fs_type).ok_or_else(|| {
-                    Error::invalid(
-                        format!("{field}.mount.fs_type"),
-                        format!("{:?} is not supported (ext4 or xfs)", m.fs_type),
-                    )
-                })?)
-            };
-            let mut total = 0;
-            for (i, f) in m.mount_flags.iter().enumerate() {
-                total += f.len();
-                if !VFS_MOUNT_FLAGS.contains(&f.as_str()) && !LOCAL_FS_FLAGS.contains(&f.as_str()) {
-                    return Err(Error::invalid(
-                        format!("{field}.mount.mount_flags[{i}]"),
-                        "is not a mount option this driver supports",
-                    ));
-                }
-            }
-            if total > 4096 {
-                return Err(Error::invalid(
-                    format!("{field}.mount.mount_flags"),
-                    "exceed 4 KiB",
-                ));
-            }
-            if !m.volume_mount_group.is_empty() {
-                return Err(Error::invalid(
-                    format!("{field}.mount.volume_mount_group"),
-                    "is not supported (no VOLUME_MOUNT_GROUP capability)",
-                ));
-            }
-            Access::Mount {
-                fs_type,
-                flags: m.mount_flags.clone(),
-            }
-        }
-    };
+    }
     Ok(Capability {
         access,
         read_only_mode,
@@ -368,23 +286,60 @@ pub fn capability_for(field: &str, cap: &VolumeCapability, backend: Backend) -> 
 }
 
 /// Validates a required list of capabilities.
-pub fn capabilities(field: &str, caps: &[VolumeCapability]) -> Result<Vec<Capability>> {
-    capabilities_for(field, caps, Backend::Local)
-}
-
-/// [`capabilities`] for a given backend.
-pub fn capabilities_for(
+pub fn capabilities<R: CapabilityRules + ?Sized>(
     field: &str,
     caps: &[VolumeCapability],
-    backend: Backend,
+    rules: &R,
 ) -> Result<Vec<Capability>> {
     if caps.is_empty() {
         return Err(Error::missing(field));
     }
     caps.iter()
         .enumerate()
-        .map(|(i, c)| capability_for(&format!("{field}[{i}]"), c, backend))
+        .map(|(i, c)| capability(&format!("{field}[{i}]"), c, rules))
         .collect()
+}
+
+/// Whether every capability of an optional list (GetCapacity's) is one
+/// `rules` accept; an unacceptable one means "no capacity", not an error.
+pub fn capabilities_usable<R: CapabilityRules + ?Sized>(
+    caps: &[VolumeCapability],
+    rules: &R,
+) -> Result<bool> {
+    for (i, c) in caps.iter().enumerate() {
+        match capability(&format!("volume_capabilities[{i}]"), c, rules) {
+            Ok(_) => {}
+            Err(Error::InvalidArgument { .. }) => return Ok(false),
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(true)
+}
+
+/// What is wrong with each capability, as ValidateVolumeCapabilities
+/// reports it (`volume_capabilities[i]...: reason`); `fits` adds a check of
+/// a valid capability against the volume.
+pub fn capability_problems<R: CapabilityRules + ?Sized>(
+    caps: &[VolumeCapability],
+    rules: &R,
+    fits: impl Fn(&Capability) -> std::result::Result<(), String>,
+) -> Result<Vec<String>> {
+    let mut problems = Vec::new();
+    for (i, c) in caps.iter().enumerate() {
+        let field = format!("volume_capabilities[{i}]");
+        match capability(&field, c, rules) {
+            Err(Error::InvalidArgument { field, reason }) => {
+                problems.push(format!("{field}: {reason}"))
+            }
+            Err(e) => return Err(e),
+            Ok(cap) => {
+                if let Err(why) = fits(&cap) {
+                    problems.push(format!("{field}: {why}"));
+                }
+            }
+        }
+    }
+    Ok(problems)
 }
 
 /// Validated capacity bounds in bytes (`None` = not set).
@@ -430,60 +385,40 @@ fn range_ok(required: Option<u64>, limit: Option<u64>) -> Range {
     Range { required, limit }
 }
 
-/// StorageClass parameters of the local backend.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Params {
-    /// Allocate the whole image up front instead of a sparse file.
-    pub preallocate: bool,
+/// Decodes a pagination token this driver handed out (`t<seq>`); empty is
+/// the start. Anything else is ABORTED, as the spec asks.
+pub fn pagination_token(field: &str, token: &str) -> Result<i64> {
+    if token.is_empty() {
+        return Ok(0);
+    }
+    token
+        .strip_prefix('t')
+        .and_then(|n| n.parse::<i64>().ok())
+        .filter(|n| *n >= 0)
+        .ok_or_else(|| {
+            Error::Aborted(format!(
+                "{field} {token:?} is not a token this driver handed out"
+            ))
+        })
 }
 
-/// Validates CreateVolume parameters of local volumes (`backend: nfs` goes
-/// to [`crate::nfs::params`]). Known keys: `backend` (`local`),
-/// `preallocate` (`true`/`false`); keys under `csi.storage.k8s.io/` are
-/// metadata the sidecars add and are ignored. Anything else is refused.
-pub fn params(field: &str, map: &HashMap<String, String>) -> Result<Params> {
-    let mut p = Params::default();
-    for (k, v) in map {
-        match k.as_str() {
-            "backend" => {
-                if v != "local" {
-                    return Err(Error::invalid(
-                        format!("{field}[backend]"),
-                        format!("{v:?} is not an available backend (local, nfs)"),
-                    ));
-                }
-            }
-            "preallocate" => {
-                p.preallocate = match v.as_str() {
-                    "true" => true,
-                    "false" => false,
-                    _ => {
-                        return Err(Error::invalid(
-                            format!("{field}[preallocate]"),
-                            "must be true or false",
-                        ))
-                    }
-                }
-            }
-            k if k.starts_with("csi.storage.k8s.io/") => {}
-            other => {
-                return Err(Error::invalid(
-                    format!("{field}[{other}]"),
-                    "is not a known parameter",
-                ))
-            }
-        }
+/// A list call's `max_entries`: 0 means no limit; negative is refused.
+pub fn max_entries(n: i32) -> Result<usize> {
+    if n < 0 {
+        return Err(Error::invalid("max_entries", "must not be negative"));
     }
-    Ok(p)
+    Ok(n as usize)
+}
+
+/// Whether a StorageClass key is one the sidecars add (metadata, ignored).
+pub fn is_sidecar_key(key: &str) -> bool {
+    key.starts_with("csi.storage.k8s.io/")
 }
 
 /// Parameters with sidecar metadata keys removed, sorted: what identifies a
 /// volume's creation options for idempotency checks.
 pub fn canonical_params(map: &HashMap<String, String>) -> String {
-    let mut v: Vec<_> = map
-        .iter()
-        .filter(|(k, _)| !k.starts_with("csi.storage.k8s.io/"))
-        .collect();
+    let mut v: Vec<_> = map.iter().filter(|(k, _)| !is_sidecar_key(k)).collect();
     v.sort();
     serde_json::to_string(&v).unwrap_or_default()
 }
@@ -491,7 +426,7 @@ pub fn canonical_params(map: &HashMap<String, String>) -> String {
 /// Validates snapshot parameters: only sidecar metadata is accepted.
 pub fn snapshot_params(field: &str, map: &HashMap<String, String>) -> Result<()> {
     for k in map.keys() {
-        if !k.starts_with("csi.storage.k8s.io/") {
+        if !is_sidecar_key(k) {
             return Err(Error::invalid(
                 format!("{field}[{k}]"),
                 "is not a known parameter",
@@ -577,13 +512,16 @@ mod tests {
     }
 
     #[test]
-    fn unknown_params_are_named() {
-        let mut m = HashMap::new();
-        m.insert("colour".to_string(), "blue".to_string());
-        let e = params("parameters", &m).unwrap_err();
-        assert!(e.to_string().contains("parameters[colour]"), "{e}");
-        m.clear();
-        m.insert("csi.storage.k8s.io/pvc/name".into(), "x".into());
-        assert!(params("parameters", &m).is_ok());
+    fn tokens() {
+        assert_eq!(pagination_token("t", "").unwrap(), 0);
+        assert_eq!(pagination_token("t", "t12").unwrap(), 12);
+        assert!(matches!(
+            pagination_token("t", "invalid-token"),
+            Err(Error::Aborted(_))
+        ));
+        assert!(matches!(
+            pagination_token("t", "12"),
+            Err(Error::Aborted(_))
+        ));
     }
 }

@@ -2,6 +2,8 @@
 //! the spec's code) and a message naming the field, before anything on the
 //! node is touched. Needs root (starts the driver); skips otherwise.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code
+
 mod common;
 
 use std::collections::HashMap;

@@ -2,6 +2,8 @@
 //! driven over the real socket of the real `berth-csi` binary. Needs root
 //! (loop devices, mounts); skips itself otherwise.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code
+
 mod common;
 
 use std::collections::HashMap;
@@ -1222,7 +1224,8 @@ async fn node_lifecycle_is_idempotent_and_checks_arguments() {
     h.delete(&id).await.unwrap();
 }
 
-use csi_driver::engine::{loopdev, mount};
+use csi_driver::backend::local::loopdev;
+use csi_driver::mount;
 
 #[tokio::test]
 async fn node_expand_grows_xfs_online() {

@@ -3,6 +3,8 @@
 //! crashes, in snapshots and clones; read-only means read-only; a full
 //! volume says ENOSPC; block volumes carry raw bytes. Needs root.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code
+
 mod common;
 
 use std::fs::{self, OpenOptions};
@@ -10,7 +12,8 @@ use std::io::{ErrorKind, Read, Seek, SeekFrom, Write};
 use std::path::Path;
 
 use common::*;
-use csi_driver::engine::{loopdev, mount};
+use csi_driver::backend::local::loopdev;
+use csi_driver::mount;
 use proto::v1::volume_content_source::{SnapshotSource, Type as Src, VolumeSource};
 use proto::v1::*;
 

@@ -1,6 +1,8 @@
 //! Metrics and health are scraped over HTTP while the real driver serves
 //! calls: RPC counters by method and code, volumes and bytes provisioned.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code
+
 mod common;
 
 use std::io::{Read, Write};

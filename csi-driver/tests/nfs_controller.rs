@@ -3,6 +3,8 @@
 //! that namespace speaking NFSv3 from user space. What the controller does
 //! is checked on the export directory itself, on the host.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code
+
 mod common;
 
 use std::collections::HashMap;

@@ -4,6 +4,8 @@
 //! busybox-static, cpio and a guest kernel (scripts/guest-kernel.sh);
 //! without them the tests say why and skip.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code
+
 mod common;
 
 use std::path::Path;

@@ -6,6 +6,8 @@
 //! namespace. Skipped, with the reason printed, where QEMU or the guest
 //! kernel cannot be had.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code
+
 mod common;
 
 use std::path::PathBuf;

@@ -23,7 +23,8 @@ mod nfs;
 #[allow(dead_code)]
 #[path = "../../tests/common/nfs_server.rs"]
 mod nfs_server;
-use csi_driver::engine::{loopdev, mount};
+use csi_driver::backend::local::loopdev;
+use csi_driver::mount;
 use hyper_util::rt::TokioIo;
 use proto::v1::controller_client::ControllerClient;
 use proto::v1::node_client::NodeClient;
@@ -136,7 +137,7 @@ fn stats(mut v: Vec<Duration>) -> String {
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args = Args::parse();
-    if unsafe { libc::geteuid() } != 0 {
+    if !csi_driver::driver::running_as_root() {
         return Err("run as root (loop devices and mounts)".into());
     }
     let bin = std::env::current_exe()?.with_file_name("berth-csi");

@@ -16,7 +16,8 @@ use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use csi_driver::engine::{loopdev, mount};
+use csi_driver::backend::local::loopdev;
+use csi_driver::mount;
 use hyper_util::rt::TokioIo;
 use proto::v1::controller_client::ControllerClient;
 use proto::v1::identity_client::IdentityClient;

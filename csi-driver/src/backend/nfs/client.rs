@@ -149,7 +149,7 @@ impl Nfs {
         // A reserved source port is what servers with the `secure` export
         // option (the Linux default) want; only root has one, and the
         // library binds them for IPv4 only.
-        let privileged = ip.is_ipv4() && (unsafe { libc::geteuid() } == 0);
+        let privileged = ip.is_ipv4() && crate::driver::running_as_root();
         let builder = Nfs3ConnectionBuilder::new(TokioConnector, ip.to_string(), share)
             .credential(opaque_auth::auth_unix(&cred))
             .connect_from_privileged_port(privileged);

@@ -10,6 +10,9 @@
 use crate::error::{Error, Result};
 use crate::validate::MAX_ID_LEN;
 
+/// Directory on each export that holds snapshot archives.
+pub const SNAPSHOT_DIR: &str = ".berth-snapshots";
+
 /// Prefix of NFS volume ids.
 pub const VOLUME_PREFIX: &str = "nfs#";
 /// Prefix of NFS snapshot ids.

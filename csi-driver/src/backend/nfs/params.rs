@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 
-use super::id::{check_server, normalise_share, normalise_subdir, OnDelete};
+use super::id::{check_server, normalise_share, normalise_subdir, OnDelete, SNAPSHOT_DIR};
 use crate::error::{Error, Result};
 
 /// Sidecar keys that fill the `subDir` templates.
@@ -218,7 +218,7 @@ pub fn parse(field: &str, map: &HashMap<String, String>, volume_name: &str) -> R
                     )
                 })?
             }
-            k if k.starts_with("csi.storage.k8s.io/") => {}
+            k if crate::validate::is_sidecar_key(k) => {}
             other => {
                 return Err(Error::invalid(
                     f(other),
@@ -236,7 +236,7 @@ pub fn parse(field: &str, map: &HashMap<String, String>, volume_name: &str) -> R
     let subdir = normalise_subdir(&raw).map_err(|e| Error::invalid(f("subDir"), e))?;
     if subdir
         .split('/')
-        .any(|c| c.starts_with("archived-") || c == super::SNAPSHOT_DIR)
+        .any(|c| c.starts_with("archived-") || c == SNAPSHOT_DIR)
     {
         return Err(Error::invalid(
             f("subDir"),

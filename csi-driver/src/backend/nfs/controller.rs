@@ -1,34 +1,23 @@
-//! The NFS backend: volumes are subdirectories of NFS exports, chosen by
-//! the StorageClass parameter `backend: nfs`.
-//!
-//! The controller side speaks NFSv3 from user space ([`client`]) and never
-//! mounts anything, so a dead server costs a bounded wait and a clear code.
-//! The node side ([`node`]) mounts `server:/share/subdir` on the target with
-//! the kernel's NFS client. Ids carry the server, export, subdirectory and
-//! delete policy ([`id`]), so no call after CreateVolume needs our records;
-//! records are still kept for idempotency by name and for ListVolumes.
-
-pub mod archive;
-pub mod client;
-pub mod id;
-pub mod node;
-pub mod params;
+//! Controller side of NFS volumes: NFSv3 from user space ([`super::client`]),
+//! never a mount, so a dead server costs a bounded wait and a clear code.
+//! The service checked the generic arguments first (see each
+//! [`crate::backend::Backend`] method).
 
 use std::collections::HashMap;
-use std::sync::Arc;
 
 use proto::v1::volume_content_source::Type as SourceType;
 use proto::v1::*;
 
-use crate::controller::{choose_size, content_source, to_snapshot};
+use super::base::NfsBackend;
+use super::client::Nfs;
+use super::id::{self, OnDelete, SnapshotId, VolumeId, SNAPSHOT_DIR};
+use super::{archive, params};
+use crate::csi::{choose_size, condition, content_source, existing_snapshot, to_snapshot};
+use crate::driver::{now_ns, Driver};
 use crate::error::{Error, Result};
-use crate::validate::{self, Backend};
-use crate::{now_ns, state, Driver};
-use client::Nfs;
-use id::{OnDelete, SnapshotId, VolumeId};
+use crate::state;
+use crate::validate::{self, Capability, Range};
 
-/// Directory on each export that holds snapshot archives.
-pub const SNAPSHOT_DIR: &str = ".berth-snapshots";
 /// Mode of a new volume directory unless `mountPermissions` says otherwise:
 /// pods of any user id can write, as on an NFS export they usually must.
 const DEFAULT_DIR_MODE: u32 = 0o777;
@@ -72,7 +61,7 @@ fn recorded_mount_options(v: &state::Volume) -> Vec<String> {
 
 /// The CSI volume of a record of ours (used by ListVolumes and
 /// ControllerGetVolume): no topology, an NFS volume is reachable anywhere.
-pub fn to_volume(v: &state::Volume) -> Option<Volume> {
+pub(super) fn to_volume(v: &state::Volume) -> Option<Volume> {
     let vid = VolumeId::parse("volume_id", &v.id).ok()?;
     Some(Volume {
         capacity_bytes: v.size as i64,
@@ -139,22 +128,15 @@ fn parse_source(req: &CreateVolumeRequest, p: &params::NfsParams) -> Result<Opti
     }
 }
 
-/// CreateVolume for `backend: nfs`.
-pub async fn create_volume(d: Arc<Driver>, req: CreateVolumeRequest) -> Result<Volume> {
-    validate::name("name", &req.name)?;
-    validate::capabilities_for(
-        "volume_capabilities",
-        &req.volume_capabilities,
-        Backend::Nfs,
-    )?;
-    let range = validate::range("capacity_range", req.capacity_range.as_ref())?;
+/// CreateVolume for `backend: nfs`; name, capabilities, range and
+/// parameters were checked.
+pub(super) async fn create_volume(
+    d: &Driver,
+    req: CreateVolumeRequest,
+    _caps: Vec<Capability>,
+    range: Range,
+) -> Result<Volume> {
     let p = params::parse("parameters", &req.parameters, &req.name)?;
-    if !req.mutable_parameters.is_empty() {
-        return Err(Error::invalid(
-            "mutable_parameters",
-            "are not supported (no MODIFY_VOLUME capability)",
-        ));
-    }
     let source = parse_source(&req, &p)?;
     let size = choose_size(range, 0)?;
     let vid = VolumeId {
@@ -236,7 +218,7 @@ pub async fn create_volume(d: Arc<Driver>, req: CreateVolumeRequest) -> Result<V
     })?;
 
     let made = async {
-        let mut nfs = session(&d, &p.server, &p.share).await?;
+        let mut nfs = session(d, &p.server, &p.share).await?;
         let (parent, last) = split(&p.subdir);
         if wipe_first {
             if let Some((pfh, _)) = nfs.lookup_path(parent).await? {
@@ -298,11 +280,11 @@ pub async fn create_volume(d: Arc<Driver>, req: CreateVolumeRequest) -> Result<V
 }
 
 /// DeleteVolume of an NFS volume: applies the id's delete policy.
-pub async fn delete_volume(d: Arc<Driver>, volume_id: &str) -> Result<()> {
+pub(super) async fn delete_volume(d: &Driver, volume_id: &str) -> Result<()> {
     let vid = VolumeId::parse("volume_id", volume_id)?;
     let _guard = d.locks.acquire(&[Driver::vol_key(volume_id)])?;
     if vid.on_delete != OnDelete::Retain {
-        let mut nfs = session(&d, &vid.server, &vid.share).await?;
+        let mut nfs = session(d, &vid.server, &vid.share).await?;
         let (parent, last) = split(&vid.subdir);
         if let Some((pfh, _)) = nfs.lookup_path(parent).await? {
             match vid.on_delete {
@@ -334,9 +316,9 @@ fn archive_name(name: &str) -> String {
     format!("s-{}.tar", berth_common::digest(&[name.as_bytes()]))
 }
 
-/// CreateSnapshot of an NFS volume: an archive on the same export.
-pub async fn create_snapshot(d: Arc<Driver>, req: CreateSnapshotRequest) -> Result<Snapshot> {
-    validate::name("name", &req.name)?;
+/// CreateSnapshot of an NFS volume: an archive on the same export; the
+/// name was checked.
+pub(super) async fn create_snapshot(d: &Driver, req: CreateSnapshotRequest) -> Result<Snapshot> {
     validate::snapshot_params("parameters", &req.parameters)?;
     let vid = VolumeId::parse("source_volume_id", &req.source_volume_id)?;
     let file = archive_name(&req.name);
@@ -357,17 +339,9 @@ pub async fn create_snapshot(d: Arc<Driver>, req: CreateSnapshotRequest) -> Resu
         format!("snapshot-name/{}", req.name),
         Driver::vol_key(&req.source_volume_id),
     ])?;
-    if let Some(s) = d.state.snapshot_by_name(&req.name)? {
-        if s.state == "ready" {
-            if s.source_volume_id == req.source_volume_id {
-                return Ok(to_snapshot(&s));
-            }
-            return Err(Error::AlreadyExists(format!(
-                "a snapshot named {:?} exists for volume {}, not {}",
-                req.name, s.source_volume_id, req.source_volume_id
-            )));
-        }
-        d.state.delete_snapshot(&s.id)?;
+    // A half-made archive keeps its `.partial` name; the retry overwrites it.
+    if let Some(s) = existing_snapshot(d, &req.name, &req.source_volume_id, |_| Ok(()))? {
+        return Ok(s);
     }
     let mut rec = state::Snapshot {
         seq: 0,
@@ -380,7 +354,7 @@ pub async fn create_snapshot(d: Arc<Driver>, req: CreateSnapshotRequest) -> Resu
     };
     d.state.insert_snapshot(&rec)?;
     let made = async {
-        let mut nfs = session(&d, &vid.server, &vid.share).await?;
+        let mut nfs = session(d, &vid.server, &vid.share).await?;
         let (src, _) = nfs.lookup_path(&vid.subdir).await?.ok_or_else(|| {
             Error::NotFound(format!(
                 "source_volume_id: volume {} does not exist ({}:{}/{} is missing)",
@@ -415,10 +389,10 @@ pub async fn create_snapshot(d: Arc<Driver>, req: CreateSnapshotRequest) -> Resu
 }
 
 /// DeleteSnapshot of an NFS snapshot: removes its archive.
-pub async fn delete_snapshot(d: Arc<Driver>, snapshot_id: &str) -> Result<()> {
+pub(super) async fn delete_snapshot(d: &Driver, snapshot_id: &str) -> Result<()> {
     let sid = SnapshotId::parse("snapshot_id", snapshot_id)?;
     let _guard = d.locks.acquire(&[format!("snapshot/{snapshot_id}")])?;
-    let mut nfs = session(&d, &sid.server, &sid.share).await?;
+    let mut nfs = session(d, &sid.server, &sid.share).await?;
     if let Some((dir, _)) = nfs.lookup_path(SNAPSHOT_DIR).await? {
         nfs.remove(&dir, sid.file.as_bytes()).await?;
         nfs.remove(&dir, format!("{}.partial", sid.file).as_bytes())
@@ -431,21 +405,20 @@ pub async fn delete_snapshot(d: Arc<Driver>, snapshot_id: &str) -> Result<()> {
 
 /// GetCapacity for `backend: nfs` parameters: the export's free space as
 /// the server reports it.
-pub async fn get_capacity(d: Arc<Driver>, req: GetCapacityRequest) -> Result<GetCapacityResponse> {
-    let zero = GetCapacityResponse {
-        available_capacity: 0,
-        maximum_volume_size: None,
-        minimum_volume_size: None,
-    };
-    for (i, c) in req.volume_capabilities.iter().enumerate() {
-        match validate::capability_for(&format!("volume_capabilities[{i}]"), c, Backend::Nfs) {
-            Ok(_) => {}
-            Err(Error::InvalidArgument { .. }) => return Ok(zero),
-            Err(e) => return Err(e),
-        }
+pub(super) async fn get_capacity(
+    d: &Driver,
+    req: GetCapacityRequest,
+    caps_usable: bool,
+) -> Result<GetCapacityResponse> {
+    if !caps_usable {
+        return Ok(GetCapacityResponse {
+            available_capacity: 0,
+            maximum_volume_size: None,
+            minimum_volume_size: None,
+        });
     }
     let (server, share) = params::parse_export("parameters", &req.parameters)?;
-    let mut nfs = session(&d, &server, &share).await?;
+    let mut nfs = session(d, &server, &share).await?;
     let available = nfs.available().await?;
     nfs.close().await;
     Ok(GetCapacityResponse {
@@ -463,45 +436,32 @@ async fn exists(d: &Driver, vid: &VolumeId) -> Result<bool> {
     Ok(found)
 }
 
-/// ValidateVolumeCapabilities of an NFS volume.
-pub async fn validate_caps(
-    d: Arc<Driver>,
-    req: ValidateVolumeCapabilitiesRequest,
-) -> Result<ValidateVolumeCapabilitiesResponse> {
+/// ValidateVolumeCapabilities of an NFS volume: the problems found.
+pub(super) async fn validate_caps(
+    b: &NfsBackend,
+    req: &ValidateVolumeCapabilitiesRequest,
+) -> Result<Vec<String>> {
     let vid = VolumeId::parse("volume_id", &req.volume_id)?;
-    if req.volume_capabilities.is_empty() {
-        return Err(Error::missing("volume_capabilities"));
-    }
-    if !exists(&d, &vid).await? {
+    if !exists(b, &vid).await? {
         return Err(Error::NotFound(format!(
             "volume {} does not exist ({}:{}/{} is missing)",
             req.volume_id, vid.server, vid.share, vid.subdir
         )));
     }
-    let mut problems = Vec::new();
-    for (i, c) in req.volume_capabilities.iter().enumerate() {
-        let field = format!("volume_capabilities[{i}]");
-        match validate::capability_for(&field, c, Backend::Nfs) {
-            Err(Error::InvalidArgument { field, reason }) => {
-                problems.push(format!("{field}: {reason}"))
-            }
-            Err(e) => return Err(e),
-            Ok(_) => {}
-        }
-    }
+    let mut problems = validate::capability_problems(&req.volume_capabilities, b, |_| Ok(()))?;
     if !req.parameters.is_empty() {
         if let Err(e) = params::parse_export("parameters", &req.parameters) {
             problems.push(e.to_string());
         }
     }
-    Ok(crate::controller::validation_answer(problems, req))
+    Ok(problems)
 }
 
 /// ControllerGetVolume of an NFS volume (condition from the server).
-pub async fn get_volume(d: Arc<Driver>, volume_id: &str) -> Result<ControllerGetVolumeResponse> {
+pub(super) async fn get_volume(d: &Driver, volume_id: &str) -> Result<ControllerGetVolumeResponse> {
     let vid = VolumeId::parse("volume_id", volume_id)?;
     let rec = d.state.volume(volume_id)?.filter(|v| v.state == "ready");
-    let found = exists(&d, &vid).await?;
+    let found = exists(d, &vid).await?;
     let volume = match &rec {
         Some(v) => to_volume(v),
         None if found => Some(Volume {
@@ -518,18 +478,15 @@ pub async fn get_volume(d: Arc<Driver>, volume_id: &str) -> Result<ControllerGet
         }
     };
     let condition = if found {
-        VolumeCondition {
-            abnormal: false,
-            message: "the directory exists on the server".into(),
-        }
+        condition(false, "the directory exists on the server")
     } else {
-        VolumeCondition {
-            abnormal: true,
-            message: format!(
+        condition(
+            true,
+            format!(
                 "{}:{}/{} is missing on the server",
                 vid.server, vid.share, vid.subdir
             ),
-        }
+        )
     };
     Ok(ControllerGetVolumeResponse {
         volume,
@@ -542,12 +499,12 @@ pub async fn get_volume(d: Arc<Driver>, volume_id: &str) -> Result<ControllerGet
 
 /// ControllerExpandVolume of an NFS volume: the size is a record only (an
 /// export has no per-directory size unless the server sets quotas).
-pub fn expand_volume(
+/// Volume id and range were checked; the capability is not looked at.
+pub(super) fn expand_volume(
     d: &Driver,
     req: &ControllerExpandVolumeRequest,
+    range: Range,
 ) -> Result<ControllerExpandVolumeResponse> {
-    VolumeId::parse("volume_id", &req.volume_id)?;
-    let range = validate::range("capacity_range", req.capacity_range.as_ref())?;
     let size = range
         .required
         .or(range.limit)

@@ -9,14 +9,15 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::engine::local::{Kind, LocalId};
-use crate::engine::{loopdev, mount};
+use super::base::LocalBackend;
+use super::loopdev;
+use super::node::{bind_publication, teardown_staging};
+use super::pool::{Kind, LocalId};
 use crate::error::Result;
-use crate::node::{bind_publication, teardown_staging};
-use crate::Driver;
+use crate::mount;
 
 /// Runs every step; a failing item is logged and the others go on.
-pub fn reconcile(d: &Driver) -> Result<()> {
+pub fn reconcile(d: &LocalBackend) -> Result<()> {
     for v in d.state.all_volumes()? {
         if v.state == "ready" {
             continue;
@@ -109,7 +110,7 @@ pub fn reconcile(d: &Driver) -> Result<()> {
 
 /// Loop devices bound to pool images that no staging or publication uses,
 /// and that nothing has mounted, are released.
-fn release_stray_loops(d: &Driver) -> Result<()> {
+fn release_stray_loops(d: &LocalBackend) -> Result<()> {
     let mut used: Vec<String> = d
         .state
         .all_stagings()?

@@ -14,10 +14,11 @@ use proto::v1::*;
 
 use super::id::VolumeId;
 use super::params::parse_mount_options;
-use crate::engine::mount::{self, split_flags, MountEntry};
+use crate::csi::{condition, usage_entries};
+use crate::driver::Driver;
 use crate::error::{Error, Result};
-use crate::validate::{self, Access, Backend};
-use crate::Driver;
+use crate::mount::{self, split_flags, MountEntry};
+use crate::validate::{Access, Capability};
 
 /// Work that did not finish within its bound, by key (a target path or a
 /// server name): its thread is still blocked in the kernel.
@@ -147,10 +148,6 @@ fn unmount_bounded(target: &Path, bound: Duration) -> Result<()> {
     )))
 }
 
-fn target_path(d: &Driver, field: &str, value: &str) -> Result<PathBuf> {
-    validate::abs_path_lexical(field, value, &d.own_dirs())
-}
-
 /// Splits options into mount(2) flags, the NFS data string and the
 /// filesystem type, adding NFS 4.1 when no version is given.
 fn mount_args(opts: &[String], read_only: bool, addr: &str) -> (MsFlags, String, &'static str) {
@@ -236,15 +233,15 @@ fn mount_error(vid: &VolumeId, e: nix::Error) -> Error {
     }
 }
 
-/// NodePublishVolume of an NFS volume.
-pub fn publish(d: &Driver, req: NodePublishVolumeRequest) -> Result<()> {
+/// NodePublishVolume of an NFS volume: mounts the export's subdirectory on
+/// the target (volume id, target and capability were checked).
+pub(super) fn publish(
+    d: &Driver,
+    req: &NodePublishVolumeRequest,
+    target: PathBuf,
+    cap: Capability,
+) -> Result<()> {
     let vid = VolumeId::parse("volume_id", &req.volume_id)?;
-    let target = target_path(d, "target_path", &req.target_path)?;
-    let cap = req
-        .volume_capability
-        .as_ref()
-        .ok_or_else(|| Error::missing("volume_capability"))?;
-    let cap = validate::capability_for("volume_capability", cap, Backend::Nfs)?;
     let read_only = req.readonly || cap.read_only_mode;
     let mut opts = match req.volume_context.get("mountOptions") {
         Some(o) => parse_mount_options("volume_context[mountOptions]", o)?,
@@ -333,10 +330,9 @@ pub fn publish(d: &Driver, req: NodePublishVolumeRequest) -> Result<()> {
     }
 }
 
-/// NodeUnpublishVolume of an NFS volume.
-pub fn unpublish(d: &Driver, req: NodeUnpublishVolumeRequest) -> Result<()> {
-    VolumeId::parse("volume_id", &req.volume_id)?;
-    let target = target_path(d, "target_path", &req.target_path)?;
+/// NodeUnpublishVolume of an NFS volume: a bounded unmount, then a lazy
+/// one; the target is removed.
+pub(super) fn unpublish(d: &Driver, volume_id: &str, target: PathBuf) -> Result<()> {
     let _guard = d.locks.acquire(&[format!("target/{}", target.display())])?;
     unmount_bounded(&target, d.config.nfs_timeout)?;
     match std::fs::remove_dir(&target) {
@@ -344,39 +340,18 @@ pub fn unpublish(d: &Driver, req: NodeUnpublishVolumeRequest) -> Result<()> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => return Err(Error::io(format!("removing {}", target.display()), e)),
     }
-    tracing::info!(volume = %req.volume_id, target = %target.display(), "NFS volume unpublished");
-    Ok(())
-}
-
-/// NodeStageVolume / NodeUnstageVolume of an NFS volume: nothing is
-/// staged (each publish mounts the export directly); the arguments are
-/// still checked.
-pub fn stage(d: &Driver, req: &NodeStageVolumeRequest) -> Result<()> {
-    VolumeId::parse("volume_id", &req.volume_id)?;
-    target_path(d, "staging_target_path", &req.staging_target_path)?;
-    let cap = req
-        .volume_capability
-        .as_ref()
-        .ok_or_else(|| Error::missing("volume_capability"))?;
-    validate::capability_for("volume_capability", cap, Backend::Nfs)?;
-    Ok(())
-}
-
-/// See [`stage`].
-pub fn unstage(d: &Driver, req: &NodeUnstageVolumeRequest) -> Result<()> {
-    VolumeId::parse("volume_id", &req.volume_id)?;
-    target_path(d, "staging_target_path", &req.staging_target_path)?;
+    tracing::info!(volume = %volume_id, target = %target.display(), "NFS volume unpublished");
     Ok(())
 }
 
 /// NodeGetVolumeStats of an NFS volume: the export's figures as the
 /// kernel client sees them.
-pub fn stats(d: &Driver, req: NodeGetVolumeStatsRequest) -> Result<NodeGetVolumeStatsResponse> {
+pub(super) fn stats(
+    d: &Driver,
+    req: &NodeGetVolumeStatsRequest,
+    path: PathBuf,
+) -> Result<NodeGetVolumeStatsResponse> {
     let vid = VolumeId::parse("volume_id", &req.volume_id)?;
-    if req.volume_path.is_empty() {
-        return Err(Error::missing("volume_path"));
-    }
-    let path = target_path(d, "volume_path", &req.volume_path)?;
     if !matches!(at_target(&path, &vid), AtTarget::Ours(_)) {
         return Err(Error::NotFound(format!(
             "volume {} is not published at {}",
@@ -390,44 +365,17 @@ pub fn stats(d: &Driver, req: NodeGetVolumeStatsRequest) -> Result<NodeGetVolume
         None => {
             return Ok(NodeGetVolumeStatsResponse {
                 usage: vec![],
-                volume_condition: Some(VolumeCondition {
-                    abnormal: true,
-                    message: format!("{} does not answer", vid.server),
-                }),
+                volume_condition: Some(condition(true, format!("{} does not answer", vid.server))),
             })
         }
     };
     let (cond, usage) = match usage {
-        Ok((b, i)) => (
-            VolumeCondition {
-                abnormal: false,
-                message: "volume is healthy".into(),
-            },
-            crate::node::usage_entries(b, i),
-        ),
-        Err(e) => (
-            VolumeCondition {
-                abnormal: true,
-                message: e.to_string(),
-            },
-            vec![],
-        ),
+        Ok((b, i)) => (condition(false, "volume is healthy"), usage_entries(b, i)),
+        Err(e) => (condition(true, e.to_string()), vec![]),
     };
     Ok(NodeGetVolumeStatsResponse {
         usage,
         volume_condition: Some(cond),
-    })
-}
-
-/// NodeExpandVolume of an NFS volume: nothing to grow on the node.
-pub fn expand(req: &NodeExpandVolumeRequest) -> Result<NodeExpandVolumeResponse> {
-    VolumeId::parse("volume_id", &req.volume_id)?;
-    if req.volume_path.is_empty() {
-        return Err(Error::missing("volume_path"));
-    }
-    let range = validate::range("capacity_range", req.capacity_range.as_ref())?;
-    Ok(NodeExpandVolumeResponse {
-        capacity_bytes: range.required.or(range.limit).unwrap_or(0) as i64,
     })
 }
 
