@@ -46,7 +46,10 @@ struct Daemon {
 
 impl Daemon {
     fn new(child: Child, log: PathBuf) -> Daemon {
-        Daemon { guard: ChildGuard::new(child), log }
+        Daemon {
+            guard: ChildGuard::new(child),
+            log,
+        }
     }
 
     fn stop(&mut self) {
@@ -102,7 +105,15 @@ impl Cluster {
         let ul = Underlay::create("bul", "br-ul", Some("172.31.250.254/24"));
         let dir = std::env::temp_dir().join(unique_name("berth-ovl"));
         std::fs::create_dir_all(&dir).expect("temp dir");
-        let mut c = Cluster { ul, hosts: Vec::new(), store: format!("dir:{}", dir.join("store").display()), dir, etcd: None, resync: "1s", extra: Vec::new() };
+        let mut c = Cluster {
+            ul,
+            hosts: Vec::new(),
+            store: format!("dir:{}", dir.join("store").display()),
+            dir,
+            etcd: None,
+            resync: "1s",
+            extra: Vec::new(),
+        };
         if use_etcd {
             c.start_etcd();
             c.store = "etcd:http://172.31.250.254:2379".into();
@@ -114,15 +125,21 @@ impl Cluster {
     }
 
     fn start_etcd(&mut self) {
-        assert!(Path::new("/usr/bin/etcd").exists(), "etcd is not installed (Debian package etcd-server)");
+        assert!(
+            Path::new("/usr/bin/etcd").exists(),
+            "etcd is not installed (Debian package etcd-server)"
+        );
         let log = self.dir.join("etcd.log");
         let mut cmd = Command::new("etcd");
         cmd.arg("--data-dir")
             .arg(self.dir.join("etcd"))
             .args([
-                "--listen-client-urls", "http://172.31.250.254:2379",
-                "--advertise-client-urls", "http://172.31.250.254:2379",
-                "--listen-peer-urls", "http://127.0.0.1:2380",
+                "--listen-client-urls",
+                "http://172.31.250.254:2379",
+                "--advertise-client-urls",
+                "http://172.31.250.254:2379",
+                "--listen-peer-urls",
+                "http://127.0.0.1:2380",
             ])
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).expect("log"));
@@ -131,10 +148,18 @@ impl Cluster {
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             // The client port accepts connections once etcd serves.
-            if self.ul.try_exec(&["bash", "-c", "exec 3<>/dev/tcp/172.31.250.254/2379"]).is_ok() {
+            if self
+                .ul
+                .try_exec(&["bash", "-c", "exec 3<>/dev/tcp/172.31.250.254/2379"])
+                .is_ok()
+            {
                 break;
             }
-            assert!(Instant::now() < deadline, "etcd did not become healthy: {}", self.etcd.as_ref().map(|d| d.log_text()).unwrap_or_default());
+            assert!(
+                Instant::now() < deadline,
+                "etcd did not become healthy: {}",
+                self.etcd.as_ref().map(|d| d.log_text()).unwrap_or_default()
+            );
             std::thread::sleep(Duration::from_millis(200));
         }
     }
@@ -143,7 +168,8 @@ impl Cluster {
         let i = self.hosts.len() + 1;
         let ns = Netns::create("bh");
         let ip = format!("172.31.250.{i}");
-        self.ul.attach(&ns, &format!("u{i}"), "eth0", &[&format!("{ip}/24")]);
+        self.ul
+            .attach(&ns, &format!("u{i}"), "eth0", &[&format!("{ip}/24")]);
         let hdir = self.dir.join(format!("h{i}"));
         self.hosts.push(Host {
             ns,
@@ -160,12 +186,21 @@ impl Cluster {
         let h = &self.hosts[i];
         let mut cmd = Command::new(bin("berth-overlayd"));
         h.ns.command(&mut cmd).expect("enter the host netns");
-        cmd.args(["--node-name", &h.node, "--network", "10.244.0.0/16", "--store", &self.store, "--iface", "eth0"])
-            .arg("--subnet-file")
-            .arg(&h.subnet_file)
-            .args(["--lease-ttl", "30s", "--resync-interval", self.resync])
-            .args(&self.extra)
-            .args(extra);
+        cmd.args([
+            "--node-name",
+            &h.node,
+            "--network",
+            "10.244.0.0/16",
+            "--store",
+            &self.store,
+            "--iface",
+            "eth0",
+        ])
+        .arg("--subnet-file")
+        .arg(&h.subnet_file)
+        .args(["--lease-ttl", "30s", "--resync-interval", self.resync])
+        .args(&self.extra)
+        .args(extra);
         cmd
     }
 
@@ -174,7 +209,10 @@ impl Cluster {
     }
 
     fn start_with(&mut self, i: usize, extra: &[&str]) {
-        let log = self.dir.join(format!("overlayd-{i}-{}.log", COUNTER.fetch_add(1, Ordering::SeqCst)));
+        let log = self.dir.join(format!(
+            "overlayd-{i}-{}.log",
+            COUNTER.fetch_add(1, Ordering::SeqCst)
+        ));
         let child = self
             .daemon_cmd(i, extra)
             .stdout(Stdio::null())
@@ -187,7 +225,11 @@ impl Cluster {
             assert!(
                 Instant::now() < deadline,
                 "berth-overlayd on host {i} wrote no subnet file: {}",
-                self.hosts[i].daemon.as_ref().map(|d| d.log_text()).unwrap_or_default()
+                self.hosts[i]
+                    .daemon
+                    .as_ref()
+                    .map(|d| d.log_text())
+                    .unwrap_or_default()
             );
             std::thread::sleep(Duration::from_millis(20));
         }
@@ -198,7 +240,12 @@ impl Cluster {
         self.hosts
             .iter()
             .enumerate()
-            .map(|(i, h)| format!("--- host {i} ---\n{}", h.daemon.as_ref().map(|d| d.log_text()).unwrap_or_default()))
+            .map(|(i, h)| {
+                format!(
+                    "--- host {i} ---\n{}",
+                    h.daemon.as_ref().map(|d| d.log_text()).unwrap_or_default()
+                )
+            })
             .collect::<Vec<_>>()
             .join("\n")
             + &self
@@ -223,7 +270,10 @@ impl Cluster {
 
     fn subnet(&self, i: usize) -> String {
         let t = std::fs::read_to_string(&self.hosts[i].subnet_file).expect("subnet file");
-        t.lines().find_map(|l| l.strip_prefix("BERTH_SUBNET=")).expect("BERTH_SUBNET").to_string()
+        t.lines()
+            .find_map(|l| l.strip_prefix("BERTH_SUBNET="))
+            .expect("BERTH_SUBNET")
+            .to_string()
     }
 
     fn cni(&self, i: usize, cmd: &str, pod: &Netns, container: &str) -> (i32, Value) {
@@ -248,7 +298,9 @@ impl Cluster {
         {
             use std::io::Write;
             let mut stdin = child.stdin.take().expect("stdin");
-            stdin.write_all(conf.to_string().as_bytes()).expect("write config");
+            stdin
+                .write_all(conf.to_string().as_bytes())
+                .expect("write config");
         }
         let out = child.wait_with_output().expect("wait");
         let v = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
@@ -260,7 +312,13 @@ impl Cluster {
         let pod = Netns::create("bp");
         let (code, v) = self.cni(i, "ADD", &pod, pod.name());
         assert_eq!(code, 0, "ADD on host {i} failed: {v}");
-        let addr = v["ips"][0]["address"].as_str().expect("address").split('/').next().expect("ip").to_string();
+        let addr = v["ips"][0]["address"]
+            .as_str()
+            .expect("address")
+            .split('/')
+            .next()
+            .expect("ip")
+            .to_string();
         (pod, addr)
     }
 
@@ -268,7 +326,14 @@ impl Cluster {
         let h = &self.hosts[i];
         let out = h.ns.exec(&[
             bin("berth-overlayd").to_str().expect("utf8"),
-            "status", "--json", "--node-name", &h.node, "--network", "10.244.0.0/16", "--store", &self.store,
+            "status",
+            "--json",
+            "--node-name",
+            &h.node,
+            "--network",
+            "10.244.0.0/16",
+            "--store",
+            &self.store,
         ]);
         serde_json::from_str(&out).expect("status JSON")
     }
@@ -279,10 +344,17 @@ fn pings(from: &Netns, to: &str) -> bool {
 }
 
 fn routes_via_vxlan(h: &Host) -> Vec<String> {
-    let out = h.ns.try_exec(&["ip", "-j", "route", "show", "dev", "berth.1"]).unwrap_or_default();
+    let out =
+        h.ns.try_exec(&["ip", "-j", "route", "show", "dev", "berth.1"])
+            .unwrap_or_default();
     let v: Value = serde_json::from_str(&out).unwrap_or(Value::Array(vec![]));
     v.as_array()
-        .map(|a| a.iter().filter(|r| r.get("gateway").is_some()).filter_map(|r| r["dst"].as_str().map(String::from)).collect())
+        .map(|a| {
+            a.iter()
+                .filter(|r| r.get("gateway").is_some())
+                .filter_map(|r| r["dst"].as_str().map(String::from))
+                .collect()
+        })
         .unwrap_or_default()
 }
 
@@ -295,7 +367,11 @@ fn full_mesh(c: &mut Cluster) {
     let mut sorted = subnets.clone();
     sorted.sort();
     sorted.dedup();
-    assert_eq!(sorted.len(), subnets.len(), "two nodes share a subnet: {subnets:?}");
+    assert_eq!(
+        sorted.len(),
+        subnets.len(),
+        "two nodes share a subnet: {subnets:?}"
+    );
     for (i, (from, _)) in pods.iter().enumerate() {
         for (j, (_, to)) in pods.iter().enumerate() {
             if i != j {
@@ -344,8 +420,14 @@ fn etcd_store_three_hosts_every_pod_reaches_every_pod_and_survives_etcd_outage()
     let n = c.add_host();
     c.start(n);
     let (pn, an) = c.pod(n);
-    assert!(eventually(Duration::from_secs(10), || pings(&p0, &an)), "new node's pod unreachable after etcd came back");
-    assert!(eventually(Duration::from_secs(5), || pings(&pn, &a1)), "new node cannot reach the old ones");
+    assert!(
+        eventually(Duration::from_secs(10), || pings(&p0, &an)),
+        "new node's pod unreachable after etcd came back"
+    );
+    assert!(
+        eventually(Duration::from_secs(5), || pings(&pn, &a1)),
+        "new node cannot reach the old ones"
+    );
 }
 
 #[test]
@@ -357,7 +439,10 @@ fn stopped_node_is_removed_by_peers_and_gets_its_subnet_back() {
     }
     let (p0, _) = c.pod(0);
     let s2 = c.subnet(2);
-    assert!(eventually(Duration::from_secs(5), || routes_via_vxlan(&c.hosts[0]).contains(&s2)));
+    assert!(eventually(Duration::from_secs(5), || routes_via_vxlan(
+        &c.hosts[0]
+    )
+    .contains(&s2)));
     // Clean stop: the lease is released and every peer removes route,
     // neighbour and FDB entry.
     if let Some(d) = c.hosts[2].daemon.as_mut() {
@@ -365,20 +450,35 @@ fn stopped_node_is_removed_by_peers_and_gets_its_subnet_back() {
     }
     for i in 0..2 {
         assert!(
-            eventually(Duration::from_secs(5), || !routes_via_vxlan(&c.hosts[i]).contains(&s2)),
+            eventually(Duration::from_secs(5), || !routes_via_vxlan(&c.hosts[i])
+                .contains(&s2)),
             "host {i} still routes {s2} after node 2 stopped"
         );
-        let neigh = c.hosts[i].ns.exec(&["ip", "neigh", "show", "dev", "berth.1"]);
+        let neigh = c.hosts[i]
+            .ns
+            .exec(&["ip", "neigh", "show", "dev", "berth.1"]);
         let vtep = s2.split('/').next().expect("ip");
-        assert!(!neigh.contains(&format!("{vtep} ")), "neighbour for {vtep} left on host {i}");
-        let fdb = c.hosts[i].ns.exec(&["bridge", "fdb", "show", "dev", "berth.1"]);
-        assert!(!fdb.contains(&c.hosts[2].ip), "FDB entry for host 2 left on host {i}");
+        assert!(
+            !neigh.contains(&format!("{vtep} ")),
+            "neighbour for {vtep} left on host {i}"
+        );
+        let fdb = c.hosts[i]
+            .ns
+            .exec(&["bridge", "fdb", "show", "dev", "berth.1"]);
+        assert!(
+            !fdb.contains(&c.hosts[2].ip),
+            "FDB entry for host 2 left on host {i}"
+        );
     }
     // Restart: same subnet, reachable again.
     c.start(2);
     assert_eq!(c.subnet(2), s2);
     let (_p2, a2) = c.pod(2);
-    assert!(eventually(Duration::from_secs(5), || pings(&p0, &a2)), "restarted node unreachable:\n{}", c.logs());
+    assert!(
+        eventually(Duration::from_secs(5), || pings(&p0, &a2)),
+        "restarted node unreachable:\n{}",
+        c.logs()
+    );
 }
 
 #[test]
@@ -396,7 +496,9 @@ fn two_nodes_joining_at_the_same_instant_get_distinct_subnets() {
             )
             .expect("seed subnet file");
         }
-        let logs: Vec<PathBuf> = (0..2).map(|i| c.dir.join(format!("race-{round}-{i}.log"))).collect();
+        let logs: Vec<PathBuf> = (0..2)
+            .map(|i| c.dir.join(format!("race-{round}-{i}.log")))
+            .collect();
         let children: Vec<Child> = (0..2)
             .map(|i| {
                 c.daemon_cmd(i, &[])
@@ -409,11 +511,26 @@ fn two_nodes_joining_at_the_same_instant_get_distinct_subnets() {
         for (i, ch) in children.into_iter().enumerate() {
             c.hosts[i].daemon = Some(Daemon::new(ch, logs[i].clone()));
         }
-        let written = |h: &Host| std::fs::read_to_string(&h.subnet_file).map(|t| t.contains("BERTH_NODE=node")).unwrap_or(false);
-        assert!(eventually(Duration::from_secs(10), || c.hosts.iter().all(written)), "a node did not start:\n{}", c.logs());
-        assert_ne!(c.subnet(0), c.subnet(1), "round {round}: both nodes got the same subnet");
+        let written = |h: &Host| {
+            std::fs::read_to_string(&h.subnet_file)
+                .map(|t| t.contains("BERTH_NODE=node"))
+                .unwrap_or(false)
+        };
+        assert!(
+            eventually(Duration::from_secs(10), || c.hosts.iter().all(written)),
+            "a node did not start:\n{}",
+            c.logs()
+        );
+        assert_ne!(
+            c.subnet(0),
+            c.subnet(1),
+            "round {round}: both nodes got the same subnet"
+        );
         let mine: Vec<String> = (0..2).map(|i| c.subnet(i)).collect();
-        assert!(mine.contains(&"10.244.42.0/24".to_string()), "neither node got the contested subnet: {mine:?}");
+        assert!(
+            mine.contains(&"10.244.42.0/24".to_string()),
+            "neither node got the contested subnet: {mine:?}"
+        );
     }
 }
 
@@ -431,16 +548,47 @@ fn drift_is_repaired_by_the_resync() {
     let h0 = &c.hosts[0];
     assert!(h0.ns.try_exec(&["ip", "route", "del", &s1]).is_ok());
     assert!(!routes_via_vxlan(h0).contains(&s1));
-    assert!(eventually(Duration::from_secs(5), || routes_via_vxlan(&c.hosts[0]).contains(&s1)), "route not repaired");
+    assert!(
+        eventually(Duration::from_secs(5), || routes_via_vxlan(&c.hosts[0])
+            .contains(&s1)),
+        "route not repaired"
+    );
     // A deleted FDB entry comes back.
     let fdb = |h: &Host| h.ns.exec(&["bridge", "fdb", "show", "dev", "berth.1"]);
-    let line = fdb(&c.hosts[0]).lines().find(|l| l.contains(&c.hosts[1].ip)).expect("fdb entry").to_string();
+    let line = fdb(&c.hosts[0])
+        .lines()
+        .find(|l| l.contains(&c.hosts[1].ip))
+        .expect("fdb entry")
+        .to_string();
     let mac = line.split_whitespace().next().expect("mac").to_string();
-    assert!(c.hosts[0].ns.try_exec(&["bridge", "fdb", "del", &mac, "dev", "berth.1", "dst", &c.hosts[1].ip]).is_ok());
-    assert!(eventually(Duration::from_secs(5), || fdb(&c.hosts[0]).contains(&c.hosts[1].ip)), "FDB entry not repaired");
+    assert!(c.hosts[0]
+        .ns
+        .try_exec(&[
+            "bridge",
+            "fdb",
+            "del",
+            &mac,
+            "dev",
+            "berth.1",
+            "dst",
+            &c.hosts[1].ip
+        ])
+        .is_ok());
+    assert!(
+        eventually(Duration::from_secs(5), || fdb(&c.hosts[0])
+            .contains(&c.hosts[1].ip)),
+        "FDB entry not repaired"
+    );
     // A deleted device is recreated, with its peers.
-    assert!(c.hosts[0].ns.try_exec(&["ip", "link", "del", "berth.1"]).is_ok());
-    assert!(eventually(Duration::from_secs(8), || pings(&p0, &a1)), "device not recreated:\n{}", c.logs());
+    assert!(c.hosts[0]
+        .ns
+        .try_exec(&["ip", "link", "del", "berth.1"])
+        .is_ok());
+    assert!(
+        eventually(Duration::from_secs(8), || pings(&p0, &a1)),
+        "device not recreated:\n{}",
+        c.logs()
+    );
 }
 
 #[test]
@@ -449,8 +597,14 @@ fn bad_input_fails_cleanly() {
     let mut c = Cluster::new(1, false);
     let cases: Vec<(Vec<&str>, &str)> = vec![
         (vec!["--network", "172.31.0.0/16"], "overlaps"),
-        (vec!["--network", "10.244.0.0/16", "--subnet-len", "16"], "--subnet-len"),
-        (vec!["--network", "10.244.0.0/16", "--subnet-len", "30"], "--subnet-len"),
+        (
+            vec!["--network", "10.244.0.0/16", "--subnet-len", "16"],
+            "--subnet-len",
+        ),
+        (
+            vec!["--network", "10.244.0.0/16", "--subnet-len", "30"],
+            "--subnet-len",
+        ),
         (vec!["--network", "10.244.1.0/16"], "host bits"),
         (vec!["--network", "fd00::/48"], "IPv4"),
     ];
@@ -465,18 +619,32 @@ fn bad_input_fails_cleanly() {
         let out = cmd.output().expect("run");
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(!out.status.success(), "{args:?} was accepted");
-        assert!(err.contains(needle), "{args:?}: message {err:?} does not mention {needle:?}");
+        assert!(
+            err.contains(needle),
+            "{args:?}: message {err:?} does not mention {needle:?}"
+        );
     }
     // Unreachable etcd: fails within a bounded time, configures nothing.
     c.store = "etcd:http://172.31.250.254:2399".into();
     let t = Instant::now();
     let out = c.daemon_cmd(0, &[]).output().expect("run");
     assert!(!out.status.success());
-    assert!(t.elapsed() < Duration::from_secs(20), "took {:?}", t.elapsed());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("etcd"), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        t.elapsed() < Duration::from_secs(20),
+        "took {:?}",
+        t.elapsed()
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("etcd"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let h = &c.hosts[0];
     assert!(!h.subnet_file.exists(), "a subnet file was written");
-    assert!(h.ns.try_exec(&["ip", "link", "show", "berth.1"]).is_err(), "a VXLAN device was left behind");
+    assert!(
+        h.ns.try_exec(&["ip", "link", "show", "berth.1"]).is_err(),
+        "a VXLAN device was left behind"
+    );
 }
 
 #[test]
@@ -487,7 +655,10 @@ fn plugin_without_the_agent_says_try_later_and_del_still_works() {
     let (code, v) = c.cni(0, "ADD", &pod, "c1");
     assert_eq!(code, 1);
     assert_eq!(v["code"], 11, "{v}");
-    assert!(v["msg"].as_str().unwrap_or_default().contains("not ready"), "{v}");
+    assert!(
+        v["msg"].as_str().unwrap_or_default().contains("not ready"),
+        "{v}"
+    );
     let (code, v) = c.cni(0, "DEL", &pod, "c1");
     assert_eq!(code, 0, "{v}");
 }
@@ -495,11 +666,16 @@ fn plugin_without_the_agent_says_try_later_and_del_still_works() {
 /// Receives one UDP datagram inside `ns` on `port` (the socket is bound
 /// before `send` runs) and returns the source address the receiver saw.
 fn udp_source_seen(ns: &Netns, bind: &str, port: u16, send: impl FnOnce()) -> Option<String> {
-    let sock = ns.run(|| std::net::UdpSocket::bind((bind, port))).expect("enter netns").ok()?;
+    let sock = ns
+        .run(|| std::net::UdpSocket::bind((bind, port)))
+        .expect("enter netns")
+        .ok()?;
     sock.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
     send();
     let mut buf = [0u8; 64];
-    sock.recv_from(&mut buf).ok().map(|(_, from)| from.ip().to_string())
+    sock.recv_from(&mut buf)
+        .ok()
+        .map(|(_, from)| from.ip().to_string())
 }
 
 #[test]
@@ -515,13 +691,21 @@ fn cluster_traffic_keeps_pod_addresses_and_outside_traffic_is_masqueraded() {
     let seen = udp_source_seen(&p1, &a1, 4789, || {
         p0.exec(&["bash", "-c", &format!("echo hi > /dev/udp/{a1}/4789")]);
     });
-    assert_eq!(seen.as_deref(), Some(a0.as_str()), "pod-to-pod traffic was not sent with the pod's own address");
+    assert_eq!(
+        seen.as_deref(),
+        Some(a0.as_str()),
+        "pod-to-pod traffic was not sent with the pod's own address"
+    );
     // Pod to a host outside the cluster network (the underlay's own
     // address): masqueraded to the node's underlay address.
     let seen = udp_source_seen(&c.ul, "172.31.250.254", 4790, || {
         p0.exec(&["bash", "-c", "echo hi > /dev/udp/172.31.250.254/4790"]);
     });
-    assert_eq!(seen.as_deref(), Some(c.hosts[0].ip.as_str()), "traffic leaving the cluster network was not masqueraded");
+    assert_eq!(
+        seen.as_deref(),
+        Some(c.hosts[0].ip.as_str()),
+        "traffic leaving the cluster network was not masqueraded"
+    );
 }
 
 #[test]
@@ -537,7 +721,10 @@ fn dual_stack_pods_reach_each_other_over_ipv6() {
     assert_eq!(code, 0, "{v}");
     let v6 = v["ips"]
         .as_array()
-        .and_then(|a| a.iter().find_map(|i| i["address"].as_str().filter(|s| s.contains(':'))))
+        .and_then(|a| {
+            a.iter()
+                .find_map(|i| i["address"].as_str().filter(|s| s.contains(':')))
+        })
         .expect("an IPv6 address")
         .split('/')
         .next()
@@ -545,7 +732,11 @@ fn dual_stack_pods_reach_each_other_over_ipv6() {
         .to_string();
     assert!(v6.starts_with("fd00:244:"), "{v6}");
     let ping6 = || pings(&p0, &v6);
-    assert!(eventually(Duration::from_secs(10), ping6), "IPv6 pod-to-pod across hosts failed:\n{}", c.logs());
+    assert!(
+        eventually(Duration::from_secs(10), ping6),
+        "IPv6 pod-to-pod across hosts failed:\n{}",
+        c.logs()
+    );
 }
 
 #[test]
@@ -558,16 +749,25 @@ fn metrics_and_health_are_served_when_asked() {
         let script = format!(
             "exec 3<>/dev/tcp/127.0.0.1/9464; printf 'GET {path} HTTP/1.1\\r\\nHost: x\\r\\n\\r\\n' >&3; cat <&3"
         );
-        c.hosts[0].ns.try_exec(&["bash", "-c", &script]).unwrap_or_default()
+        c.hosts[0]
+            .ns
+            .try_exec(&["bash", "-c", &script])
+            .unwrap_or_default()
     };
     assert!(
-        eventually(Duration::from_secs(5), || get("/metrics").contains("berth_overlay_peers_programmed 1")),
+        eventually(Duration::from_secs(5), || get("/metrics")
+            .contains("berth_overlay_peers_programmed 1")),
         "metrics never showed the peer: {}",
         get("/metrics")
     );
     let m = get("/metrics");
     assert!(m.starts_with("HTTP/1.1 200"), "{m}");
-    for name in ["berth_overlay_lease_renewals_total", "berth_overlay_resync_repairs_total", "berth_overlay_store_up 1", "berth_overlay_lease_info{"] {
+    for name in [
+        "berth_overlay_lease_renewals_total",
+        "berth_overlay_resync_repairs_total",
+        "berth_overlay_store_up 1",
+        "berth_overlay_lease_info{",
+    ] {
         assert!(m.contains(name), "{name} missing from {m}");
     }
     assert!(get("/healthz").starts_with("HTTP/1.1 200"));

@@ -72,7 +72,11 @@ pub fn serve_endpoints(addr: SocketAddr, e: impl Endpoints) -> std::io::Result<S
             Ok(()) => ("200 OK", "text/plain", "ok\n".to_string()),
             Err(why) => ("503 Service Unavailable", "text/plain", format!("{why}\n")),
         },
-        _ => ("404 Not Found", "text/plain", "try /metrics or /healthz\n".to_string()),
+        _ => (
+            "404 Not Found",
+            "text/plain",
+            "try /metrics or /healthz\n".to_string(),
+        ),
     });
     serve(addr, handler)
 }

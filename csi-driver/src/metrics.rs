@@ -237,7 +237,11 @@ impl berth_common::metrics_http::Endpoints for Endpoints {
 }
 
 /// Serves /metrics and /healthz on `addr`.
-pub fn serve(addr: SocketAddr, driver: Arc<Driver>, rpc: Arc<RpcMetrics>) -> std::io::Result<SocketAddr> {
+pub fn serve(
+    addr: SocketAddr,
+    driver: Arc<Driver>,
+    rpc: Arc<RpcMetrics>,
+) -> std::io::Result<SocketAddr> {
     berth_common::metrics_http::serve_endpoints(addr, Endpoints { driver, rpc })
 }
 

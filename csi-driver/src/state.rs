@@ -234,7 +234,12 @@ impl State {
     pub fn open(dir: &Path) -> Result<State> {
         let db = Db::open(dir, &SPEC, Open::Create)
             .map_err(|e| Error::Internal(format!("state store: {e}")))?
-            .ok_or_else(|| Error::Internal(format!("state store in {} vanished while opening", dir.display())))?;
+            .ok_or_else(|| {
+                Error::Internal(format!(
+                    "state store in {} vanished while opening",
+                    dir.display()
+                ))
+            })?;
         Ok(State { db: Mutex::new(db) })
     }
 

@@ -33,8 +33,13 @@ impl NsFiles {
     /// Make `cmd`'s child enter the namespaces before exec. The command keeps its own
     /// duplicates of the descriptors, so `self` may be dropped before `cmd` is spawned.
     pub fn install(&self, cmd: &mut Command) -> io::Result<()> {
-        let files = self.files.iter().map(|(f, k)| Ok((f.try_clone()?, *k))).collect::<io::Result<Vec<_>>>()?;
-        let fds: Vec<(RawFd, libc::c_int)> = files.iter().map(|(f, k)| (f.as_raw_fd(), *k)).collect();
+        let files = self
+            .files
+            .iter()
+            .map(|(f, k)| Ok((f.try_clone()?, *k)))
+            .collect::<io::Result<Vec<_>>>()?;
+        let fds: Vec<(RawFd, libc::c_int)> =
+            files.iter().map(|(f, k)| (f.as_raw_fd(), *k)).collect();
         // SAFETY: the closure runs in the forked child and only makes setns(2) system calls
         // (async-signal-safe) on descriptors that the closure itself keeps open (`files` is
         // moved into it); it does not allocate.
@@ -74,9 +79,14 @@ pub fn spawn_in_netns(netns: &Path, mut cmd: Command) -> io::Result<Child> {
 
 /// Run `argv` inside the network namespace at `netns` and collect its output.
 pub fn output_in_netns(netns: &Path, argv: &[&str]) -> io::Result<Output> {
-    let (prog, args) = argv.split_first().ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "empty argv"))?;
+    let (prog, args) = argv
+        .split_first()
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "empty argv"))?;
     let mut cmd = Command::new(prog);
-    cmd.args(args).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    cmd.args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
     spawn_in_netns(netns, cmd)?.wait_with_output()
 }
 

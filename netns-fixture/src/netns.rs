@@ -27,8 +27,15 @@ static NAME_COUNTER: AtomicU64 = AtomicU64::new(0);
 /// letters, digits and `-`, so it is valid as a namespace, network or container name.
 pub fn unique_name(prefix: &str) -> String {
     let n = NAME_COUNTER.fetch_add(1, Ordering::Relaxed);
-    let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
-    format!("{prefix}-{}-{n}-{:x}", std::process::id(), nanos % 0x10_0000)
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    format!(
+        "{prefix}-{}-{n}-{:x}",
+        std::process::id(),
+        nanos % 0x10_0000
+    )
 }
 
 /// `` `argv` exited with ..`` plus its stdout and stderr, for error messages.
@@ -49,7 +56,12 @@ fn ip_netns(args: &[&str]) -> Result<(), String> {
         .args(&argv[1..])
         .stdin(Stdio::null())
         .output()
-        .map_err(|e| format!("cannot run `{}` (is iproute2 installed?): {e}", argv.join(" ")))?;
+        .map_err(|e| {
+            format!(
+                "cannot run `{}` (is iproute2 installed?): {e}",
+                argv.join(" ")
+            )
+        })?;
     if out.status.success() {
         Ok(())
     } else {
@@ -65,15 +77,21 @@ fn ns_id(path: &Path) -> Option<(u64, u64)> {
 /// PIDs of the processes whose network namespace is the one at `netns` (never this process,
 /// and nothing at all when `netns` is this process's own namespace).
 fn pids_in(netns: &Path) -> Vec<u32> {
-    let Some(id) = ns_id(netns) else { return Vec::new() };
+    let Some(id) = ns_id(netns) else {
+        return Vec::new();
+    };
     if Some(id) == ns_id(Path::new("/proc/self/ns/net")) {
         return Vec::new();
     }
     let me = std::process::id();
-    let Ok(dir) = fs::read_dir("/proc") else { return Vec::new() };
+    let Ok(dir) = fs::read_dir("/proc") else {
+        return Vec::new();
+    };
     dir.flatten()
         .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
-        .filter(|&pid| pid != me && ns_id(&PathBuf::from(format!("/proc/{pid}/ns/net"))) == Some(id))
+        .filter(|&pid| {
+            pid != me && ns_id(&PathBuf::from(format!("/proc/{pid}/ns/net"))) == Some(id)
+        })
         .collect()
 }
 
@@ -100,12 +118,18 @@ fn kill_and_delete(name: &str, netns: &Path) -> Result<(), String> {
 /// test process that was killed before its guards ran), with whatever still runs in them.
 /// Best effort: it never fails.
 pub fn reap_stale(prefix: &str) {
-    let Ok(entries) = fs::read_dir(NETNS_DIR) else { return };
+    let Ok(entries) = fs::read_dir(NETNS_DIR) else {
+        return;
+    };
     let me = std::process::id();
     for e in entries.flatten() {
         let name = e.file_name().to_string_lossy().into_owned();
-        let Some(rest) = name.strip_prefix(prefix).and_then(|r| r.strip_prefix('-')) else { continue };
-        let Some(pid) = rest.split('-').next().and_then(|p| p.parse::<u32>().ok()) else { continue };
+        let Some(rest) = name.strip_prefix(prefix).and_then(|r| r.strip_prefix('-')) else {
+            continue;
+        };
+        let Some(pid) = rest.split('-').next().and_then(|p| p.parse::<u32>().ok()) else {
+            continue;
+        };
         if pid == me || Path::new(&format!("/proc/{pid}")).exists() {
             continue;
         }
@@ -128,7 +152,11 @@ impl Netns {
     pub fn try_create(prefix: &str) -> Result<Netns, String> {
         let name = unique_name(prefix);
         ip_netns(&["add", &name])?;
-        let ns = Netns { path: netns_path(&name), name, deleted: false };
+        let ns = Netns {
+            path: netns_path(&name),
+            name,
+            deleted: false,
+        };
         ns.try_exec(&["ip", "link", "set", "lo", "up"])?;
         Ok(ns)
     }
@@ -180,11 +208,21 @@ impl Netns {
 
     /// Run `argv` inside; `Err` (with the command's output) unless it exits 0; `Ok(stdout)`.
     pub fn try_exec(&self, argv: &[&str]) -> Result<String, String> {
-        let out = self.output(argv).map_err(|e| format!("cannot run `{}` in netns {}: {e}", argv.join(" "), self.name))?;
+        let out = self.output(argv).map_err(|e| {
+            format!(
+                "cannot run `{}` in netns {}: {e}",
+                argv.join(" "),
+                self.name
+            )
+        })?;
         if out.status.success() {
             Ok(String::from_utf8_lossy(&out.stdout).into_owned())
         } else {
-            Err(format!("in netns {}: {}", self.name, describe_output(argv, &out)))
+            Err(format!(
+                "in netns {}: {}",
+                self.name,
+                describe_output(argv, &out)
+            ))
         }
     }
 
@@ -223,13 +261,26 @@ impl Netns {
     /// A veth pair from this namespace to another test namespace: `name` here, `peer_name` in
     /// `peer` (created here, the peer end moved straight into `peer`); both ends stay down.
     pub fn try_add_veth(&self, name: &str, peer: &Netns, peer_name: &str) -> Result<(), String> {
-        self.try_exec(&["ip", "link", "add", name, "type", "veth", "peer", "name", peer_name, "netns", peer.name()])
-            .map(drop)
+        self.try_exec(&[
+            "ip",
+            "link",
+            "add",
+            name,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            peer_name,
+            "netns",
+            peer.name(),
+        ])
+        .map(drop)
     }
 
     /// [`Netns::try_add_veth`], panicking on failure.
     pub fn add_veth(&self, name: &str, peer: &Netns, peer_name: &str) {
-        self.try_add_veth(name, peer, peer_name).unwrap_or_else(|e| panic!("{e}"));
+        self.try_add_veth(name, peer, peer_name)
+            .unwrap_or_else(|e| panic!("{e}"));
     }
 
     /// Add each address (`a.b.c.d/len` or IPv6, without DAD) to `dev`, then set it up.
@@ -246,7 +297,8 @@ impl Netns {
 
     /// [`Netns::try_configure`], panicking on failure.
     pub fn configure(&self, dev: &str, cidrs: &[&str]) {
-        self.try_configure(dev, cidrs).unwrap_or_else(|e| panic!("{e}"));
+        self.try_configure(dev, cidrs)
+            .unwrap_or_else(|e| panic!("{e}"));
     }
 
     /// `ping -c1 -W1 -n <addr>` from this namespace, up to `attempts` times (250 ms apart)
@@ -295,12 +347,16 @@ impl Underlay {
         let ns = Netns::try_create(prefix)?;
         ns.try_exec(&["ip", "link", "add", bridge, "type", "bridge"])?;
         ns.try_configure(bridge, cidr.as_slice())?;
-        Ok(Underlay { ns, bridge: bridge.to_string() })
+        Ok(Underlay {
+            ns,
+            bridge: bridge.to_string(),
+        })
     }
 
     /// [`Underlay::try_create`], panicking on failure.
     pub fn create(prefix: &str, bridge: &str, cidr: Option<&str>) -> Underlay {
-        Underlay::try_create(prefix, bridge, cidr).unwrap_or_else(|e| panic!("cannot create the underlay: {e}"))
+        Underlay::try_create(prefix, bridge, cidr)
+            .unwrap_or_else(|e| panic!("cannot create the underlay: {e}"))
     }
 
     /// The bridge's name.
@@ -310,15 +366,23 @@ impl Underlay {
 
     /// Plug `host` in: a veth pair with `port` on the bridge and `ifname` in `host` carrying
     /// `cidrs`, both ends up.
-    pub fn try_attach(&self, host: &Netns, port: &str, ifname: &str, cidrs: &[&str]) -> Result<(), String> {
+    pub fn try_attach(
+        &self,
+        host: &Netns,
+        port: &str,
+        ifname: &str,
+        cidrs: &[&str],
+    ) -> Result<(), String> {
         self.ns.try_add_veth(port, host, ifname)?;
-        self.ns.try_exec(&["ip", "link", "set", port, "master", &self.bridge, "up"])?;
+        self.ns
+            .try_exec(&["ip", "link", "set", port, "master", &self.bridge, "up"])?;
         host.try_configure(ifname, cidrs)
     }
 
     /// [`Underlay::try_attach`], panicking on failure.
     pub fn attach(&self, host: &Netns, port: &str, ifname: &str, cidrs: &[&str]) {
-        self.try_attach(host, port, ifname, cidrs).unwrap_or_else(|e| panic!("{e}"));
+        self.try_attach(host, port, ifname, cidrs)
+            .unwrap_or_else(|e| panic!("{e}"));
     }
 }
 

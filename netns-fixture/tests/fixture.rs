@@ -24,12 +24,21 @@ fn netns_is_removed_on_drop_with_the_processes_inside() {
     need_root!();
     let ns = Netns::create("bfx");
     let path = ns.path().to_path_buf();
-    assert!(ns.exists() && ns.name().starts_with(&format!("bfx-{}-", std::process::id())));
+    assert!(
+        ns.exists()
+            && ns
+                .name()
+                .starts_with(&format!("bfx-{}-", std::process::id()))
+    );
     let mut cmd = Command::new("sleep");
     cmd.arg("60").stdin(Stdio::null());
     let mut child = ns.spawn(cmd).expect("spawn in netns");
     let pid = child.id();
-    assert!(wait_until(Duration::from_secs(5), || ns.pids().contains(&pid)), "sleep is not in {}", ns.name());
+    assert!(
+        wait_until(Duration::from_secs(5), || ns.pids().contains(&pid)),
+        "sleep is not in {}",
+        ns.name()
+    );
     drop(ns);
     assert!(!path.exists(), "{} left behind", path.display());
     // The guard killed it; reap it here.
@@ -43,14 +52,21 @@ fn sysctls_and_links_stay_inside_the_test_namespaces() {
     let own = std::fs::read_to_string("/proc/sys/net/ipv4/ip_forward").expect("read own sysctl");
     let a = Netns::create("bfxa");
     let b = Netns::create("bfxb");
-    a.set_sysctl("net/ipv4/ip_forward", "1").expect("set sysctl");
+    a.set_sysctl("net/ipv4/ip_forward", "1")
+        .expect("set sysctl");
     assert_eq!(a.sysctl("net/ipv4/ip_forward").expect("read sysctl"), "1");
-    assert_eq!(std::fs::read_to_string("/proc/sys/net/ipv4/ip_forward").expect("read own sysctl"), own);
+    assert_eq!(
+        std::fs::read_to_string("/proc/sys/net/ipv4/ip_forward").expect("read own sysctl"),
+        own
+    );
     a.add_veth("va", &b, "vb");
     a.configure("va", &["192.0.2.1/24"]);
     b.configure("vb", &["192.0.2.2/24"]);
     assert!(a.ping("192.0.2.2".parse::<IpAddr>().expect("ip"), 3));
-    assert!(!PathBuf::from("/sys/class/net/va").exists(), "a veth end showed up in the caller's namespace");
+    assert!(
+        !PathBuf::from("/sys/class/net/va").exists(),
+        "a veth end showed up in the caller's namespace"
+    );
 }
 
 #[test]
@@ -69,5 +85,8 @@ fn underlay_links_hosts_and_the_child_guard_stops_a_daemon() {
     let pid = guard.id().expect("pid");
     assert!(guard.running());
     guard.stop();
-    assert!(!PathBuf::from(format!("/proc/{pid}")).exists(), "the daemon survived its guard");
+    assert!(
+        !PathBuf::from(format!("/proc/{pid}")).exists(),
+        "the daemon survived its guard"
+    );
 }

@@ -44,7 +44,9 @@ pub mod runtime;
 pub mod svg;
 
 /// Every CNI spec version berth plugins speak, oldest first.
-pub const SPEC_VERSIONS: [&str; 7] = ["0.1.0", "0.2.0", "0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"];
+pub const SPEC_VERSIONS: [&str; 7] = [
+    "0.1.0", "0.2.0", "0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0",
+];
 
 /// File name of our IPAM plugin.
 pub const HOST_LOCAL_BIN: &str = "berth-host-local";
@@ -214,7 +216,10 @@ impl CniRun {
 
     /// The value this builder will pass for `key`, if any.
     pub fn env_value(&self, key: &str) -> Option<&str> {
-        self.env.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
+        self.env
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
     }
 
     /// `CNI_COMMAND`.
@@ -272,7 +277,9 @@ impl CniRun {
         for (k, v) in &self.env {
             cmd.env(k, v);
         }
-        cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
+        cmd.stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
         cmd
     }
 
@@ -281,7 +288,10 @@ impl CniRun {
     pub fn spawn(&self) -> io::Result<Child> {
         let mut cmd = self.command_line();
         let ns = match &self.netns {
-            Some(path) => Some(netns::NsFiles::open(&[(path.as_path(), libc::CLONE_NEWNET)])?),
+            Some(path) => Some(netns::NsFiles::open(&[(
+                path.as_path(),
+                libc::CLONE_NEWNET,
+            )])?),
             None => None,
         };
         if let Some(ns) = &ns {
@@ -319,7 +329,10 @@ impl CniRun {
                     match reader.read_until(b'\n', &mut line) {
                         Ok(0) | Err(_) => break,
                         Ok(_) => {
-                            if tx.send(String::from_utf8_lossy(&line).into_owned()).is_err() {
+                            if tx
+                                .send(String::from_utf8_lossy(&line).into_owned())
+                                .is_err()
+                            {
                                 break;
                             }
                         }
@@ -327,7 +340,13 @@ impl CniRun {
                 }
             });
         }
-        Ok(WatchedChild { child, stdout, stderr_lines: rx, stderr_seen: String::new(), stderr_closed: false })
+        Ok(WatchedChild {
+            child,
+            stdout,
+            stderr_lines: rx,
+            stderr_seen: String::new(),
+            stderr_closed: false,
+        })
     }
 
     /// Run the plugin to completion (or until the time limit, then SIGKILL).
@@ -352,7 +371,10 @@ impl CniRun {
         let start = Instant::now();
         let mut cmd = self.command_line();
         let ns = match &self.netns {
-            Some(path) => Some(netns::NsFiles::open(&[(path.as_path(), libc::CLONE_NEWNET)])?),
+            Some(path) => Some(netns::NsFiles::open(&[(
+                path.as_path(),
+                libc::CLONE_NEWNET,
+            )])?),
             None => None,
         };
         if let Some(ns) = &ns {
@@ -406,7 +428,8 @@ impl CniRun {
                         libc::ptrace(libc::PTRACE_CONT, pid, 0, 0);
                     } else if sig == libc::SIGTRAP && !exec_seen {
                         exec_seen = true;
-                        let opts = (libc::PTRACE_O_TRACEEXIT | libc::PTRACE_O_EXITKILL) as libc::c_long;
+                        let opts =
+                            (libc::PTRACE_O_TRACEEXIT | libc::PTRACE_O_EXITKILL) as libc::c_long;
                         libc::ptrace(libc::PTRACE_SETOPTIONS, pid, 0, opts);
                         libc::ptrace(libc::PTRACE_CONT, pid, 0, 0);
                     } else {
@@ -417,7 +440,10 @@ impl CniRun {
                 continue;
             }
             use std::os::unix::process::ExitStatusExt;
-            break (ExitStatus::from_raw(status), u64::try_from(usage.ru_maxrss).ok().filter(|kb| *kb > 0));
+            break (
+                ExitStatus::from_raw(status),
+                u64::try_from(usage.ru_maxrss).ok().filter(|kb| *kb > 0),
+            );
         };
         let stdout = stdout.and_then(|h| h.join().ok()).unwrap_or_default();
         let stderr = stderr.and_then(|h| h.join().ok()).unwrap_or_default();
@@ -468,7 +494,12 @@ fn wait_exit_no_reap(pid: u32) {
         // the child for Child::wait to reap.
         let rc = unsafe {
             let mut info: libc::siginfo_t = std::mem::zeroed();
-            libc::waitid(libc::P_PID, pid as libc::id_t, &mut info, libc::WEXITED | libc::WNOWAIT)
+            libc::waitid(
+                libc::P_PID,
+                pid as libc::id_t,
+                &mut info,
+                libc::WEXITED | libc::WNOWAIT,
+            )
         };
         if rc == 0 || io::Error::last_os_error().raw_os_error() != Some(libc::EINTR) {
             return;
@@ -479,8 +510,10 @@ fn wait_exit_no_reap(pid: u32) {
 /// Collect the output of a spawned plugin, killing it (SIGKILL) if it runs past `timeout`.
 pub fn wait_output(mut child: Child, timeout: Duration) -> io::Result<CniOutput> {
     let start = Instant::now();
-    let stdout: Option<JoinHandle<Vec<u8>>> = child.stdout.take().map(|p: ChildStdout| drain_thread(p));
-    let stderr: Option<JoinHandle<Vec<u8>>> = child.stderr.take().map(|p: ChildStderr| drain_thread(p));
+    let stdout: Option<JoinHandle<Vec<u8>>> =
+        child.stdout.take().map(|p: ChildStdout| drain_thread(p));
+    let stderr: Option<JoinHandle<Vec<u8>>> =
+        child.stderr.take().map(|p: ChildStderr| drain_thread(p));
     let pid = child.id();
     let (tx, rx) = mpsc::channel();
     thread::spawn(move || {
@@ -610,7 +643,11 @@ impl WatchedChild {
     fn finish(mut self, timed_out: bool) -> io::Result<CniOutput> {
         let start = Instant::now();
         let status = self.child.wait()?;
-        let stdout = self.stdout.take().and_then(|h| h.join().ok()).unwrap_or_default();
+        let stdout = self
+            .stdout
+            .take()
+            .and_then(|h| h.join().ok())
+            .unwrap_or_default();
         if !self.stderr_closed {
             // The reader thread ends at EOF, which follows the exit.
             while let Ok(line) = self.stderr_lines.recv_timeout(Duration::from_secs(5)) {
@@ -618,7 +655,13 @@ impl WatchedChild {
             }
         }
         let stderr = std::mem::take(&mut self.stderr_seen).into_bytes();
-        Ok(CniOutput::new(status, stdout, stderr, start.elapsed(), timed_out))
+        Ok(CniOutput::new(
+            status,
+            stdout,
+            stderr,
+            start.elapsed(),
+            timed_out,
+        ))
     }
 }
 
@@ -643,9 +686,23 @@ pub struct CniOutput {
 }
 
 impl CniOutput {
-    fn new(status: ExitStatus, stdout: Vec<u8>, stderr: Vec<u8>, elapsed: Duration, timed_out: bool) -> Self {
+    fn new(
+        status: ExitStatus,
+        stdout: Vec<u8>,
+        stderr: Vec<u8>,
+        elapsed: Duration,
+        timed_out: bool,
+    ) -> Self {
         let json = serde_json::from_slice(&stdout).ok();
-        CniOutput { status, stdout, stderr, json, elapsed, timed_out, max_rss_kb: None }
+        CniOutput {
+            status,
+            stdout,
+            stderr,
+            json,
+            elapsed,
+            timed_out,
+            max_rss_kb: None,
+        }
     }
 
     /// Exit code (`None` when killed by a signal).
@@ -675,12 +732,22 @@ impl CniOutput {
 
     /// The CNI error `msg` (empty when absent).
     pub fn error_msg(&self) -> String {
-        self.json.as_ref().and_then(|j| j.get("msg")).and_then(Value::as_str).unwrap_or("").to_string()
+        self.json
+            .as_ref()
+            .and_then(|j| j.get("msg"))
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_string()
     }
 
     /// The CNI error `msg` and `details` together, for "does the message name X" checks.
     pub fn error_text(&self) -> String {
-        let details = self.json.as_ref().and_then(|j| j.get("details")).and_then(Value::as_str).unwrap_or("");
+        let details = self
+            .json
+            .as_ref()
+            .and_then(|j| j.get("details"))
+            .and_then(Value::as_str)
+            .unwrap_or("");
         format!("{} {}", self.error_msg(), details)
     }
 
@@ -719,7 +786,11 @@ pub fn result_addresses(result: &Value) -> Vec<String> {
         }
     }
     for key in ["ip4", "ip6"] {
-        if let Some(a) = result.get(key).and_then(|v| v.get("ip")).and_then(Value::as_str) {
+        if let Some(a) = result
+            .get(key)
+            .and_then(|v| v.get("ip"))
+            .and_then(Value::as_str)
+        {
             out.push(a.to_string());
         }
     }
@@ -758,7 +829,9 @@ fn ip_bits(ip: IpAddr) -> (u128, u32) {
 
 /// Is `ip` inside `subnet` (`a.b.c.d/len`)?
 pub fn subnet_contains(subnet: &str, ip: IpAddr) -> bool {
-    let Some((net, len)) = parse_cidr(subnet) else { return false };
+    let Some((net, len)) = parse_cidr(subnet) else {
+        return false;
+    };
     if net.is_ipv4() != ip.is_ipv4() {
         return false;
     }
@@ -810,7 +883,10 @@ impl Allocation {
 
 fn open_store_read_only(db: &Path) -> rusqlite::Result<rusqlite::Connection> {
     use rusqlite::OpenFlags;
-    let conn = rusqlite::Connection::open_with_flags(db, OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX)?;
+    let conn = rusqlite::Connection::open_with_flags(
+        db,
+        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )?;
     conn.busy_timeout(Duration::from_secs(30))?;
     Ok(conn)
 }
@@ -846,7 +922,12 @@ pub fn integrity_check(db: &Path) -> rusqlite::Result<String> {
 
 /// Write one reservation file `<dir>/<ip>` with content `<container>\r\n<ifname>` (or just
 /// `<container>`, the pre-0.8 format, when `ifname` is `None`). Creates `dir`.
-pub fn write_reference_reservation(dir: &Path, ip: &str, container: &str, ifname: Option<&str>) -> io::Result<()> {
+pub fn write_reference_reservation(
+    dir: &Path,
+    ip: &str,
+    container: &str,
+    ifname: Option<&str>,
+) -> io::Result<()> {
     fs::create_dir_all(dir)?;
     let content = match ifname {
         Some(ifn) => format!("{container}\r\n{ifn}"),
@@ -856,7 +937,11 @@ pub fn write_reference_reservation(dir: &Path, ip: &str, container: &str, ifname
 }
 
 /// Write `<dir>/last_reserved_ip.<range_set_index>`.
-pub fn write_reference_last_reserved(dir: &Path, range_set_index: usize, ip: &str) -> io::Result<()> {
+pub fn write_reference_last_reserved(
+    dir: &Path,
+    range_set_index: usize,
+    ip: &str,
+) -> io::Result<()> {
     fs::create_dir_all(dir)?;
     fs::write(dir.join(format!("last_reserved_ip.{range_set_index}")), ip)
 }
@@ -864,7 +949,12 @@ pub fn write_reference_last_reserved(dir: &Path, range_set_index: usize, ip: &st
 /// Create the empty `<dir>/lock` file the reference plugin flocks.
 pub fn write_reference_lock(dir: &Path) -> io::Result<()> {
     fs::create_dir_all(dir)?;
-    fs::OpenOptions::new().create(true).truncate(false).write(true).open(dir.join("lock")).map(|_| ())
+    fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(dir.join("lock"))
+        .map(|_| ())
 }
 
 /// Prefill `count` reservations in reference format: consecutive IPv4 addresses from `first`,
@@ -882,7 +972,12 @@ pub fn prefill_reference_v4(
     let mut last = None;
     for i in 0..count {
         let ip = v4_add(first, i);
-        write_reference_reservation(dir, &ip.to_string(), &format!("{container_prefix}{i}"), Some(ifname))?;
+        write_reference_reservation(
+            dir,
+            &ip.to_string(),
+            &format!("{container_prefix}{i}"),
+            Some(ifname),
+        )?;
         last = Some(ip);
     }
     if let Some(ip) = last {
@@ -907,7 +1002,11 @@ pub mod bench {
         let mut v = samples.to_vec();
         v.sort();
         let mid = v.len() / 2;
-        Some(if v.len() % 2 == 1 { v[mid] } else { (v[mid - 1] + v[mid]) / 2 })
+        Some(if v.len() % 2 == 1 {
+            v[mid]
+        } else {
+            (v[mid - 1] + v[mid]) / 2
+        })
     }
 
     /// `a / b` as f64, None when `b` is zero.
@@ -931,12 +1030,16 @@ pub mod bench {
 
     /// Kernel release (`uname -r`).
     pub fn kernel_release() -> String {
-        std::fs::read_to_string("/proc/sys/kernel/osrelease").map(|s| s.trim().to_string()).unwrap_or_else(|_| "unknown".into())
+        std::fs::read_to_string("/proc/sys/kernel/osrelease")
+            .map(|s| s.trim().to_string())
+            .unwrap_or_else(|_| "unknown".into())
     }
 
     /// Number of CPUs available to this process (`nproc`).
     pub fn nproc() -> usize {
-        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1)
     }
 
     /// CPU model name from /proc/cpuinfo.
@@ -955,11 +1058,19 @@ pub mod bench {
 
     /// Current UTC time as `YYYY-MM-DD HH:MM:SS UTC`.
     pub fn utc_now() -> String {
-        let secs = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+        let secs = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
         let days = (secs / 86_400) as i64;
         let rem = secs % 86_400;
         let (y, m, d) = civil_from_days(days);
-        format!("{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02} UTC", rem / 3600, (rem % 3600) / 60, rem % 60)
+        format!(
+            "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02} UTC",
+            rem / 3600,
+            (rem % 3600) / 60,
+            rem % 60
+        )
     }
 
     /// Days since 1970-01-01 to a proleptic Gregorian (year, month, day).
@@ -978,12 +1089,17 @@ pub mod bench {
 
     /// The command line of this process, shell-quoted.
     pub fn command_line() -> String {
-        std::env::args().map(|a| shell_quote(&a)).collect::<Vec<_>>().join(" ")
+        std::env::args()
+            .map(|a| shell_quote(&a))
+            .collect::<Vec<_>>()
+            .join(" ")
     }
 
     /// Quote `s` for a POSIX shell when it needs it.
     pub fn shell_quote(s: &str) -> String {
-        let safe = !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || "-_./=,:@%+".contains(c));
+        let safe = !s.is_empty()
+            && s.chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_./=,:@%+".contains(c));
         if safe {
             s.to_string()
         } else {
@@ -995,7 +1111,10 @@ pub mod bench {
     pub fn markdown_table(header: &[&str], rows: &[Vec<String>]) -> String {
         let mut s = String::new();
         s.push_str(&format!("| {} |\n", header.join(" | ")));
-        s.push_str(&format!("|{}\n", header.iter().map(|_| "---|").collect::<String>()));
+        s.push_str(&format!(
+            "|{}\n",
+            header.iter().map(|_| "---|").collect::<String>()
+        ));
         for r in rows {
             s.push_str(&format!("| {} |\n", r.join(" | ")));
         }
@@ -1013,7 +1132,12 @@ pub mod bench {
             }
         }
         let fmt_row = |cells: Vec<&str>| -> String {
-            cells.iter().enumerate().map(|(i, c)| format!("{:>w$}", c, w = widths.get(i).copied().unwrap_or(0))).collect::<Vec<_>>().join("  ")
+            cells
+                .iter()
+                .enumerate()
+                .map(|(i, c)| format!("{:>w$}", c, w = widths.get(i).copied().unwrap_or(0)))
+                .collect::<Vec<_>>()
+                .join("  ")
         };
         let mut s = fmt_row(header.to_vec());
         s.push('\n');
@@ -1045,7 +1169,10 @@ pub mod bench {
             if with_value.contains(&name) {
                 let value = match inline {
                     Some(v) => v,
-                    None => it.next().cloned().ok_or_else(|| format!("--{name} needs a value"))?,
+                    None => it
+                        .next()
+                        .cloned()
+                        .ok_or_else(|| format!("--{name} needs a value"))?,
                 };
                 out.insert(name.to_string(), value);
             } else if switches.contains(&name) {
@@ -1113,7 +1240,10 @@ pub mod fixture {
 
         /// The same with another plugin binary (e.g. the reference host-local).
         pub fn with_plugin(plugin: PathBuf, cni_version: &str, mut ipam: Value) -> Self {
-            let dir = tempfile::Builder::new().prefix("berth-test-").tempdir().expect("create a tempdir for dataDir");
+            let dir = tempfile::Builder::new()
+                .prefix("berth-test-")
+                .tempdir()
+                .expect("create a tempdir for dataDir");
             if let Some(obj) = ipam.as_object_mut() {
                 obj.entry("type").or_insert_with(|| json!("host-local"));
                 obj.insert("dataDir".into(), json!(dir.path().to_string_lossy()));
@@ -1171,7 +1301,10 @@ pub mod fixture {
 
         /// A run with only CNI_COMMAND, CNI_PATH, the fixture env and the configuration.
         pub fn bare(&self, command: &str) -> CniRun {
-            let mut run = CniRun::new(&self.plugin).command(command).cni_path(bin_dir()).stdin(self.conf());
+            let mut run = CniRun::new(&self.plugin)
+                .command(command)
+                .cni_path(bin_dir())
+                .stdin(self.conf());
             for (k, v) in &self.env {
                 run = run.env(k, v.clone());
             }
@@ -1180,7 +1313,10 @@ pub mod fixture {
 
         /// A run of `command` for (container, ifname) with NETNS, ready to `.run()`.
         pub fn cmd(&self, command: &str, container: &str, ifname: &str) -> CniRun {
-            self.bare(command).container_id(container).ifname(ifname).netns(NETNS)
+            self.bare(command)
+                .container_id(container)
+                .ifname(ifname)
+                .netns(NETNS)
         }
 
         /// ADD on eth0.
@@ -1198,10 +1334,26 @@ pub mod fixture {
         pub fn add_ok(&self, container: &str, expected_count: usize) -> Vec<IpAddr> {
             let out = self.add(container);
             assert!(out.success(), "ADD {container} failed: {}", out.describe());
-            assert!(!out.panicked(), "ADD {container} panicked: {}", out.describe());
+            assert!(
+                !out.panicked(),
+                "ADD {container} panicked: {}",
+                out.describe()
+            );
             let addrs = out.addresses();
-            assert_eq!(addrs.len(), expected_count, "ADD {container}: unexpected address count: {}", out.describe());
-            addrs.iter().map(|a| parse_ip_loose(a).unwrap_or_else(|| panic!("unparseable address {a:?} in {}", out.describe()))).collect()
+            assert_eq!(
+                addrs.len(),
+                expected_count,
+                "ADD {container}: unexpected address count: {}",
+                out.describe()
+            );
+            addrs
+                .iter()
+                .map(|a| {
+                    parse_ip_loose(a).unwrap_or_else(|| {
+                        panic!("unparseable address {a:?} in {}", out.describe())
+                    })
+                })
+                .collect()
         }
 
         /// DEL on eth0.
@@ -1216,13 +1368,20 @@ pub mod fixture {
 
         /// Rows of the store (panics when it cannot be read).
         pub fn allocations(&self) -> Vec<Allocation> {
-            read_allocations(&self.store())
-                .unwrap_or_else(|e| panic!("cannot read allocations from {}: {e}", self.store().display()))
+            read_allocations(&self.store()).unwrap_or_else(|e| {
+                panic!(
+                    "cannot read allocations from {}: {e}",
+                    self.store().display()
+                )
+            })
         }
 
         /// Rows of the store belonging to `container`.
         pub fn allocations_of(&self, container: &str) -> Vec<Allocation> {
-            self.allocations().into_iter().filter(|a| a.container_id == container).collect()
+            self.allocations()
+                .into_iter()
+                .filter(|a| a.container_id == container)
+                .collect()
         }
 
         /// Run the operator CLI of the plugin binary with `args` (no CNI_* env).
@@ -1274,7 +1433,11 @@ pub mod fixture {
         if got != Some(code) {
             return Err(format!("expected error code {code}, got {got:?}"));
         }
-        if json.get("msg").and_then(Value::as_str).is_none_or(str::is_empty) {
+        if json
+            .get("msg")
+            .and_then(Value::as_str)
+            .is_none_or(str::is_empty)
+        {
             return Err("error has no msg".into());
         }
         if json.get("cniVersion").and_then(Value::as_str).is_none() {

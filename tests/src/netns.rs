@@ -31,7 +31,8 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 
 use crate::{
-    bin_dir, conf_bytes, merge_top_level, read_allocations, store_path, unique_name, Allocation, CniOutput, CniRun,
+    bin_dir, conf_bytes, merge_top_level, read_allocations, store_path, unique_name, Allocation,
+    CniOutput, CniRun,
 };
 
 /// File name of the plugin under test.
@@ -92,7 +93,8 @@ pub fn default_cni_path() -> String {
 // ---------------------------------------------------------------------------------------------
 
 pub use netns_fixture::{
-    describe_output, in_netns, output_in_netns, spawn_in_netns, wait_until, ChildGuard, Netns, NsFiles, Underlay, NETNS_DIR,
+    describe_output, in_netns, output_in_netns, spawn_in_netns, wait_until, ChildGuard, Netns,
+    NsFiles, Underlay, NETNS_DIR,
 };
 
 /// `argv` inside `ns`, its stdout parsed as JSON (empty output: an empty list); panics when
@@ -102,7 +104,13 @@ fn ip_json(ns: &Netns, argv: &[&str]) -> Value {
     if text.trim().is_empty() {
         return Value::Array(Vec::new());
     }
-    serde_json::from_str(&text).unwrap_or_else(|e| panic!("`{}` in {}: not JSON ({e}): {text}", argv.join(" "), ns.name()))
+    serde_json::from_str(&text).unwrap_or_else(|e| {
+        panic!(
+            "`{}` in {}: not JSON ({e}): {text}",
+            argv.join(" "),
+            ns.name()
+        )
+    })
 }
 
 /// State readers for a test namespace (links, addresses, routes, VLANs, nft sets, iptables
@@ -116,23 +124,37 @@ pub trait NetnsInspect {
     fn links(&self) -> Vec<Value> {
         match ip_json(self.netns(), &["ip", "-j", "-d", "link", "show"]) {
             Value::Array(v) => v,
-            other => panic!("ip -j link show in {}: not a list: {other}", self.netns().name()),
+            other => panic!(
+                "ip -j link show in {}: not a list: {other}",
+                self.netns().name()
+            ),
         }
     }
 
     /// One link by name, with details; None when absent.
     fn link(&self, name: &str) -> Option<Value> {
-        self.links().into_iter().find(|l| l["ifname"] == json!(name))
+        self.links()
+            .into_iter()
+            .find(|l| l["ifname"] == json!(name))
     }
 
     /// One link by name; panics when absent.
     fn link_or_panic(&self, name: &str) -> Value {
-        self.link(name).unwrap_or_else(|| panic!("no link {name} in netns {}; links: {}", self.netns().name(), self.link_names().join(", ")))
+        self.link(name).unwrap_or_else(|| {
+            panic!(
+                "no link {name} in netns {}; links: {}",
+                self.netns().name(),
+                self.link_names().join(", ")
+            )
+        })
     }
 
     /// Names of every link.
     fn link_names(&self) -> Vec<String> {
-        self.links().iter().filter_map(|l| l["ifname"].as_str().map(str::to_string)).collect()
+        self.links()
+            .iter()
+            .filter_map(|l| l["ifname"].as_str().map(str::to_string))
+            .collect()
     }
 
     /// Names of every link of `kind` (`veth`, `bridge`, ...).
@@ -155,7 +177,10 @@ pub trait NetnsInspect {
         let mut out = Vec::new();
         for link in v.as_array().into_iter().flatten() {
             for a in link["addr_info"].as_array().into_iter().flatten() {
-                let (Some(local), Some(len)) = (a["local"].as_str(), a["prefixlen"].as_u64()) else { continue };
+                let (Some(local), Some(len)) = (a["local"].as_str(), a["prefixlen"].as_u64())
+                else {
+                    continue;
+                };
                 if let Ok(ip) = local.parse::<IpAddr>() {
                     out.push((ip, len as u8, a["scope"].as_str().unwrap_or("").to_string()));
                 }
@@ -166,7 +191,11 @@ pub trait NetnsInspect {
 
     /// Global-scope addresses on `dev`.
     fn global_addrs(&self, dev: &str) -> Vec<IpAddr> {
-        self.addrs(dev).into_iter().filter(|(_, _, s)| s == "global").map(|(ip, _, _)| ip).collect()
+        self.addrs(dev)
+            .into_iter()
+            .filter(|(_, _, s)| s == "global")
+            .map(|(ip, _, _)| ip)
+            .collect()
     }
 
     /// `ip -j [-6] route show table all`: every route of the family.
@@ -180,30 +209,48 @@ pub trait NetnsInspect {
 
     /// The default route of the family, if any.
     fn default_route(&self, v6: bool) -> Option<Value> {
-        self.routes(v6).into_iter().find(|r| r["dst"] == json!("default"))
+        self.routes(v6)
+            .into_iter()
+            .find(|r| r["dst"] == json!("default"))
     }
 
     /// `bridge -j vlan show`: per port, the VLAN entries.
     fn bridge_vlans(&self) -> Vec<Value> {
         match ip_json(self.netns(), &["bridge", "-j", "vlan", "show"]) {
             Value::Array(v) => v,
-            other => panic!("bridge vlan show in {}: not a list: {other}", self.netns().name()),
+            other => panic!(
+                "bridge vlan show in {}: not a list: {other}",
+                self.netns().name()
+            ),
         }
     }
 
     /// The elements of an nft set (as JSON values), `Ok(None)` when the table or set does not
     /// exist.
-    fn nft_set_elements(&self, family: &str, table: &str, set: &str) -> Result<Option<Vec<Value>>, String> {
+    fn nft_set_elements(
+        &self,
+        family: &str,
+        table: &str,
+        set: &str,
+    ) -> Result<Option<Vec<Value>>, String> {
         let argv = ["nft", "-j", "list", "set", family, table, set];
-        let out = self.netns().output(&argv).map_err(|e| format!("cannot run nft (install nftables): {e}"))?;
+        let out = self
+            .netns()
+            .output(&argv)
+            .map_err(|e| format!("cannot run nft (install nftables): {e}"))?;
         if !out.status.success() {
             let err = String::from_utf8_lossy(&out.stderr);
             if err.contains("No such file or directory") || err.contains("does not exist") {
                 return Ok(None);
             }
-            return Err(format!("in netns {}: {}", self.netns().name(), describe_output(&argv, &out)));
+            return Err(format!(
+                "in netns {}: {}",
+                self.netns().name(),
+                describe_output(&argv, &out)
+            ));
         }
-        let v: Value = serde_json::from_slice(&out.stdout).map_err(|e| format!("nft -j output is not JSON: {e}"))?;
+        let v: Value = serde_json::from_slice(&out.stdout)
+            .map_err(|e| format!("nft -j output is not JSON: {e}"))?;
         for item in v["nftables"].as_array().into_iter().flatten() {
             if let Some(s) = item.get("set") {
                 return Ok(Some(s["elem"].as_array().cloned().unwrap_or_default()));
@@ -219,7 +266,9 @@ pub trait NetnsInspect {
 
     /// `nft list ruleset` as text (for failure messages).
     fn nft_ruleset_text(&self) -> String {
-        self.netns().try_exec(&["nft", "list", "ruleset"]).unwrap_or_else(|e| e)
+        self.netns()
+            .try_exec(&["nft", "list", "ruleset"])
+            .unwrap_or_else(|e| e)
     }
 
     /// `iptables -t nat -S` (or ip6tables): one line per chain and rule.
@@ -256,13 +305,16 @@ pub struct Host {
 impl Host {
     /// A new, empty host namespace.
     pub fn new() -> Host {
-        Host { ns: Netns::create("bth") }
+        Host {
+            ns: Netns::create("bth"),
+        }
     }
 
     /// Run a CNI plugin inside this host (the `CniRun` is moved into the namespace).
     pub fn run_plugin(&self, run: CniRun) -> CniOutput {
         let run = run.in_netns(self.ns.path());
-        run.run().unwrap_or_else(|e| panic!("cannot run {}: {e}", run.program().display()))
+        run.run()
+            .unwrap_or_else(|e| panic!("cannot run {}: {e}", run.program().display()))
     }
 
     /// The host-side names of every NAT set element of berth-bridge's table, as JSON text,
@@ -370,7 +422,10 @@ impl Pod {
 
     /// MAC of the attached interface (lowercase).
     pub fn mac(&self) -> String {
-        self.iface()["address"].as_str().unwrap_or("").to_ascii_lowercase()
+        self.iface()["address"]
+            .as_str()
+            .unwrap_or("")
+            .to_ascii_lowercase()
     }
 
     /// Global addresses of the attached interface.
@@ -380,9 +435,12 @@ impl Pod {
 
     /// Set the interface's MAC (down, change, up).
     pub fn set_mac(&self, mac: &str) {
-        self.ns.exec(&["ip", "link", "set", "dev", &self.ifname, "down"]);
-        self.ns.exec(&["ip", "link", "set", "dev", &self.ifname, "address", mac]);
-        self.ns.exec(&["ip", "link", "set", "dev", &self.ifname, "up"]);
+        self.ns
+            .exec(&["ip", "link", "set", "dev", &self.ifname, "down"]);
+        self.ns
+            .exec(&["ip", "link", "set", "dev", &self.ifname, "address", mac]);
+        self.ns
+            .exec(&["ip", "link", "set", "dev", &self.ifname, "up"]);
     }
 }
 
@@ -429,7 +487,12 @@ impl Outside {
 
     /// Open a TCP connection from namespace `from` to this outside host (`v6` picks the family)
     /// and return the source address the outside host sees, or why it failed.
-    pub fn observe_source(&self, from: &Netns, v6: bool, timeout: Duration) -> Result<IpAddr, String> {
+    pub fn observe_source(
+        &self,
+        from: &Netns,
+        v6: bool,
+        timeout: Duration,
+    ) -> Result<IpAddr, String> {
         let addr: IpAddr = if v6 { Self::V6.into() } else { Self::V4.into() };
         let listener = self
             .ns
@@ -509,14 +572,19 @@ pub fn read_attachment_records(db: &Path) -> rusqlite::Result<Vec<AttachmentReco
     if !db.exists() {
         return Ok(Vec::new());
     }
-    let conn = rusqlite::Connection::open_with_flags(db, OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX)?;
+    let conn = rusqlite::Connection::open_with_flags(
+        db,
+        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )?;
     conn.busy_timeout(Duration::from_secs(30))?;
     let mut stmt = conn.prepare(
         "SELECT CAST(container_id AS TEXT), CAST(ifname AS TEXT), CAST(netns AS TEXT), CAST(bridge AS TEXT), \
          CAST(host_veth AS TEXT), CAST(pod_mac AS TEXT), CAST(ips AS TEXT) FROM attachments",
     )?;
     let rows = stmt.query_map([], |r| {
-        let s = |i: usize| -> rusqlite::Result<String> { Ok(r.get::<_, Option<String>>(i)?.unwrap_or_default()) };
+        let s = |i: usize| -> rusqlite::Result<String> {
+            Ok(r.get::<_, Option<String>>(i)?.unwrap_or_default())
+        };
         Ok(AttachmentRecord {
             container_id: s(0)?,
             ifname: s(1)?,
@@ -557,7 +625,10 @@ impl BridgeNet {
     /// The same with another plugin binary.
     pub fn with_plugin(plugin: PathBuf, cni_version: &str, keys: Value) -> BridgeNet {
         require_bin(&plugin);
-        let dir = tempfile::Builder::new().prefix("berth-bridge-test-").tempdir().expect("create a tempdir");
+        let dir = tempfile::Builder::new()
+            .prefix("berth-bridge-test-")
+            .tempdir()
+            .expect("create a tempdir");
         let mut conf = json!({
             "type": "berth-bridge",
             "bridge": "berth0",
@@ -570,7 +641,14 @@ impl BridgeNet {
                 ipam.entry("dataDir").or_insert_with(|| json!(ipam_dir));
             }
         }
-        BridgeNet { name: unique_name("net"), cni_version: cni_version.to_string(), conf, plugin, cni_path: default_cni_path(), dir }
+        BridgeNet {
+            name: unique_name("net"),
+            cni_version: cni_version.to_string(),
+            conf,
+            plugin,
+            cni_path: default_cni_path(),
+            dir,
+        }
     }
 
     /// Whether the plugin is the reference bridge.
@@ -580,7 +658,10 @@ impl BridgeNet {
 
     /// The bridge's `dataDir`.
     pub fn data_dir(&self) -> PathBuf {
-        self.conf["dataDir"].as_str().map(PathBuf::from).unwrap_or_else(|| self.dir.path().join("bridge"))
+        self.conf["dataDir"]
+            .as_str()
+            .map(PathBuf::from)
+            .unwrap_or_else(|| self.dir.path().join("bridge"))
     }
 
     /// The IPAM's `dataDir` (None for L2-only networks).
@@ -632,7 +713,10 @@ impl BridgeNet {
     pub fn add_ok(&self, host: &Host, pod: &Pod) -> Value {
         let out = self.add(host, pod);
         assert_plugin_ok(&out, &format!("ADD {} ({})", pod.id, self.plugin.display()));
-        let res = out.json.clone().unwrap_or_else(|| panic!("ADD {}: stdout is not JSON: {}", pod.id, out.describe()));
+        let res = out
+            .json
+            .clone()
+            .unwrap_or_else(|| panic!("ADD {}: stdout is not JSON: {}", pod.id, out.describe()));
         pod.set_result(Some(res.clone()));
         res
     }
@@ -651,12 +735,18 @@ impl BridgeNet {
 
     /// CHECK `pod` with `prev` as prevResult.
     pub fn check(&self, host: &Host, pod: &Pod, prev: &Value) -> CniOutput {
-        host.run_plugin(self.cmd("CHECK", pod).stdin(self.conf_with(json!({ "prevResult": prev }))))
+        host.run_plugin(
+            self.cmd("CHECK", pod)
+                .stdin(self.conf_with(json!({ "prevResult": prev }))),
+        )
     }
 
     /// GC with `cni.dev/valid-attachments` = `valid` (container, ifname).
     pub fn gc(&self, host: &Host, valid: &[(&str, &str)]) -> CniOutput {
-        let list: Vec<Value> = valid.iter().map(|(c, i)| json!({ "containerID": c, "ifname": i })).collect();
+        let list: Vec<Value> = valid
+            .iter()
+            .map(|(c, i)| json!({ "containerID": c, "ifname": i }))
+            .collect();
         let run = CniRun::new(&self.plugin)
             .command("GC")
             .cni_path(&self.cni_path)
@@ -666,20 +756,26 @@ impl BridgeNet {
 
     /// STATUS.
     pub fn status(&self, host: &Host) -> CniOutput {
-        let run = CniRun::new(&self.plugin).command("STATUS").cni_path(&self.cni_path).stdin(self.conf_with(json!({})));
+        let run = CniRun::new(&self.plugin)
+            .command("STATUS")
+            .cni_path(&self.cni_path)
+            .stdin(self.conf_with(json!({})));
         host.run_plugin(run)
     }
 
     /// berth-bridge's attachment records of this network.
     pub fn records(&self) -> Vec<AttachmentRecord> {
         let db = records_path(&self.data_dir(), &self.name);
-        read_attachment_records(&db).unwrap_or_else(|e| panic!("cannot read records {}: {e}", db.display()))
+        read_attachment_records(&db)
+            .unwrap_or_else(|e| panic!("cannot read records {}: {e}", db.display()))
     }
 
     /// Addresses the IPAM plugin holds for this network: rows of the berth-host-local store,
     /// or the reservation files of the reference host-local (`ipam.type` `host-local`).
     pub fn ipam_held(&self) -> Vec<Allocation> {
-        let Some(dir) = self.ipam_data_dir() else { return Vec::new() };
+        let Some(dir) = self.ipam_data_dir() else {
+            return Vec::new();
+        };
         if self.conf["ipam"]["type"] == json!("host-local") {
             return reference_reservations(&dir.join(&self.name));
         }
@@ -687,7 +783,8 @@ impl BridgeNet {
         if !db.exists() {
             return Vec::new();
         }
-        read_allocations(&db).unwrap_or_else(|e| panic!("cannot read IPAM store {}: {e}", db.display()))
+        read_allocations(&db)
+            .unwrap_or_else(|e| panic!("cannot read IPAM store {}: {e}", db.display()))
     }
 }
 
@@ -695,7 +792,9 @@ impl BridgeNet {
 /// content `<container>\r\n<ifname>`.
 pub fn reference_reservations(dir: &Path) -> Vec<Allocation> {
     let mut out = Vec::new();
-    let Ok(entries) = fs::read_dir(dir) else { return out };
+    let Ok(entries) = fs::read_dir(dir) else {
+        return out;
+    };
     for e in entries.flatten() {
         let name = e.file_name().to_string_lossy().into_owned();
         if name.parse::<IpAddr>().is_err() {
@@ -716,7 +815,11 @@ pub fn reference_reservations(dir: &Path) -> Vec<Allocation> {
 /// Assert a plugin run succeeded (exit 0, no panic, not hung).
 pub fn assert_plugin_ok(out: &CniOutput, what: &str) {
     assert!(!out.timed_out, "{what}: plugin hung: {}", out.describe());
-    assert!(!out.panicked(), "{what}: plugin panicked: {}", out.describe());
+    assert!(
+        !out.panicked(),
+        "{what}: plugin panicked: {}",
+        out.describe()
+    );
     assert!(out.success(), "{what}: plugin failed: {}", out.describe());
 }
 
@@ -726,17 +829,26 @@ pub fn assert_plugin_ok(out: &CniOutput, what: &str) {
 
 /// `ips[].address` of a 0.3.0+ result, parsed.
 pub fn result_ips(result: &Value) -> Vec<(IpAddr, u8)> {
-    crate::result_addresses(result).iter().filter_map(|a| crate::parse_cidr(a)).collect()
+    crate::result_addresses(result)
+        .iter()
+        .filter_map(|a| crate::parse_cidr(a))
+        .collect()
 }
 
 /// The first IPv4 address of a result.
 pub fn result_v4(result: &Value) -> Option<IpAddr> {
-    result_ips(result).into_iter().map(|(ip, _)| ip).find(IpAddr::is_ipv4)
+    result_ips(result)
+        .into_iter()
+        .map(|(ip, _)| ip)
+        .find(IpAddr::is_ipv4)
 }
 
 /// The first IPv6 address of a result.
 pub fn result_v6(result: &Value) -> Option<IpAddr> {
-    result_ips(result).into_iter().map(|(ip, _)| ip).find(IpAddr::is_ipv6)
+    result_ips(result)
+        .into_iter()
+        .map(|(ip, _)| ip)
+        .find(IpAddr::is_ipv6)
 }
 
 /// `interfaces[1].name`: the host veth.
@@ -785,7 +897,11 @@ impl Failures {
     /// Panic listing every failure, if any.
     pub fn assert_none(self, context: &str) {
         if !self.0.is_empty() {
-            panic!("{context}: {} failed expectation(s):\n- {}", self.0.len(), self.0.join("\n- "));
+            panic!(
+                "{context}: {} failed expectation(s):\n- {}",
+                self.0.len(),
+                self.0.join("\n- ")
+            );
         }
     }
 }

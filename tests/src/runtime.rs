@@ -61,7 +61,12 @@ fn text(out: &Output) -> String {
 /// Whether the ELF file at `path` has no program interpreter (is statically linked).
 pub fn is_static_elf(path: &Path) -> io::Result<bool> {
     let data = fs::read(path)?;
-    let bad = || io::Error::new(io::ErrorKind::InvalidData, format!("{} is not a 64-bit ELF file", path.display()));
+    let bad = || {
+        io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("{} is not a 64-bit ELF file", path.display()),
+        )
+    };
     if data.len() < 64 || &data[..4] != b"\x7fELF" || data[4] != 2 {
         return Err(bad());
     }
@@ -89,7 +94,9 @@ pub fn busybox_rootfs_tar(dir: &Path) -> Result<PathBuf, String> {
         return Err("/bin/busybox not found: install the Debian package `busybox-static`".into());
     }
     if !is_static_elf(busybox).map_err(|e| e.to_string())? {
-        return Err("/bin/busybox is dynamically linked: install `busybox-static` (not `busybox`)".into());
+        return Err(
+            "/bin/busybox is dynamically linked: install `busybox-static` (not `busybox`)".into(),
+        );
     }
     let root = dir.join("rootfs");
     let mk = |p: &Path| fs::create_dir_all(p).map_err(|e| format!("mkdir {}: {e}", p.display()));
@@ -97,8 +104,12 @@ pub fn busybox_rootfs_tar(dir: &Path) -> Result<PathBuf, String> {
         mk(&root.join(d))?;
     }
     fs::copy(busybox, root.join("bin/busybox")).map_err(|e| format!("copy busybox: {e}"))?;
-    fs::set_permissions(root.join("bin/busybox"), fs::Permissions::from_mode(0o755)).map_err(|e| e.to_string())?;
-    let list = Command::new(busybox).arg("--list").output().map_err(|e| format!("busybox --list: {e}"))?;
+    fs::set_permissions(root.join("bin/busybox"), fs::Permissions::from_mode(0o755))
+        .map_err(|e| e.to_string())?;
+    let list = Command::new(busybox)
+        .arg("--list")
+        .output()
+        .map_err(|e| format!("busybox --list: {e}"))?;
     for applet in String::from_utf8_lossy(&list.stdout).lines() {
         let applet = applet.trim();
         if applet.is_empty() || applet == "busybox" || applet.contains('/') {
@@ -106,10 +117,12 @@ pub fn busybox_rootfs_tar(dir: &Path) -> Result<PathBuf, String> {
         }
         let link = root.join("bin").join(applet);
         if !link.exists() {
-            std::os::unix::fs::symlink("busybox", &link).map_err(|e| format!("symlink {applet}: {e}"))?;
+            std::os::unix::fs::symlink("busybox", &link)
+                .map_err(|e| format!("symlink {applet}: {e}"))?;
         }
     }
-    fs::write(root.join("etc/passwd"), "root:x:0:0:root:/root:/bin/sh\n").map_err(|e| e.to_string())?;
+    fs::write(root.join("etc/passwd"), "root:x:0:0:root:/root:/bin/sh\n")
+        .map_err(|e| e.to_string())?;
     fs::write(root.join("etc/group"), "root:x:0:\n").map_err(|e| e.to_string())?;
     let tar = dir.join("rootfs.tar");
     let out = Command::new("tar")
@@ -153,17 +166,32 @@ impl NsHolder {
              mount -n -t tmpfs -o mode=1777 berth-shm /dev/shm\n\
              if [ ! -d /etc/cni/net.d ]; then mkdir -p /etc/cni/net.d; fi\n",
         );
-        script.push_str(&format!("mount -n --bind {} /etc/cni/net.d\n", q(cni_conf_dir)));
+        script.push_str(&format!(
+            "mount -n --bind {} /etc/cni/net.d\n",
+            q(cni_conf_dir)
+        ));
         script.push_str("mount -n -t tmpfs -o mode=0755 berth-opt /opt\nmkdir -p /opt/cni/bin\n");
         for p in plugins {
-            let name = p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-            script.push_str(&format!("ln -s {} /opt/cni/bin/{}\n", q(p), crate::bench::shell_quote(&name)));
+            let name = p
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            script.push_str(&format!(
+                "ln -s {} /opt/cni/bin/{}\n",
+                q(p),
+                crate::bench::shell_quote(&name)
+            ));
         }
         script.push_str("echo berth-holder-ready\nexec sleep 2147483647\n");
 
         let mut cmd = Command::new("/bin/sh");
-        cmd.arg("-c").arg(&script).env_clear().env("PATH", SYSTEM_PATH);
-        cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+        cmd.arg("-c")
+            .arg(&script)
+            .env_clear()
+            .env("PATH", SYSTEM_PATH);
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
         let ns = NsFiles::open(&[(host.path(), libc::CLONE_NEWNET)]).map_err(|e| e.to_string())?;
         ns.install(&mut cmd).map_err(|e| e.to_string())?;
         // SAFETY: runs in the forked child and makes only system calls on static strings.
@@ -176,15 +204,22 @@ impl NsHolder {
                 }
                 let root = c"/";
                 let none = c"none";
-                if libc::mount(none.as_ptr(), root.as_ptr(), std::ptr::null(), libc::MS_REC | libc::MS_SLAVE, std::ptr::null())
-                    != 0
+                if libc::mount(
+                    none.as_ptr(),
+                    root.as_ptr(),
+                    std::ptr::null(),
+                    libc::MS_REC | libc::MS_SLAVE,
+                    std::ptr::null(),
+                ) != 0
                 {
                     return Err(io::Error::last_os_error());
                 }
                 Ok(())
             });
         }
-        let mut child = cmd.spawn().map_err(|e| format!("start the namespace holder: {e}"))?;
+        let mut child = cmd
+            .spawn()
+            .map_err(|e| format!("start the namespace holder: {e}"))?;
         drop(ns);
         let pid = child.id();
         let stdout = child.stdout.take();
@@ -206,9 +241,13 @@ impl NsHolder {
                     let _ = io::Read::read_to_string(&mut e, &mut err);
                 }
             }
-            return Err(format!("the private mount namespace could not be set up: {err}"));
+            return Err(format!(
+                "the private mount namespace could not be set up: {err}"
+            ));
         }
-        let id = fs::metadata(&holder.mnt_ns).ok().map(|m| (m.dev(), m.ino()));
+        let id = fs::metadata(&holder.mnt_ns)
+            .ok()
+            .map(|m| (m.dev(), m.ino()));
         if id.is_none() || id == own_mnt_ns() {
             // Never treat the root mount namespace as ours: the drop would kill its processes.
             return Err("the namespace holder is not in a private mount namespace".into());
@@ -221,13 +260,18 @@ impl NsHolder {
     /// environment (`PATH` = [`SYSTEM_PATH`]); spawn it with [`NsHolder::spawn`].
     pub fn command(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
         let mut cmd = Command::new(program);
-        cmd.env_clear().env("PATH", SYSTEM_PATH).stdin(Stdio::null());
+        cmd.env_clear()
+            .env("PATH", SYSTEM_PATH)
+            .stdin(Stdio::null());
         cmd
     }
 
     /// Spawn `cmd` inside the namespaces.
     pub fn spawn(&self, cmd: Command) -> io::Result<Child> {
-        let ns = NsFiles::open(&[(self.mnt_ns.as_path(), libc::CLONE_NEWNS), (self.net_ns.as_path(), libc::CLONE_NEWNET)])?;
+        let ns = NsFiles::open(&[
+            (self.mnt_ns.as_path(), libc::CLONE_NEWNS),
+            (self.net_ns.as_path(), libc::CLONE_NEWNET),
+        ])?;
         ns.spawn(cmd)
     }
 
@@ -247,13 +291,17 @@ impl NsHolder {
             // SAFETY: kill(2) on our own child's pid, not yet reaped (the waiter still waits).
             unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
         }
-        let out = waiter.join().map_err(|_| io::Error::other("waiter thread panicked"))??;
+        let out = waiter
+            .join()
+            .map_err(|_| io::Error::other("waiter thread panicked"))??;
         Ok((out, timed_out))
     }
 
     /// PIDs of every process in this mount namespace, and all their descendants.
     pub fn processes(&self) -> Vec<u32> {
-        let Some(id) = self.mnt_id else { return Vec::new() };
+        let Some(id) = self.mnt_id else {
+            return Vec::new();
+        };
         if Some(id) == own_mnt_ns() {
             return Vec::new();
         }
@@ -262,7 +310,9 @@ impl NsHolder {
         let mut members = Vec::new();
         if let Ok(dir) = fs::read_dir("/proc") {
             for e in dir.flatten() {
-                let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else { continue };
+                let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
+                    continue;
+                };
                 if pid == me || pid == self.pid {
                     continue;
                 }
@@ -274,7 +324,11 @@ impl NsHolder {
                 if let Ok(stat) = fs::read_to_string(format!("/proc/{pid}/stat")) {
                     // pid (comm) state ppid ...; comm may contain spaces and parentheses.
                     if let Some(rest) = stat.rfind(')').map(|i| &stat[i + 1..]) {
-                        if let Some(ppid) = rest.split_whitespace().nth(1).and_then(|s| s.parse::<u32>().ok()) {
+                        if let Some(ppid) = rest
+                            .split_whitespace()
+                            .nth(1)
+                            .and_then(|s| s.parse::<u32>().ok())
+                        {
                             parent_of.push((pid, ppid));
                         }
                     }
@@ -341,7 +395,9 @@ pub fn remove_cgroup_tree(name: &str) {
     if name.is_empty() || name.contains('/') || name.starts_with('.') {
         return;
     }
-    let Ok(hierarchies) = fs::read_dir("/sys/fs/cgroup") else { return };
+    let Ok(hierarchies) = fs::read_dir("/sys/fs/cgroup") else {
+        return;
+    };
     let mut dirs = Vec::new();
     for h in hierarchies.flatten() {
         let p = h.path().join(name);
@@ -364,7 +420,9 @@ pub fn remove_cgroup_tree(name: &str) {
 
 /// (dev, inode) of this process's mount namespace.
 fn own_mnt_ns() -> Option<(u64, u64)> {
-    fs::metadata("/proc/self/ns/mnt").ok().map(|m| (m.dev(), m.ino()))
+    fs::metadata("/proc/self/ns/mnt")
+        .ok()
+        .map(|m| (m.dev(), m.ino()))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -381,11 +439,20 @@ pub struct Daemon {
 impl Daemon {
     /// Spawn `cmd` through `holder` with stdout and stderr appended to `log`.
     pub fn start(holder: &NsHolder, mut cmd: Command, log: &Path) -> Result<Daemon, String> {
-        let f = fs::OpenOptions::new().create(true).append(true).open(log).map_err(|e| format!("{}: {e}", log.display()))?;
+        let f = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .map_err(|e| format!("{}: {e}", log.display()))?;
         let f2 = f.try_clone().map_err(|e| e.to_string())?;
         cmd.stdout(f).stderr(f2);
-        let child = holder.spawn(cmd).map_err(|e| format!("start daemon: {e}"))?;
-        Ok(Daemon { child: Some(child), log: log.to_path_buf() })
+        let child = holder
+            .spawn(cmd)
+            .map_err(|e| format!("start daemon: {e}"))?;
+        Ok(Daemon {
+            child: Some(child),
+            log: log.to_path_buf(),
+        })
     }
 
     /// PID.
@@ -395,7 +462,9 @@ impl Daemon {
 
     /// Whether it is still running.
     pub fn running(&mut self) -> bool {
-        self.child.as_mut().is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+        self.child
+            .as_mut()
+            .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
     }
 
     /// The tail of its log, for failure messages.
@@ -467,7 +536,10 @@ impl Podman {
             fs::create_dir_all(dir.join(d)).map_err(|e| format!("mkdir: {e}"))?;
         }
         let s = |p: PathBuf| p.to_string_lossy().into_owned();
-        let dirs: Vec<String> = plugin_dirs.iter().map(|p| format!("{:?}", s(p.clone()))).collect();
+        let dirs: Vec<String> = plugin_dirs
+            .iter()
+            .map(|p| format!("{:?}", s(p.clone())))
+            .collect();
         let containers_conf = format!(
             "[containers]\n\
              default_ulimits = [\"nofile=20000:20000\", \"nproc=32768:32768\"]\n\
@@ -497,7 +569,13 @@ impl Podman {
         fs::write(dir.join("storage.conf"), storage_conf).map_err(|e| e.to_string())?;
         let holder = NsHolder::new(host, &cni_dir, &[])?;
         let cgroup_parent = crate::unique_name("berth-podman");
-        Ok(Podman { bin, dir: dir.to_path_buf(), cni_dir, cgroup_parent, holder })
+        Ok(Podman {
+            bin,
+            dir: dir.to_path_buf(),
+            cni_dir,
+            cgroup_parent,
+            holder,
+        })
     }
 
     /// `podman <args>` inside, with the private configuration; (output, timed out).
@@ -509,10 +587,16 @@ impl Podman {
             .env("TMPDIR", s(self.dir.join("tmp")))
             .env("HOME", s(self.dir.join("home")))
             .args(args);
-        let (out, timed_out) =
-            self.holder.output(cmd, timeout).map_err(|e| format!("cannot run podman {}: {e}", args.join(" ")))?;
+        let (out, timed_out) = self
+            .holder
+            .output(cmd, timeout)
+            .map_err(|e| format!("cannot run podman {}: {e}", args.join(" ")))?;
         if timed_out {
-            return Err(format!("podman {} timed out after {timeout:?}: {}", args.join(" "), text(&out)));
+            return Err(format!(
+                "podman {} timed out after {timeout:?}: {}",
+                args.join(" "),
+                text(&out)
+            ));
         }
         Ok(out)
     }
@@ -530,7 +614,11 @@ impl Podman {
     /// Write `<cni_dir>/<name>.conflist`.
     pub fn write_conflist(&self, name: &str, conflist: &serde_json::Value) -> Result<(), String> {
         let path = self.cni_dir.join(format!("{name}.conflist"));
-        fs::write(&path, serde_json::to_vec_pretty(conflist).unwrap_or_default()).map_err(|e| format!("{}: {e}", path.display()))
+        fs::write(
+            &path,
+            serde_json::to_vec_pretty(conflist).unwrap_or_default(),
+        )
+        .map_err(|e| format!("{}: {e}", path.display()))
     }
 }
 
@@ -556,7 +644,12 @@ pub struct Containerd {
 impl Containerd {
     /// Start containerd under `dir` (must outlive it) in `host`, with `cni_conf_dir` as
     /// `/etc/cni/net.d` and `plugins` linked in `/opt/cni/bin`.
-    pub fn start(host: &Host, dir: &Path, cni_conf_dir: &Path, plugins: &[PathBuf]) -> Result<Containerd, String> {
+    pub fn start(
+        host: &Host,
+        dir: &Path,
+        cni_conf_dir: &Path,
+        plugins: &[PathBuf],
+    ) -> Result<Containerd, String> {
         let containerd = require_tool("containerd", "containerd")?;
         let ctr = require_tool("ctr", "containerd")?;
         require_tool("containerd-shim-runc-v2", "containerd")?;
@@ -582,15 +675,27 @@ impl Containerd {
         fs::write(&config_path, config).map_err(|e| e.to_string())?;
         let holder = NsHolder::new(host, cni_conf_dir, plugins)?;
         let mut cmd = holder.command(&containerd);
-        cmd.arg("--config").arg(&config_path).arg("--log-level").arg("info");
+        cmd.arg("--config")
+            .arg(&config_path)
+            .arg("--log-level")
+            .arg("info");
         let mut daemon = Daemon::start(&holder, cmd, &dir.join("containerd.log"))?;
         // The namespace names the containers' cgroup parent (/<namespace>/<id>): unique per test.
         let namespace = crate::unique_name("berth-ctr");
-        let mut me = Containerd { ctr, socket, namespace, daemon: None, holder };
+        let mut me = Containerd {
+            ctr,
+            socket,
+            namespace,
+            daemon: None,
+            holder,
+        };
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             if !daemon.running() {
-                return Err(format!("containerd exited during start-up; log:\n{}", daemon.log_tail()));
+                return Err(format!(
+                    "containerd exited during start-up; log:\n{}",
+                    daemon.log_tail()
+                ));
             }
             if me.socket.exists() {
                 if let Ok(out) = me.run(&["version"], Duration::from_secs(10)) {
@@ -600,7 +705,10 @@ impl Containerd {
                 }
             }
             if Instant::now() > deadline {
-                return Err(format!("containerd did not answer within 30 s; log:\n{}", daemon.log_tail()));
+                return Err(format!(
+                    "containerd did not answer within 30 s; log:\n{}",
+                    daemon.log_tail()
+                ));
             }
             thread::sleep(Duration::from_millis(100));
         }
@@ -611,10 +719,21 @@ impl Containerd {
     /// `ctr -a <socket> -n <namespace> <args>` inside.
     pub fn run(&self, args: &[&str], timeout: Duration) -> Result<Output, String> {
         let mut cmd = self.holder.command(&self.ctr);
-        cmd.arg("-a").arg(&self.socket).arg("-n").arg(&self.namespace).args(args);
-        let (out, timed_out) = self.holder.output(cmd, timeout).map_err(|e| format!("cannot run ctr: {e}"))?;
+        cmd.arg("-a")
+            .arg(&self.socket)
+            .arg("-n")
+            .arg(&self.namespace)
+            .args(args);
+        let (out, timed_out) = self
+            .holder
+            .output(cmd, timeout)
+            .map_err(|e| format!("cannot run ctr: {e}"))?;
         if timed_out {
-            return Err(format!("ctr {} timed out after {timeout:?}: {}", args.join(" "), text(&out)));
+            return Err(format!(
+                "ctr {} timed out after {timeout:?}: {}",
+                args.join(" "),
+                text(&out)
+            ));
         }
         Ok(out)
     }
@@ -625,13 +744,21 @@ impl Containerd {
         if out.status.success() {
             Ok(String::from_utf8_lossy(&out.stdout).into_owned())
         } else {
-            Err(format!("ctr {} failed: {}\ncontainerd log:\n{}", args.join(" "), text(&out), self.log_tail()))
+            Err(format!(
+                "ctr {} failed: {}\ncontainerd log:\n{}",
+                args.join(" "),
+                text(&out),
+                self.log_tail()
+            ))
         }
     }
 
     /// The tail of containerd's log.
     pub fn log_tail(&self) -> String {
-        self.daemon.as_ref().map(Daemon::log_tail).unwrap_or_default()
+        self.daemon
+            .as_ref()
+            .map(Daemon::log_tail)
+            .unwrap_or_default()
     }
 }
 

@@ -82,22 +82,40 @@ fn leftovers(host: &Host, dir: &Path) -> Vec<String> {
 
 /// The bridge must exist in the test's host netns, never in the root netns.
 fn assert_bridge_in_host_only(host: &Host) {
-    assert!(host.link("berth0").is_some(), "berth0 was not created in the test's host netns: {:?}", host.link_names());
+    assert!(
+        host.link("berth0").is_some(),
+        "berth0 was not created in the test's host netns: {:?}",
+        host.link_names()
+    );
     // Read-only look at the root netns: this process's /sys belongs to it.
-    assert!(!Path::new("/sys/class/net/berth0").exists(), "berth0 appeared in the ROOT netns: the runtime escaped the host netns");
+    assert!(
+        !Path::new("/sys/class/net/berth0").exists(),
+        "berth0 appeared in the ROOT netns: the runtime escaped the host netns"
+    );
 }
 
 /// The conflist `type` naming `bin` (its file name), so BERTH_BRIDGE can point elsewhere.
 fn plugin_type(bin: &Path) -> String {
-    bin.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()
+    bin.file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default()
 }
 
 fn podman_with_image(host: &Host, dir: &Path) -> Podman {
-    let bridge_dir = bridge_bin().parent().map(Path::to_path_buf).unwrap_or_else(bin_dir);
-    let podman = Podman::new(host, &dir.join("podman"), &[bridge_dir, bin_dir(), PathBuf::from(REFERENCE_CNI_DIR)])
-        .unwrap_or_else(|e| panic!("podman set-up: {e}"));
+    let bridge_dir = bridge_bin()
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(bin_dir);
+    let podman = Podman::new(
+        host,
+        &dir.join("podman"),
+        &[bridge_dir, bin_dir(), PathBuf::from(REFERENCE_CNI_DIR)],
+    )
+    .unwrap_or_else(|e| panic!("podman set-up: {e}"));
     let tar = busybox_rootfs_tar(dir).unwrap_or_else(|e| panic!("busybox image: {e}"));
-    podman.ok(&["import", &tar.to_string_lossy(), IMAGE], T).unwrap_or_else(|e| panic!("{e}"));
+    podman
+        .ok(&["import", &tar.to_string_lossy(), IMAGE], T)
+        .unwrap_or_else(|e| panic!("{e}"));
     podman
 }
 
@@ -118,28 +136,58 @@ fn watching_host<T: Send>(host: &Host, run: impl FnOnce() -> T + Send) -> (T, bo
             saw_nat |= !host.nat_elements().is_empty();
             std::thread::sleep(Duration::from_millis(100));
         }
-        (worker.join().expect("runtime thread panicked"), saw_veth, saw_nat)
+        (
+            worker.join().expect("runtime thread panicked"),
+            saw_veth,
+            saw_nat,
+        )
     })
 }
 
 /// Check a container's output: an address in `prefix` on eth0, and the ping marker.
 fn check_container_output(stdout: &str, prefix: &str, what: &str) {
-    assert!(stdout.contains(prefix), "{what}: eth0 has no address in {prefix}*; container output:\n{stdout}");
-    assert!(stdout.contains("PING-OK"), "{what}: the container could not ping its gateway; container output:\n{stdout}");
+    assert!(
+        stdout.contains(prefix),
+        "{what}: eth0 has no address in {prefix}*; container output:\n{stdout}"
+    );
+    assert!(
+        stdout.contains("PING-OK"),
+        "{what}: the container could not ping its gateway; container output:\n{stdout}"
+    );
 }
 
 #[test]
 fn podman_container_gets_address_and_pings_gateway() {
     let (_bridge, _ipam) = plugins();
     let host = Host::new();
-    let dir = tempfile::Builder::new().prefix("berth-podman-").tempdir().expect("tempdir");
+    let dir = tempfile::Builder::new()
+        .prefix("berth-podman-")
+        .tempdir()
+        .expect("tempdir");
     let podman = podman_with_image(&host, dir.path());
-    podman.write_conflist(NETWORK, &conflist(dir.path(), "10.94.0.0/24", &plugin_type(&bridge_bin()))).unwrap();
+    podman
+        .write_conflist(
+            NETWORK,
+            &conflist(dir.path(), "10.94.0.0/24", &plugin_type(&bridge_bin())),
+        )
+        .unwrap();
 
     let start = Instant::now();
     let script = "ip -o -4 addr show dev eth0; ping -c1 -W2 10.94.0.1 && echo PING-OK; sleep 2";
     let cgroup_parent = podman.cgroup_parent_arg();
-    let args = ["run", "--rm", &cgroup_parent, "--network", NETWORK, "--cap-add", "NET_RAW", IMAGE, "sh", "-c", script];
+    let args = [
+        "run",
+        "--rm",
+        &cgroup_parent,
+        "--network",
+        NETWORK,
+        "--cap-add",
+        "NET_RAW",
+        IMAGE,
+        "sh",
+        "-c",
+        script,
+    ];
     let (out, saw_veth, saw_nat) = watching_host(&host, || podman.run(&args, T));
     let out = out.unwrap_or_else(|e| panic!("{e}"));
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
@@ -151,10 +199,17 @@ fn podman_container_gets_address_and_pings_gateway() {
     );
     eprintln!("podman container output:\n{stdout}");
     check_container_output(&stdout, "10.94.0.", "podman");
-    assert!(saw_veth && saw_nat, "while the container ran, the host netns showed veth: {saw_veth}, NAT element: {saw_nat}");
+    assert!(
+        saw_veth && saw_nat,
+        "while the container ran, the host netns showed veth: {saw_veth}, NAT element: {saw_nat}"
+    );
     assert_bridge_in_host_only(&host);
     let left = leftovers(&host, dir.path());
-    assert!(left.is_empty(), "after `podman run --rm`:\n- {}", left.join("\n- "));
+    assert!(
+        left.is_empty(),
+        "after `podman run --rm`:\n- {}",
+        left.join("\n- ")
+    );
     eprintln!("podman run --rm took {:?}", start.elapsed());
 }
 
@@ -169,32 +224,85 @@ struct CtrEnv {
 fn ctr_env(subnet: &str) -> CtrEnv {
     let (bridge, ipam) = plugins();
     let host = Host::new();
-    let dir = tempfile::Builder::new().prefix("berth-ctr-").tempdir().expect("tempdir");
+    let dir = tempfile::Builder::new()
+        .prefix("berth-ctr-")
+        .tempdir()
+        .expect("tempdir");
     let podman = podman_with_image(&host, dir.path());
     let archive = dir.path().join("image.tar");
     podman
-        .ok(&["save", "--format", "docker-archive", "-o", &archive.to_string_lossy(), IMAGE], T)
+        .ok(
+            &[
+                "save",
+                "--format",
+                "docker-archive",
+                "-o",
+                &archive.to_string_lossy(),
+                IMAGE,
+            ],
+            T,
+        )
         .unwrap_or_else(|e| panic!("{e}"));
 
     let conf_dir = dir.path().join("net.d");
     std::fs::create_dir_all(&conf_dir).unwrap();
     let list = conflist(dir.path(), subnet, &plugin_type(&bridge));
-    std::fs::write(conf_dir.join("10-berth.conflist"), serde_json::to_vec_pretty(&list).unwrap()).unwrap();
+    std::fs::write(
+        conf_dir.join("10-berth.conflist"),
+        serde_json::to_vec_pretty(&list).unwrap(),
+    )
+    .unwrap();
     let loopback = Path::new(REFERENCE_CNI_DIR).join("loopback");
-    let containerd = Containerd::start(&host, &dir.path().join("containerd"), &conf_dir, &[bridge, ipam, loopback])
-        .unwrap_or_else(|e| panic!("containerd set-up: {e}"));
+    let containerd = Containerd::start(
+        &host,
+        &dir.path().join("containerd"),
+        &conf_dir,
+        &[bridge, ipam, loopback],
+    )
+    .unwrap_or_else(|e| panic!("containerd set-up: {e}"));
     containerd
-        .ok(&["images", "import", "--snapshotter", "native", &archive.to_string_lossy()], T)
+        .ok(
+            &[
+                "images",
+                "import",
+                "--snapshotter",
+                "native",
+                &archive.to_string_lossy(),
+            ],
+            T,
+        )
         .unwrap_or_else(|e| panic!("{e}"));
     let images = containerd.ok(&["images", "ls", "-q"], T).unwrap();
-    assert!(images.lines().any(|l| l.trim() == IMAGE), "image {IMAGE} not in containerd after import: {images}");
-    CtrEnv { containerd, _podman: podman, host, dir }
+    assert!(
+        images.lines().any(|l| l.trim() == IMAGE),
+        "image {IMAGE} not in containerd after import: {images}"
+    );
+    CtrEnv {
+        containerd,
+        _podman: podman,
+        host,
+        dir,
+    }
 }
 
 fn ctr_run(env: &CtrEnv, id: &str, script: &str) -> String {
     let out = env
         .containerd
-        .run(&["run", "--rm", "--cni", "--snapshotter", "native", IMAGE, id, "sh", "-c", script], T)
+        .run(
+            &[
+                "run",
+                "--rm",
+                "--cni",
+                "--snapshotter",
+                "native",
+                IMAGE,
+                id,
+                "sh",
+                "-c",
+                script,
+            ],
+            T,
+        )
         .unwrap_or_else(|e| panic!("{e}"));
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(
@@ -214,10 +322,17 @@ fn ctr_container_gets_address_and_pings_gateway() {
     let script = "ip -o -4 addr show dev eth0; ping -c1 -W2 10.95.0.1 && echo PING-OK; sleep 2";
     let (stdout, saw_veth, saw_nat) = watching_host(&env.host, || ctr_run(&env, &id, script));
     check_container_output(&stdout, "10.95.0.", "ctr run --cni");
-    assert!(saw_veth && saw_nat, "while the container ran, the host netns showed veth: {saw_veth}, NAT element: {saw_nat}");
+    assert!(
+        saw_veth && saw_nat,
+        "while the container ran, the host netns showed veth: {saw_veth}, NAT element: {saw_nat}"
+    );
     assert_bridge_in_host_only(&env.host);
     let left = leftovers(&env.host, env.dir.path());
-    assert!(left.is_empty(), "after `ctr run --rm --cni` (DEL runs after the netns is gone):\n- {}", left.join("\n- "));
+    assert!(
+        left.is_empty(),
+        "after `ctr run --rm --cni` (DEL runs after the netns is gone):\n- {}",
+        left.join("\n- ")
+    );
 }
 
 #[test]
@@ -236,8 +351,16 @@ fn ctr_run_rm_twenty_times_leaves_nothing() {
         seen.insert(addr);
         // Check after every run, so a leak is pinned to the run that caused it.
         let left = leftovers(&env.host, env.dir.path());
-        assert!(left.is_empty(), "after run {i} of `ctr run --rm --cni`:\n- {}", left.join("\n- "));
+        assert!(
+            left.is_empty(),
+            "after run {i} of `ctr run --rm --cni`:\n- {}",
+            left.join("\n- ")
+        );
     }
     assert_bridge_in_host_only(&env.host);
-    eprintln!("20 x ctr run --rm --cni in {:?}; {} distinct addresses handed out", start.elapsed(), seen.len());
+    eprintln!(
+        "20 x ctr run --rm --cni in {:?}; {} distinct addresses handed out",
+        start.elapsed(),
+        seen.len()
+    );
 }

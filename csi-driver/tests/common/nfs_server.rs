@@ -226,7 +226,8 @@ impl NfsServer {
     /// TCP connect to `port` on 10.0.2.2 from inside the netns.
     pub fn connect(&self, port: u16, timeout: Duration) -> io::Result<TcpStream> {
         let addr = server_sockaddr(port);
-        self.netns.run(|| TcpStream::connect_timeout(&addr, timeout))?
+        self.netns
+            .run(|| TcpStream::connect_timeout(&addr, timeout))?
     }
 
     /// An RPC NULL call to NFSv3 on 2049: Ok when ganesha answers within
@@ -312,8 +313,11 @@ impl NfsServer {
         // The netns first, then the holder's mount namespace (the forked child is
         // single-threaded, as joining a mount namespace requires).
         let mnt = PathBuf::from(format!("/proc/{}/ns/mnt", holder.id()));
-        let ns = NsFiles::open(&[(self.netns.path(), libc::CLONE_NEWNET), (&mnt, libc::CLONE_NEWNS)])
-            .map_err(|e| format!("open the server's namespaces: {e}"))?;
+        let ns = NsFiles::open(&[
+            (self.netns.path(), libc::CLONE_NEWNET),
+            (&mnt, libc::CLONE_NEWNS),
+        ])
+        .map_err(|e| format!("open the server's namespaces: {e}"))?;
         let log = OpenOptions::new()
             .create(true)
             .append(true)

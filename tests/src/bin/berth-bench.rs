@@ -98,8 +98,8 @@ mod ipam {
 
     use berth_tests::bench::{self, markdown_table, median, ms, opt_f, ratio, text_table};
     use berth_tests::{
-        bin_dir, conf_bytes, host_local_conf_value, prefill_reference_v4, wait_output, CniOutput, CniRun,
-        HOST_LOCAL_BIN, REFERENCE_HOST_LOCAL,
+        bin_dir, conf_bytes, host_local_conf_value, prefill_reference_v4, wait_output, CniOutput,
+        CniRun, HOST_LOCAL_BIN, REFERENCE_HOST_LOCAL,
     };
     use serde_json::json;
 
@@ -138,14 +138,28 @@ options:
     }
 
     fn parse(args: &[String]) -> Result<Option<Opts>, String> {
-        let flags = bench::parse_flags(args, &["iterations", "sizes", "concurrency", "reference", "ours", "markdown"], &["help"])?;
+        let flags = bench::parse_flags(
+            args,
+            &[
+                "iterations",
+                "sizes",
+                "concurrency",
+                "reference",
+                "ours",
+                "markdown",
+            ],
+            &["help"],
+        )?;
         if flags.contains_key("help") {
             print!("{HELP}");
             return Ok(None);
         }
         let num = |k: &str, default: usize| -> Result<usize, String> {
             match flags.get(k) {
-                Some(v) => v.trim().parse().map_err(|_| format!("--{k}: not a number: {v:?}")),
+                Some(v) => v
+                    .trim()
+                    .parse()
+                    .map_err(|_| format!("--{k}: not a number: {v:?}")),
                 None => Ok(default),
             }
         };
@@ -157,7 +171,11 @@ options:
             Some(list) => list
                 .split(',')
                 .filter(|s| !s.trim().is_empty())
-                .map(|s| s.trim().parse::<u32>().map_err(|_| format!("--sizes: not a number: {s:?}")))
+                .map(|s| {
+                    s.trim()
+                        .parse::<u32>()
+                        .map_err(|_| format!("--sizes: not a number: {s:?}"))
+                })
                 .collect::<Result<Vec<_>, _>>()?,
             None => vec![0, 1000, 5000, 20000],
         };
@@ -165,18 +183,32 @@ options:
             return Err("--sizes is empty".into());
         }
         if let Some(big) = sizes.iter().find(|s| **s > MAX_PREFILL) {
-            return Err(format!("--sizes: {big} does not fit in {SUBNET} (max {MAX_PREFILL})"));
+            return Err(format!(
+                "--sizes: {big} does not fit in {SUBNET} (max {MAX_PREFILL})"
+            ));
         }
-        let reference_path = flags.get("reference").map(PathBuf::from).unwrap_or_else(|| PathBuf::from(REFERENCE_HOST_LOCAL));
+        let reference_path = flags
+            .get("reference")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from(REFERENCE_HOST_LOCAL));
         let reference = if reference_path.is_file() {
             Some(reference_path)
         } else {
-            eprintln!("note: reference plugin {} not found; timing ours only", reference_path.display());
+            eprintln!(
+                "note: reference plugin {} not found; timing ours only",
+                reference_path.display()
+            );
             None
         };
-        let ours = flags.get("ours").map(PathBuf::from).unwrap_or_else(|| bin_dir().join(HOST_LOCAL_BIN));
+        let ours = flags
+            .get("ours")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| bin_dir().join(HOST_LOCAL_BIN));
         if !ours.is_file() {
-            return Err(format!("{} not found: build it with `cargo build --release -p ipam` or pass --ours", ours.display()));
+            return Err(format!(
+                "{} not found: build it with `cargo build --release -p ipam` or pass --ours",
+                ours.display()
+            ));
         }
         Ok(Some(Opts {
             iterations,
@@ -203,14 +235,21 @@ options:
 
     impl<'a> Target<'a> {
         fn new(plugin: &'a Plugin) -> Result<Self, String> {
-            let dir = tempfile::Builder::new().prefix("berth-bench-").tempdir().map_err(|e| format!("tempdir: {e}"))?;
+            let dir = tempfile::Builder::new()
+                .prefix("berth-bench-")
+                .tempdir()
+                .map_err(|e| format!("tempdir: {e}"))?;
             let ipam = json!({
                 "type": "host-local",
                 "dataDir": dir.path().to_string_lossy(),
                 "ranges": [[{ "subnet": SUBNET }]],
             });
             let conf = conf_bytes(&host_local_conf_value(CNI_VERSION, NETWORK, ipam));
-            Ok(Target { plugin, _dir: dir, conf })
+            Ok(Target {
+                plugin,
+                _dir: dir,
+                conf,
+            })
         }
 
         fn network_dir(&self) -> PathBuf {
@@ -218,7 +257,12 @@ options:
         }
 
         fn cmd(&self, command: &str, container: &str) -> CniRun {
-            let cni_path = self.plugin.bin.parent().map(Path::to_path_buf).unwrap_or_default();
+            let cni_path = self
+                .plugin
+                .bin
+                .parent()
+                .map(Path::to_path_buf)
+                .unwrap_or_default();
             CniRun::new(&self.plugin.bin)
                 .command(command)
                 .container_id(container)
@@ -230,7 +274,9 @@ options:
         }
 
         fn exec(&self, command: &str, container: &str) -> Result<CniOutput, String> {
-            self.cmd(command, container).run().map_err(|e| format!("cannot run {}: {e}", self.plugin.bin.display()))
+            self.cmd(command, container)
+                .run()
+                .map_err(|e| format!("cannot run {}: {e}", self.plugin.bin.display()))
         }
     }
 
@@ -249,7 +295,12 @@ options:
             }
             self.errors += 1;
             if self.first_error.is_none() {
-                self.first_error = Some(format!("{what}: exit {:?}: {} {}", out.exit_code(), out.stdout_text().trim(), out.stderr_text().trim()));
+                self.first_error = Some(format!(
+                    "{what}: exit {:?}: {} {}",
+                    out.exit_code(),
+                    out.stdout_text().trim(),
+                    out.stderr_text().trim()
+                ));
             }
             false
         }
@@ -270,7 +321,12 @@ options:
         first_error: Option<String>,
     }
 
-    fn bench_size(size: u32, iterations: usize, ours: &Plugin, reference: Option<&Plugin>) -> Result<SizeResult, String> {
+    fn bench_size(
+        size: u32,
+        iterations: usize,
+        ours: &Plugin,
+        reference: Option<&Plugin>,
+    ) -> Result<SizeResult, String> {
         let ours_t = Target::new(ours)?;
         let ref_t = reference.map(Target::new).transpose()?;
         let prefill_start = Instant::now();
@@ -282,7 +338,10 @@ options:
         // the first fsyncs (ours commits with fsync) pay for writing back the prefill.
         // SAFETY: sync(2) has no preconditions and cannot fail.
         unsafe { libc::sync() };
-        eprintln!("size {size}: prefilled (and synced) in {:.1} s", prefill_start.elapsed().as_secs_f64());
+        eprintln!(
+            "size {size}: prefilled (and synced) in {:.1} s",
+            prefill_start.elapsed().as_secs_f64()
+        );
 
         // Untimed warm-up. For ours the first call imports the reference files into SQLite; the
         // reference gets the same ADD+DEL so both stores have seen one call.
@@ -325,7 +384,12 @@ options:
                 }
             }
         }
-        Ok(SizeResult { size, ours: ours_s, reference: ref_s, ours_first_call })
+        Ok(SizeResult {
+            size,
+            ours: ours_s,
+            reference: ref_s,
+            ours_first_call,
+        })
     }
 
     fn bench_concurrency(plugin: &Plugin, n: usize) -> Result<ConcResult, String> {
@@ -361,10 +425,23 @@ options:
                 addrs.extend(o.addresses());
             } else {
                 errors += 1;
-                first_error.get_or_insert_with(|| format!("exit {:?}: {} {}", o.exit_code(), o.stdout_text().trim(), o.stderr_text().trim()));
+                first_error.get_or_insert_with(|| {
+                    format!(
+                        "exit {:?}: {} {}",
+                        o.exit_code(),
+                        o.stdout_text().trim(),
+                        o.stderr_text().trim()
+                    )
+                });
             }
         }
-        Ok(ConcResult { label: plugin.label, wall, errors, distinct: addrs.len(), first_error })
+        Ok(ConcResult {
+            label: plugin.label,
+            wall,
+            errors,
+            distinct: addrs.len(),
+            first_error,
+        })
     }
 
     fn med(v: &[Duration]) -> Option<Duration> {
@@ -388,13 +465,24 @@ options:
             Some(_) => "NOT met",
             None => "not measured",
         };
-        format!("{what}: {} (target {op} {target}) -> {verdict}", opt_f(value, 3))
+        format!(
+            "{what}: {} (target {op} {target}) -> {verdict}",
+            opt_f(value, 3)
+        )
     }
 
     pub fn run(args: &[String]) -> Result<(), String> {
-        let Some(opts) = parse(args)? else { return Ok(()) };
-        let ours = Plugin { label: "ours", bin: opts.ours.clone() };
-        let reference = opts.reference.clone().map(|bin| Plugin { label: "reference", bin });
+        let Some(opts) = parse(args)? else {
+            return Ok(());
+        };
+        let ours = Plugin {
+            label: "ours",
+            bin: opts.ours.clone(),
+        };
+        let reference = opts.reference.clone().map(|bin| Plugin {
+            label: "reference",
+            bin,
+        });
         println!("berth-bench ipam: ours = {}", ours.bin.display());
         match &reference {
             Some(r) => println!("                  reference = {}", r.bin.display()),
@@ -405,7 +493,9 @@ options:
         let mut results = Vec::new();
         for &size in &opts.sizes {
             let r = bench_size(size, opts.iterations, &ours, reference.as_ref())?;
-            for (label, s) in std::iter::once(("ours", &r.ours)).chain(r.reference.iter().map(|s| ("reference", s))) {
+            for (label, s) in std::iter::once(("ours", &r.ours))
+                .chain(r.reference.iter().map(|s| ("reference", s)))
+            {
                 if let Some(e) = &s.first_error {
                     eprintln!("size {size}: {label}: {} error(s); first: {e}", s.errors);
                 }
@@ -414,7 +504,10 @@ options:
         }
 
         // Baseline for flatness: size 0 if measured, else the smallest size.
-        let base = results.iter().find(|r| r.size == 0).or_else(|| results.iter().min_by_key(|r| r.size));
+        let base = results
+            .iter()
+            .find(|r| r.size == 0)
+            .or_else(|| results.iter().min_by_key(|r| r.size));
         let base_size = base.map(|b| b.size).unwrap_or(0);
         let base_add = base.and_then(|b| med(&b.ours.add));
         let base_del = base.and_then(|b| med(&b.ours.del));
@@ -435,7 +528,11 @@ options:
         let mut rows = Vec::new();
         for r in &results {
             let (oa, od) = (med(&r.ours.add), med(&r.ours.del));
-            let (ra, rd) = r.reference.as_ref().map(|s| (med(&s.add), med(&s.del))).unwrap_or((None, None));
+            let (ra, rd) = r
+                .reference
+                .as_ref()
+                .map(|s| (med(&s.add), med(&s.del)))
+                .unwrap_or((None, None));
             rows.push(vec![
                 r.size.to_string(),
                 ms_opt(oa),
@@ -447,10 +544,20 @@ options:
                 opt_f(ratio_opt(oa, base_add), 2),
                 opt_f(ratio_opt(od, base_del), 2),
                 ms(r.ours_first_call),
-                format!("{}/{}", r.ours.errors, r.reference.as_ref().map(|s| s.errors.to_string()).unwrap_or_else(|| "-".into())),
+                format!(
+                    "{}/{}",
+                    r.ours.errors,
+                    r.reference
+                        .as_ref()
+                        .map(|s| s.errors.to_string())
+                        .unwrap_or_else(|| "-".into())
+                ),
             ]);
         }
-        println!("ADD and DEL medians over {} iterations (flat = ours(size) / ours({base_size})):", opts.iterations);
+        println!(
+            "ADD and DEL medians over {} iterations (flat = ours(size) / ours({base_size})):",
+            opts.iterations
+        );
         print!("{}", text_table(&header, &rows));
 
         let mut conc = Vec::new();
@@ -460,13 +567,30 @@ options:
                 conc.push(bench_concurrency(r, opts.concurrency)?);
             }
         }
-        let conc_header = ["plugin", "concurrent ADDs", "wall ms", "errors", "distinct addresses"];
+        let conc_header = [
+            "plugin",
+            "concurrent ADDs",
+            "wall ms",
+            "errors",
+            "distinct addresses",
+        ];
         let conc_rows: Vec<Vec<String>> = conc
             .iter()
-            .map(|c| vec![c.label.to_string(), opts.concurrency.to_string(), ms(c.wall), c.errors.to_string(), c.distinct.to_string()])
+            .map(|c| {
+                vec![
+                    c.label.to_string(),
+                    opts.concurrency.to_string(),
+                    ms(c.wall),
+                    c.errors.to_string(),
+                    c.distinct.to_string(),
+                ]
+            })
             .collect();
         if !conc.is_empty() {
-            println!("\nConcurrency: {} ADDs spawned at once on an empty store:", opts.concurrency);
+            println!(
+                "\nConcurrency: {} ADDs spawned at once on an empty store:",
+                opts.concurrency
+            );
             print!("{}", text_table(&conc_header, &conc_rows));
             for c in &conc {
                 if let Some(e) = &c.first_error {
@@ -479,20 +603,48 @@ options:
         let at = |size: u32| results.iter().find(|r| r.size == size);
         let mut targets = Vec::new();
         if let Some(r) = at(20000) {
-            let (a, d) = (ratio_opt(med(&r.ours.add), base_add), ratio_opt(med(&r.ours.del), base_del));
-            targets.push(target_line(&format!("ours ADD at 20000 / ours ADD at {base_size}"), a, "<=", FLAT_TARGET));
-            targets.push(target_line(&format!("ours DEL at 20000 / ours DEL at {base_size}"), d, "<=", FLAT_TARGET));
+            let (a, d) = (
+                ratio_opt(med(&r.ours.add), base_add),
+                ratio_opt(med(&r.ours.del), base_del),
+            );
+            targets.push(target_line(
+                &format!("ours ADD at 20000 / ours ADD at {base_size}"),
+                a,
+                "<=",
+                FLAT_TARGET,
+            ));
+            targets.push(target_line(
+                &format!("ours DEL at 20000 / ours DEL at {base_size}"),
+                d,
+                "<=",
+                FLAT_TARGET,
+            ));
         } else {
-            targets.push("flatness target (ours at 20000 within 1.5x of ours at 0): size 20000 not measured".into());
+            targets.push(
+                "flatness target (ours at 20000 within 1.5x of ours at 0): size 20000 not measured"
+                    .into(),
+            );
         }
         if let Some(r) = at(5000) {
             let rs = r.reference.as_ref();
             let a = ratio_opt(med(&r.ours.add), rs.and_then(|s| med(&s.add)));
             let d = ratio_opt(med(&r.ours.del), rs.and_then(|s| med(&s.del)));
-            targets.push(target_line("ours/reference ADD at 5000", a, "<=", RATIO_TARGET));
-            targets.push(target_line("ours/reference DEL at 5000", d, "<=", RATIO_TARGET));
+            targets.push(target_line(
+                "ours/reference ADD at 5000",
+                a,
+                "<=",
+                RATIO_TARGET,
+            ));
+            targets.push(target_line(
+                "ours/reference DEL at 5000",
+                d,
+                "<=",
+                RATIO_TARGET,
+            ));
         } else {
-            targets.push("ratio target (ours/reference at 5000 <= 0.1): size 5000 not measured".into());
+            targets.push(
+                "ratio target (ours/reference at 5000 <= 0.1): size 5000 not measured".into(),
+            );
         }
         println!("\nTargets:");
         for t in &targets {
@@ -512,7 +664,10 @@ options:
             md.push_str(&format!("Median ADD and DEL (ms); flat = ours(size) / ours({base_size}); \"ours 1st call\" is the untimed warm-up ADD that imports the prefilled files.\n\n"));
             md.push_str(&markdown_table(&header, &rows));
             if !conc.is_empty() {
-                md.push_str(&format!("\n{} ADDs spawned at once on an empty store:\n\n", opts.concurrency));
+                md.push_str(&format!(
+                    "\n{} ADDs spawned at once on an empty store:\n\n",
+                    opts.concurrency
+                ));
                 md.push_str(&markdown_table(&conc_header, &conc_rows));
             }
             md.push_str("\nTargets:\n\n");
@@ -525,7 +680,8 @@ options:
                 .append(true)
                 .open(path)
                 .map_err(|e| format!("--markdown {}: {e}", path.display()))?;
-            f.write_all(md.as_bytes()).map_err(|e| format!("--markdown {}: {e}", path.display()))?;
+            f.write_all(md.as_bytes())
+                .map_err(|e| format!("--markdown {}: {e}", path.display()))?;
             println!("\nmarkdown section appended to {}", path.display());
         }
         Ok(())
@@ -545,7 +701,9 @@ mod bridge {
 
     use berth_tests::bench::{self, markdown_table, median, ms, opt_f, ratio, text_table};
     use berth_tests::netns::{Host, Netns, BRIDGE_BIN, REFERENCE_BRIDGE};
-    use berth_tests::{bin_dir, conf_bytes, wait_output, CniOutput, CniRun, HOST_LOCAL_BIN, REFERENCE_HOST_LOCAL};
+    use berth_tests::{
+        bin_dir, conf_bytes, wait_output, CniOutput, CniRun, HOST_LOCAL_BIN, REFERENCE_HOST_LOCAL,
+    };
     use serde_json::{json, Value};
 
     const NETWORK: &str = "berth-bench";
@@ -594,17 +752,31 @@ options:
 
     impl Plugin {
         fn ipam_type(&self) -> String {
-            self.ipam.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()
+            self.ipam
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default()
         }
         fn cni_path(&self) -> String {
-            self.ipam.parent().map(|p| p.to_string_lossy().into_owned()).unwrap_or_default()
+            self.ipam
+                .parent()
+                .map(|p| p.to_string_lossy().into_owned())
+                .unwrap_or_default()
         }
     }
 
     fn parse(args: &[String]) -> Result<Option<Opts>, String> {
         let flags = bench::parse_flags(
             args,
-            &["iterations", "concurrency", "ours", "ours-ipam", "reference", "reference-ipam", "markdown"],
+            &[
+                "iterations",
+                "concurrency",
+                "ours",
+                "ours-ipam",
+                "reference",
+                "reference-ipam",
+                "markdown",
+            ],
             &["help", "masq"],
         )?;
         if flags.contains_key("help") {
@@ -613,7 +785,10 @@ options:
         }
         let num = |k: &str, default: usize| -> Result<usize, String> {
             match flags.get(k) {
-                Some(v) => v.trim().parse().map_err(|_| format!("--{k}: not a number: {v:?}")),
+                Some(v) => v
+                    .trim()
+                    .parse()
+                    .map_err(|_| format!("--{k}: not a number: {v:?}")),
                 None => Ok(default),
             }
         };
@@ -664,8 +839,13 @@ options:
 
     impl Target {
         fn new(plugin: &Plugin, masq: bool) -> Result<Target, String> {
-            let dir = tempfile::Builder::new().prefix("berth-bench-bridge-").tempdir().map_err(|e| format!("tempdir: {e}"))?;
-            let host = Host { ns: Netns::try_create("bbh")? };
+            let dir = tempfile::Builder::new()
+                .prefix("berth-bench-bridge-")
+                .tempdir()
+                .map_err(|e| format!("tempdir: {e}"))?;
+            let host = Host {
+                ns: Netns::try_create("bbh")?,
+            };
             let pod = Netns::try_create("bbp")?;
             let conf: Value = json!({
                 "cniVersion": CNI_VERSION,
@@ -681,7 +861,13 @@ options:
                     "ranges": [[{ "subnet": SUBNET }]],
                 },
             });
-            Ok(Target { plugin: plugin.clone(), host, pod, _dir: dir, conf: conf_bytes(&conf) })
+            Ok(Target {
+                plugin: plugin.clone(),
+                host,
+                pod,
+                _dir: dir,
+                conf: conf_bytes(&conf),
+            })
         }
 
         fn cmd(&self, command: &str, container: &str, netns: &Path) -> CniRun {
@@ -697,7 +883,9 @@ options:
         }
 
         fn exec(&self, command: &str, container: &str) -> Result<CniOutput, String> {
-            self.cmd(command, container, self.pod.path()).run().map_err(|e| format!("cannot run {}: {e}", self.plugin.bin.display()))
+            self.cmd(command, container, self.pod.path())
+                .run()
+                .map_err(|e| format!("cannot run {}: {e}", self.plugin.bin.display()))
         }
     }
 
@@ -721,7 +909,12 @@ options:
             }
             self.errors += 1;
             if self.first_error.is_none() {
-                self.first_error = Some(format!("{what}: exit {:?}: {} {}", out.exit_code(), out.stdout_text().trim(), out.stderr_text().trim()));
+                self.first_error = Some(format!(
+                    "{what}: exit {:?}: {} {}",
+                    out.exit_code(),
+                    out.stdout_text().trim(),
+                    out.stderr_text().trim()
+                ));
             }
             false
         }
@@ -746,13 +939,20 @@ options:
     const RSS_RUNS: usize = 5;
 
     fn bench_row(opts: &Opts, masq: bool) -> Result<RowResult, String> {
-        let targets = [Target::new(&opts.ours, masq)?, Target::new(&opts.reference, masq)?];
+        let targets = [
+            Target::new(&opts.ours, masq)?,
+            Target::new(&opts.reference, masq)?,
+        ];
         // Untimed warm-up: creates the bridge, NAT tables and stores, fills the page cache.
         for t in &targets {
             for cmd in ["ADD", "DEL"] {
                 let out = t.exec(cmd, "bench-warmup")?;
                 if !out.success() {
-                    return Err(format!("{} warm-up {cmd} failed: {}", t.plugin.label, out.describe()));
+                    return Err(format!(
+                        "{} warm-up {cmd} failed: {}",
+                        t.plugin.label,
+                        out.describe()
+                    ));
                 }
             }
         }
@@ -796,11 +996,19 @@ options:
         }
         let floor = {
             let t = &targets[0];
-            let out = CniRun::new("/bin/true").in_netns(t.host.ns.path()).run().map_err(|e| format!("/bin/true: {e}"))?;
+            let out = CniRun::new("/bin/true")
+                .in_netns(t.host.ns.path())
+                .run()
+                .map_err(|e| format!("/bin/true: {e}"))?;
             out.max_rss_kb
         };
         let [ours, reference] = samples;
-        Ok(RowResult { masq, ours, reference, floor })
+        Ok(RowResult {
+            masq,
+            ours,
+            reference,
+            floor,
+        })
     }
 
     struct ConcResult {
@@ -815,11 +1023,16 @@ options:
 
     fn bench_concurrency(plugin: &Plugin, n: usize) -> Result<ConcResult, String> {
         let t = Target::new(plugin, false)?;
-        let pods: Vec<Netns> = (0..n).map(|_| Netns::try_create("bbc")).collect::<Result<_, _>>()?;
+        let pods: Vec<Netns> = (0..n)
+            .map(|_| Netns::try_create("bbc"))
+            .collect::<Result<_, _>>()?;
         let ids: Vec<String> = (0..n).map(|i| format!("bench-conc-{i}")).collect();
         let mut errors = 0;
         let mut first_error = None;
-        let run_all = |command: &str, errors: &mut usize, first_error: &mut Option<String>| -> (Duration, Vec<CniOutput>) {
+        let run_all = |command: &str,
+                       errors: &mut usize,
+                       first_error: &mut Option<String>|
+         -> (Duration, Vec<CniOutput>) {
             let start = Instant::now();
             let mut children = Vec::with_capacity(n);
             for (id, pod) in ids.iter().zip(&pods) {
@@ -850,7 +1063,14 @@ options:
                 addrs.extend(o.addresses());
             } else {
                 errors += 1;
-                first_error.get_or_insert_with(|| format!("ADD exit {:?}: {} {}", o.exit_code(), o.stdout_text().trim(), o.stderr_text().trim()));
+                first_error.get_or_insert_with(|| {
+                    format!(
+                        "ADD exit {:?}: {} {}",
+                        o.exit_code(),
+                        o.stdout_text().trim(),
+                        o.stderr_text().trim()
+                    )
+                });
             }
         }
         let mut del_errors = 0;
@@ -858,23 +1078,41 @@ options:
         for o in &douts {
             if !o.success() {
                 del_errors += 1;
-                first_error.get_or_insert_with(|| format!("DEL exit {:?}: {}", o.exit_code(), o.stdout_text().trim()));
+                first_error.get_or_insert_with(|| {
+                    format!("DEL exit {:?}: {}", o.exit_code(), o.stdout_text().trim())
+                });
             }
         }
-        Ok(ConcResult { label: plugin.label, wall, errors, distinct: addrs.len(), del_wall, del_errors, first_error })
+        Ok(ConcResult {
+            label: plugin.label,
+            wall,
+            errors,
+            distinct: addrs.len(),
+            del_wall,
+            del_errors,
+            first_error,
+        })
     }
 
     /// Peak RSS of the IPAM plugin alone (ADD then DEL, outside any netns: host-local does not
     /// touch the kernel), to tell the main plugin's share in ru_maxrss (which covers the IPAM
     /// child the main plugin waited for).
     fn ipam_alone_rss(plugin: &Plugin) -> Result<Option<u64>, String> {
-        let dir = tempfile::Builder::new().prefix("berth-bench-ipam-").tempdir().map_err(|e| e.to_string())?;
+        let dir = tempfile::Builder::new()
+            .prefix("berth-bench-ipam-")
+            .tempdir()
+            .map_err(|e| e.to_string())?;
         let conf = conf_bytes(&json!({
             "cniVersion": CNI_VERSION, "name": NETWORK, "type": "bench",
             "ipam": { "type": plugin.ipam_type(), "dataDir": dir.path().to_string_lossy(), "ranges": [[{ "subnet": SUBNET }]] },
         }));
         let mut peak = None;
-        for (cmd, id) in [("ADD", "rss-0"), ("DEL", "rss-0"), ("ADD", "rss-1"), ("DEL", "rss-1")] {
+        for (cmd, id) in [
+            ("ADD", "rss-0"),
+            ("DEL", "rss-0"),
+            ("ADD", "rss-1"),
+            ("DEL", "rss-1"),
+        ] {
             let (out, hwm) = CniRun::new(&plugin.ipam)
                 .command(cmd)
                 .container_id(id)
@@ -903,7 +1141,12 @@ options:
         let (mut add, mut del, mut noop) = (Vec::new(), Vec::new(), Vec::new());
         for _ in 0..iterations.clamp(5, 30) {
             for (argv, v) in [
-                (&["ip", "link", "add", "fa0", "type", "veth", "peer", "name", "fb0"][..], &mut add),
+                (
+                    &[
+                        "ip", "link", "add", "fa0", "type", "veth", "peer", "name", "fb0",
+                    ][..],
+                    &mut add,
+                ),
                 (&["ip", "link", "del", "fa0"][..], &mut del),
                 (&["true"][..], &mut noop),
             ] {
@@ -927,7 +1170,8 @@ options:
     }
 
     fn mib(kb: Option<u64>) -> String {
-        kb.map(|k| format!("{:.1}", k as f64 / 1024.0)).unwrap_or_else(|| "n/a".into())
+        kb.map(|k| format!("{:.1}", k as f64 / 1024.0))
+            .unwrap_or_else(|| "n/a".into())
     }
 
     fn target_line(what: &str, value: Option<f64>, target: f64) -> String {
@@ -936,13 +1180,26 @@ options:
             Some(_) => "NOT met",
             None => "not measured",
         };
-        format!("{what}: {} (target <= {target}) -> {verdict}", opt_f(value, 3))
+        format!(
+            "{what}: {} (target <= {target}) -> {verdict}",
+            opt_f(value, 3)
+        )
     }
 
     pub fn run(args: &[String]) -> Result<(), String> {
-        let Some(opts) = parse(args)? else { return Ok(()) };
-        println!("berth-bench bridge: ours      = {} + {}", opts.ours.bin.display(), opts.ours.ipam.display());
-        println!("                    reference = {} + {}", opts.reference.bin.display(), opts.reference.ipam.display());
+        let Some(opts) = parse(args)? else {
+            return Ok(());
+        };
+        println!(
+            "berth-bench bridge: ours      = {} + {}",
+            opts.ours.bin.display(),
+            opts.ours.ipam.display()
+        );
+        println!(
+            "                    reference = {} + {}",
+            opts.reference.bin.display(),
+            opts.reference.ipam.display()
+        );
         println!(
             "                    {} iterations, cniVersion {CNI_VERSION}, isGateway true, subnet {SUBNET}, each plugin in its own fresh host netns\n",
             opts.iterations
@@ -956,11 +1213,17 @@ options:
         for r in &rows {
             for (label, s) in [("ours", &r.ours), ("reference", &r.reference)] {
                 if let Some(e) = &s.first_error {
-                    eprintln!("ipMasq {}: {label}: {} error(s); first: {e}", r.masq, s.errors);
+                    eprintln!(
+                        "ipMasq {}: {label}: {} error(s); first: {e}",
+                        r.masq, s.errors
+                    );
                 }
             }
         }
-        let ipam_rss = [ipam_alone_rss(&opts.ours)?, ipam_alone_rss(&opts.reference)?];
+        let ipam_rss = [
+            ipam_alone_rss(&opts.ours)?,
+            ipam_alone_rss(&opts.reference)?,
+        ];
         let [k_add, k_del, k_noop] = kernel_floor(opts.iterations)?;
         let floor_line = format!(
             "kernel floor (scratch netns, median): `ip link add` veth pair {} ms, `ip link del` veth {} ms, exec of `true` {} ms",
@@ -982,7 +1245,10 @@ options:
         ];
         let mut table = Vec::new();
         for r in &rows {
-            for (i, (label, s)) in [("ours", &r.ours), ("reference", &r.reference)].into_iter().enumerate() {
+            for (i, (label, s)) in [("ours", &r.ours), ("reference", &r.reference)]
+                .into_iter()
+                .enumerate()
+            {
                 table.push(vec![
                     r.masq.to_string(),
                     label.to_string(),
@@ -1021,8 +1287,16 @@ options:
                 opt_f(rss, 3),
                 opt_f(kb_ratio(r.ours.peak_rss(), r.reference.peak_rss()), 3),
             ]);
-            targets.push(target_line(&format!("ipMasq {}: ADD+DEL ours/reference", r.masq), pair, ADD_DEL_TARGET));
-            targets.push(target_line(&format!("ipMasq {}: plugin peak RSS ours/reference", r.masq), rss, RSS_TARGET));
+            targets.push(target_line(
+                &format!("ipMasq {}: ADD+DEL ours/reference", r.masq),
+                pair,
+                ADD_DEL_TARGET,
+            ));
+            targets.push(target_line(
+                &format!("ipMasq {}: plugin peak RSS ours/reference", r.masq),
+                rss,
+                RSS_TARGET,
+            ));
         }
         println!("Medians over {} iterations. RSS columns:", opts.iterations);
         println!("  plugin RSS = VmHWM of the plugin process itself at exit (ptrace exit stop; {RSS_RUNS} untimed ADDs, max)");
@@ -1041,7 +1315,15 @@ options:
             conc.push(bench_concurrency(&opts.ours, opts.concurrency)?);
             conc.push(bench_concurrency(&opts.reference, opts.concurrency)?);
         }
-        let conc_header = ["plugin", "pods", "ADD wall ms", "ADD errors", "distinct addresses", "DEL wall ms", "DEL errors"];
+        let conc_header = [
+            "plugin",
+            "pods",
+            "ADD wall ms",
+            "ADD errors",
+            "distinct addresses",
+            "DEL wall ms",
+            "DEL errors",
+        ];
         let conc_rows: Vec<Vec<String>> = conc
             .iter()
             .map(|c| {
@@ -1079,7 +1361,9 @@ options:
 
         if let Some(path) = &opts.markdown {
             let mut md = String::new();
-            md.push_str("## Bridge: berth-bridge + berth-host-local vs reference bridge + host-local\n\n");
+            md.push_str(
+                "## Bridge: berth-bridge + berth-host-local vs reference bridge + host-local\n\n",
+            );
             md.push_str(&bench::machine_markdown());
             md.push_str(&format!(
                 "- ours: `{}` + `{}`\n- reference: `{}` + `{}`\n- {} iterations; cniVersion {CNI_VERSION}; isGateway true; {SUBNET}; each plugin in its own fresh host netns, entered between fork and exec (the timed process is the plugin); ours and reference alternate each iteration; warm-up ADD+DEL untimed\n- plugin RSS: `VmHWM` of the plugin process itself, read at its ptrace exit stop (max of {RSS_RUNS} untimed ADDs); \"IPAM alone\": the same for the IPAM plugin exec'd by itself\n- ru_maxrss: max `ru_maxrss` from wait4 over the timed ADD execs; it also covers the IPAM child and the address space the child had before exec (Linux folds it in at exec): /bin/true exec'd the same way reports {} MiB\n\n",
@@ -1094,7 +1378,10 @@ options:
             md.push_str(&format!("\n{floor_line}\n\n"));
             md.push_str(&markdown_table(&ratio_header, &ratio_rows));
             if !conc.is_empty() {
-                md.push_str(&format!("\n{} pods attached at once on a fresh host, then detached at once:\n\n", opts.concurrency));
+                md.push_str(&format!(
+                    "\n{} pods attached at once on a fresh host, then detached at once:\n\n",
+                    opts.concurrency
+                ));
                 md.push_str(&markdown_table(&conc_header, &conc_rows));
             }
             md.push_str("\nTargets:\n\n");
@@ -1107,7 +1394,8 @@ options:
                 .append(true)
                 .open(path)
                 .map_err(|e| format!("--markdown {}: {e}", path.display()))?;
-            f.write_all(md.as_bytes()).map_err(|e| format!("--markdown {}: {e}", path.display()))?;
+            f.write_all(md.as_bytes())
+                .map_err(|e| format!("--markdown {}: {e}", path.display()))?;
             println!("\nmarkdown section appended to {}", path.display());
         }
         Ok(())

@@ -50,31 +50,50 @@ impl Cluster {
     fn new() -> Result<Cluster, String> {
         let ul = Underlay::try_create("bbul", "br-ul", None)?;
         let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
-        Ok(Cluster { ul, nodes: Vec::new(), dir })
+        Ok(Cluster {
+            ul,
+            nodes: Vec::new(),
+            dir,
+        })
     }
 
     fn add_node(&mut self) -> Result<usize, String> {
         let i = self.nodes.len() + 1;
         let ns = Netns::try_create("bbh")?;
         let ip = format!("172.31.{}.{}", i / 250, i % 250 + 1);
-        self.ul.try_attach(&ns, &format!("u{i}"), "eth0", &[&format!("{ip}/16")])?;
+        self.ul
+            .try_attach(&ns, &format!("u{i}"), "eth0", &[&format!("{ip}/16")])?;
         let d = self.dir.path().join(format!("n{i}"));
-        self.nodes.push(Node { ns, ip, subnet_file: d.join("subnet.env"), data_dir: d.join("data"), daemon: None });
+        self.nodes.push(Node {
+            ns,
+            ip,
+            subnet_file: d.join("subnet.env"),
+            data_dir: d.join("data"),
+            daemon: None,
+        });
         Ok(i - 1)
     }
 
     fn spawn_daemon(&mut self, i: usize) -> Result<(), String> {
         let n = &self.nodes[i];
         let mut cmd = Command::new(bin_dir().join("berth-overlayd"));
-        cmd.args(["--node-name", &format!("node{}", i + 1), "--network", NETWORK, "--iface", "eth0"])
-            .arg("--store")
-            .arg(format!("dir:{}", self.dir.path().join("store").display()))
-            .arg("--subnet-file")
-            .arg(&n.subnet_file)
-            .args(["--lease-ttl", "10m", "--resync-interval", "5s"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null());
-        let child = spawn_in_netns(n.ns.path(), cmd).map_err(|e| format!("starting berth-overlayd: {e}"))?;
+        cmd.args([
+            "--node-name",
+            &format!("node{}", i + 1),
+            "--network",
+            NETWORK,
+            "--iface",
+            "eth0",
+        ])
+        .arg("--store")
+        .arg(format!("dir:{}", self.dir.path().join("store").display()))
+        .arg("--subnet-file")
+        .arg(&n.subnet_file)
+        .args(["--lease-ttl", "10m", "--resync-interval", "5s"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+        let child = spawn_in_netns(n.ns.path(), cmd)
+            .map_err(|e| format!("starting berth-overlayd: {e}"))?;
         self.nodes[i].daemon = Some(Proc(Some(child)));
         Ok(())
     }
@@ -121,14 +140,21 @@ impl Cluster {
 fn ping(from: &Netns, to: &str) -> bool {
     // A short timeout: convergence is measured by repeating this, so a
     // long wait on one lost probe would only blur the figure.
-    from.output(&["ping", "-c", "1", "-W", "0.2", to]).map(|o| o.status.success()).unwrap_or(false)
+    from.output(&["ping", "-c", "1", "-W", "0.2", to])
+        .map(|o| o.status.success())
+        .unwrap_or(false)
 }
 
 /// iperf3 from `client` to `server_ip` where the server runs in `server`; Gbit/s.
 fn iperf(server: &Netns, client: &Netns, server_ip: &str, seconds: u32) -> Result<f64, String> {
     let mut cmd = Command::new("iperf3");
-    cmd.args(["-s", "-1", "-p", "5201"]).stdout(Stdio::null()).stderr(Stdio::null());
-    let srv = Proc(Some(spawn_in_netns(server.path(), cmd).map_err(|e| format!("iperf3 server: {e} (is iperf3 installed?)"))?));
+    cmd.args(["-s", "-1", "-p", "5201"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    let srv =
+        Proc(Some(spawn_in_netns(server.path(), cmd).map_err(|e| {
+            format!("iperf3 server: {e} (is iperf3 installed?)")
+        })?));
     let deadline = Instant::now() + Duration::from_secs(5);
     let secs = seconds.to_string();
     loop {
@@ -143,7 +169,11 @@ fn iperf(server: &Netns, client: &Netns, server_ip: &str, seconds: u32) -> Resul
             return Ok(bps / 1e9);
         }
         if Instant::now() > deadline {
-            return Err(format!("iperf3 client failed: {} {}", v.get("error").cloned().unwrap_or(Value::Null), String::from_utf8_lossy(&out.stderr)));
+            return Err(format!(
+                "iperf3 client failed: {} {}",
+                v.get("error").cloned().unwrap_or(Value::Null),
+                String::from_utf8_lossy(&out.stderr)
+            ));
         }
         std::thread::sleep(Duration::from_millis(100));
     }
@@ -167,7 +197,12 @@ fn throughput(seconds: u32) -> Result<(f64, f64), String> {
     let (mut ov, mut un) = (Vec::new(), Vec::new());
     for _ in 0..3 {
         ov.push(iperf(&p1, &p0, &a1, seconds)?);
-        un.push(iperf(&c.nodes[1].ns, &c.nodes[0].ns, &c.nodes[1].ip.clone(), seconds)?);
+        un.push(iperf(
+            &c.nodes[1].ns,
+            &c.nodes[0].ns,
+            &c.nodes[1].ip.clone(),
+            seconds,
+        )?);
     }
     let median = |v: &mut Vec<f64>| {
         v.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
@@ -199,7 +234,10 @@ fn convergence(hosts: usize) -> Result<Duration, String> {
     while !pending.is_empty() {
         pending.retain(|p| !ping(p, &an));
         if Instant::now() > deadline {
-            return Err(format!("{} pods still cannot reach the new node after 30 s", pending.len()));
+            return Err(format!(
+                "{} pods still cannot reach the new node after 30 s",
+                pending.len()
+            ));
         }
     }
     Ok(t0.elapsed())
@@ -211,7 +249,8 @@ fn many_peers(peers: usize) -> Result<Duration, String> {
     use cni_overlay::store::LeaseStore;
     let mut c = Cluster::new()?;
     let i = c.add_node()?;
-    let mut store = DirStore::open(&c.dir.path().join("store"), NETWORK).map_err(|e| e.to_string())?;
+    let mut store =
+        DirStore::open(&c.dir.path().join("store"), NETWORK).map_err(|e| e.to_string())?;
     // Peers in 10.244.0.0/16 as /28s would not fit 1000 with /24s; use /26 subnets of a /16.
     for k in 0..peers {
         let base = u32::from(std::net::Ipv4Addr::new(10, 244, 0, 0)) + ((k as u32 + 1) << 6);
@@ -219,8 +258,18 @@ fn many_peers(peers: usize) -> Result<Duration, String> {
             node: format!("synthetic-{k}"),
             subnet: ipnetwork::Ipv4Network::new(base.into(), 26).map_err(|e| e.to_string())?,
             subnet6: None,
-            public_ip: std::net::IpAddr::V4(std::net::Ipv4Addr::new(172, 30, (k / 250) as u8, (k % 250 + 1) as u8)),
-            vtep_mac: format!("02:00:00:{:02x}:{:02x}:{:02x}", (k >> 16) & 0xff, (k >> 8) & 0xff, k & 0xff),
+            public_ip: std::net::IpAddr::V4(std::net::Ipv4Addr::new(
+                172,
+                30,
+                (k / 250) as u8,
+                (k % 250 + 1) as u8,
+            )),
+            vtep_mac: format!(
+                "02:00:00:{:02x}:{:02x}:{:02x}",
+                (k >> 16) & 0xff,
+                (k >> 8) & 0xff,
+                k & 0xff
+            ),
             expires_at: now() + 3600,
         };
         if !store.try_acquire(&l).map_err(|e| e.to_string())? {
@@ -229,21 +278,35 @@ fn many_peers(peers: usize) -> Result<Duration, String> {
     }
     let n = &c.nodes[i];
     let mut cmd = Command::new(bin_dir().join("berth-overlayd"));
-    cmd.args(["--node-name", "measured", "--network", NETWORK, "--subnet-len", "26", "--iface", "eth0"])
-        .arg("--store")
-        .arg(format!("dir:{}", c.dir.path().join("store").display()))
-        .arg("--subnet-file")
-        .arg(&n.subnet_file)
-        .args(["--lease-ttl", "10m", "--resync-interval", "60s"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
+    cmd.args([
+        "--node-name",
+        "measured",
+        "--network",
+        NETWORK,
+        "--subnet-len",
+        "26",
+        "--iface",
+        "eth0",
+    ])
+    .arg("--store")
+    .arg(format!("dir:{}", c.dir.path().join("store").display()))
+    .arg("--subnet-file")
+    .arg(&n.subnet_file)
+    .args(["--lease-ttl", "10m", "--resync-interval", "60s"])
+    .stdout(Stdio::null())
+    .stderr(Stdio::null());
     let t0 = Instant::now();
     let child = spawn_in_netns(n.ns.path(), cmd).map_err(|e| e.to_string())?;
     let _guard = Proc(Some(child));
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        let out = n.ns.output(&["ip", "-4", "route", "show", "dev", "berth.1"]).map_err(|e| e.to_string())?;
-        let routes = String::from_utf8_lossy(&out.stdout).lines().filter(|l| l.contains(" via ")).count();
+        let out =
+            n.ns.output(&["ip", "-4", "route", "show", "dev", "berth.1"])
+                .map_err(|e| e.to_string())?;
+        let routes = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter(|l| l.contains(" via "))
+            .count();
         if routes >= peers {
             return Ok(t0.elapsed());
         }
@@ -261,7 +324,13 @@ pub fn run(args: &[String]) -> Result<(), String> {
     }
     let flags = bench::parse_flags(args, &["hosts", "peers", "seconds", "markdown"], &[])?;
     let num = |k: &str, d: usize| -> Result<usize, String> {
-        flags.get(k).map(|v| v.parse::<usize>().map_err(|_| format!("--{k}: {v:?} is not a number"))).unwrap_or(Ok(d))
+        flags
+            .get(k)
+            .map(|v| {
+                v.parse::<usize>()
+                    .map_err(|_| format!("--{k}: {v:?} is not a number"))
+            })
+            .unwrap_or(Ok(d))
     };
     let hosts = num("hosts", 10)?.max(2);
     let peers = num("peers", 1000)?;
@@ -281,32 +350,55 @@ pub fn run(args: &[String]) -> Result<(), String> {
             "throughput pod-to-pod across hosts vs host-to-host (Gbit/s)".to_string(),
             format!("{overlay:.2} vs {underlay:.2} = {:.2}x", overlay / underlay),
             ">= 0.85x".into(),
-            if overlay / underlay >= 0.85 { "met" } else { "NOT met" }.into(),
+            if overlay / underlay >= 0.85 {
+                "met"
+            } else {
+                "NOT met"
+            }
+            .into(),
         ],
         vec![
-            format!("convergence: new node start -> every pod of {} hosts pings a pod on it", hosts - 1),
+            format!(
+                "convergence: new node start -> every pod of {} hosts pings a pod on it",
+                hosts - 1
+            ),
             format!("{} ms", conv.as_millis()),
             "< 1000 ms".into(),
-            if conv < Duration::from_secs(1) { "met" } else { "NOT met" }.into(),
+            if conv < Duration::from_secs(1) {
+                "met"
+            } else {
+                "NOT met"
+            }
+            .into(),
         ],
         vec![
             format!("one node programs {peers} peers (start -> all routes present)"),
             format!("{} ms", prog.as_millis()),
             "< 2000 ms".into(),
-            if prog < Duration::from_secs(2) { "met" } else { "NOT met" }.into(),
+            if prog < Duration::from_secs(2) {
+                "met"
+            } else {
+                "NOT met"
+            }
+            .into(),
         ],
     ];
     let header = ["figure", "measured", "target", ""];
     print!("{}", text_table(&header, &rows));
     if let Some(path) = flags.get("markdown") {
-        let mut md = String::from("## Overlay: VXLAN vs underlay, convergence, peer programming\n\n");
+        let mut md =
+            String::from("## Overlay: VXLAN vs underlay, convergence, peer programming\n\n");
         md.push_str(&bench::machine_markdown());
         md.push_str(&format!(
             "- hosts are network namespaces on a bridge in another namespace; embedded (dir) store; iperf3 {seconds} s, one TCP stream, median of 3 rounds alternating overlay and underlay\n\n"
         ));
         md.push_str(&markdown_table(&header, &rows));
         md.push('\n');
-        let mut f = fs::OpenOptions::new().create(true).append(true).open(Path::new(path)).map_err(|e| e.to_string())?;
+        let mut f = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(Path::new(path))
+            .map_err(|e| e.to_string())?;
         f.write_all(md.as_bytes()).map_err(|e| e.to_string())?;
         println!("markdown section appended to {path}");
     }

@@ -19,10 +19,18 @@ record).
 ";
 
 fn f(cell: &str) -> f64 {
-    cell.split_whitespace().next().and_then(|x| x.parse().ok()).unwrap_or(0.0)
+    cell.split_whitespace()
+        .next()
+        .and_then(|x| x.parse().ok())
+        .unwrap_or(0.0)
 }
 
-fn section(name: &str, run: fn(&[String]) -> Result<(), String>, args: &[&str], tmp: &Path) -> Result<String, String> {
+fn section(
+    name: &str,
+    run: fn(&[String]) -> Result<(), String>,
+    args: &[&str],
+    tmp: &Path,
+) -> Result<String, String> {
     let path = tmp.join(format!("{name}.md"));
     let mut a: Vec<String> = args.iter().map(|s| s.to_string()).collect();
     a.push("--markdown".into());
@@ -34,18 +42,33 @@ fn section(name: &str, run: fn(&[String]) -> Result<(), String>, args: &[&str], 
 
 fn csi_section(quick: bool) -> Result<(String, f64, f64, f64), String> {
     let bin = bin_dir().join("berth-csi-bench");
-    let args: Vec<&str> = if quick { vec!["--runs", "3", "--concurrent", "10"] } else { vec!["--runs", "20", "--concurrent", "50"] };
+    let args: Vec<&str> = if quick {
+        vec!["--runs", "3", "--concurrent", "10"]
+    } else {
+        vec!["--runs", "20", "--concurrent", "50"]
+    };
     println!("==> berth-csi-bench {}", args.join(" "));
-    let out = Command::new(&bin).args(&args).output().map_err(|e| format!("{}: {e}", bin.display()))?;
+    let out = Command::new(&bin)
+        .args(&args)
+        .output()
+        .map_err(|e| format!("{}: {e}", bin.display()))?;
     let text = String::from_utf8_lossy(&out.stdout).to_string();
     if !out.status.success() {
-        return Err(format!("berth-csi-bench failed: {}{}", text, String::from_utf8_lossy(&out.stderr)));
+        return Err(format!(
+            "berth-csi-bench failed: {}{}",
+            text,
+            String::from_utf8_lossy(&out.stderr)
+        ));
     }
-    let num_after = |line: &str, key: &str| -> f64 {
-        line.split(key).nth(1).map(f).unwrap_or(0.0)
-    };
-    let lifecycle = text.lines().find(|l| l.starts_with("lifecycle")).unwrap_or_default();
-    let conc = text.lines().find(|l| l.contains("concurrent CreateVolume")).unwrap_or_default();
+    let num_after = |line: &str, key: &str| -> f64 { line.split(key).nth(1).map(f).unwrap_or(0.0) };
+    let lifecycle = text
+        .lines()
+        .find(|l| l.starts_with("lifecycle"))
+        .unwrap_or_default();
+    let conc = text
+        .lines()
+        .find(|l| l.contains("concurrent CreateVolume"))
+        .unwrap_or_default();
     let median = num_after(lifecycle, "median ");
     let wall = num_after(conc, "wall ");
     let per_call = num_after(conc, "median ");
@@ -64,12 +87,23 @@ fn csi_section(quick: bool) -> Result<(String, f64, f64, f64), String> {
 /// The NFS backend's figures (berth-csi-bench --nfs), embedded as printed.
 fn nfs_section(quick: bool) -> Result<String, String> {
     let bin = bin_dir().join("berth-csi-bench");
-    let args: Vec<&str> = if quick { vec!["--nfs", "--runs", "3", "--nfs-files", "8"] } else { vec!["--nfs", "--runs", "20"] };
+    let args: Vec<&str> = if quick {
+        vec!["--nfs", "--runs", "3", "--nfs-files", "8"]
+    } else {
+        vec!["--nfs", "--runs", "20"]
+    };
     println!("==> berth-csi-bench {}", args.join(" "));
-    let out = Command::new(&bin).args(&args).output().map_err(|e| format!("{}: {e}", bin.display()))?;
+    let out = Command::new(&bin)
+        .args(&args)
+        .output()
+        .map_err(|e| format!("{}: {e}", bin.display()))?;
     let text = String::from_utf8_lossy(&out.stdout).to_string();
     if !out.status.success() {
-        return Err(format!("berth-csi-bench --nfs failed: {}{}", text, String::from_utf8_lossy(&out.stderr)));
+        return Err(format!(
+            "berth-csi-bench --nfs failed: {}{}",
+            text,
+            String::from_utf8_lossy(&out.stderr)
+        ));
     }
     let (figures, table): (Vec<&str>, Vec<&str>) = text.lines().partition(|l| !l.starts_with('|'));
     Ok(format!(
@@ -82,25 +116,58 @@ fn nfs_section(quick: bool) -> Result<String, String> {
     ))
 }
 
-pub fn run(args: &[String], ipam: fn(&[String]) -> Result<(), String>, bridge: fn(&[String]) -> Result<(), String>, overlay: fn(&[String]) -> Result<(), String>) -> Result<(), String> {
+pub fn run(
+    args: &[String],
+    ipam: fn(&[String]) -> Result<(), String>,
+    bridge: fn(&[String]) -> Result<(), String>,
+    overlay: fn(&[String]) -> Result<(), String>,
+) -> Result<(), String> {
     if args.iter().any(|a| a == "--help" || a == "-h") {
         print!("{HELP}");
         return Ok(());
     }
     let flags = bench::parse_flags(args, &["out"], &["quick"])?;
     let quick = flags.contains_key("quick");
-    let out = PathBuf::from(flags.get("out").cloned().unwrap_or_else(|| "BENCHMARKS.md".into()));
+    let out = PathBuf::from(
+        flags
+            .get("out")
+            .cloned()
+            .unwrap_or_else(|| "BENCHMARKS.md".into()),
+    );
     let charts = out.parent().unwrap_or(Path::new(".")).join("bench");
     fs::create_dir_all(&charts).map_err(|e| e.to_string())?;
     let tmp = tempfile::tempdir().map_err(|e| e.to_string())?;
 
     let ipam_md = if quick {
-        section("ipam", ipam, &["--iterations", "5", "--sizes", "0,1000,5000"], tmp.path())?
+        section(
+            "ipam",
+            ipam,
+            &["--iterations", "5", "--sizes", "0,1000,5000"],
+            tmp.path(),
+        )?
     } else {
         section("ipam", ipam, &[], tmp.path())?
     };
-    let bridge_md = section("bridge", bridge, if quick { &["--iterations", "5", "--masq"] } else { &["--masq"] }, tmp.path())?;
-    let overlay_md = section("overlay", overlay, if quick { &["--seconds", "2", "--hosts", "4", "--peers", "200"] } else { &[] }, tmp.path())?;
+    let bridge_md = section(
+        "bridge",
+        bridge,
+        if quick {
+            &["--iterations", "5", "--masq"]
+        } else {
+            &["--masq"]
+        },
+        tmp.path(),
+    )?;
+    let overlay_md = section(
+        "overlay",
+        overlay,
+        if quick {
+            &["--seconds", "2", "--hosts", "4", "--peers", "200"]
+        } else {
+            &[]
+        },
+        tmp.path(),
+    )?;
     let (csi_md, lifecycle, wall, per_call) = csi_section(quick)?;
     let nfs_md = nfs_section(quick)?;
 
@@ -116,8 +183,16 @@ pub fn run(args: &[String], ipam: fn(&[String]) -> Result<(), String>, bridge: f
             "ms",
             &sizes,
             &[
-                Series { name: "berth-host-local ADD".into(), color: OURS, values: col(1) },
-                Series { name: "reference host-local ADD".into(), color: REFERENCE, values: col(3) },
+                Series {
+                    name: "berth-host-local ADD".into(),
+                    color: OURS,
+                    values: col(1),
+                },
+                Series {
+                    name: "reference host-local ADD".into(),
+                    color: REFERENCE,
+                    values: col(3),
+                },
             ],
         ),
     )
@@ -125,11 +200,35 @@ pub fn run(args: &[String], ipam: fn(&[String]) -> Result<(), String>, bridge: f
 
     let brows = markdown_rows(&bridge_md, "| ipMasq | plugin |");
     let pick = |masq: &str, plugin: &str, c: usize| {
-        brows.iter().find(|r| r.first().map(|x| x == masq).unwrap_or(false) && r.get(1).map(|x| x == plugin).unwrap_or(false)).map(|r| f(&r[c])).unwrap_or(0.0)
+        brows
+            .iter()
+            .find(|r| {
+                r.first().map(|x| x == masq).unwrap_or(false)
+                    && r.get(1).map(|x| x == plugin).unwrap_or(false)
+            })
+            .map(|r| f(&r[c]))
+            .unwrap_or(0.0)
     };
-    let cats: Vec<String> = ["ADD", "DEL", "ADD+DEL", "ADD (ipMasq)", "DEL (ipMasq)", "ADD+DEL (ipMasq)"].iter().map(|s| s.to_string()).collect();
+    let cats: Vec<String> = [
+        "ADD",
+        "DEL",
+        "ADD+DEL",
+        "ADD (ipMasq)",
+        "DEL (ipMasq)",
+        "ADD+DEL (ipMasq)",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
     let series_for = |plugin: &str| -> Vec<f64> {
-        vec![pick("false", plugin, 2), pick("false", plugin, 3), pick("false", plugin, 4), pick("true", plugin, 2), pick("true", plugin, 3), pick("true", plugin, 4)]
+        vec![
+            pick("false", plugin, 2),
+            pick("false", plugin, 3),
+            pick("false", plugin, 4),
+            pick("true", plugin, 2),
+            pick("true", plugin, 3),
+            pick("true", plugin, 4),
+        ]
     };
     fs::write(
         charts.join("bridge-latency.svg"),
@@ -146,9 +245,19 @@ pub fn run(args: &[String], ipam: fn(&[String]) -> Result<(), String>, bridge: f
     .map_err(|e| e.to_string())?;
 
     let orow = markdown_rows(&overlay_md, "| figure |");
-    let tput = orow.iter().find(|r| r[0].starts_with("throughput")).map(|r| r[1].clone()).unwrap_or_default();
-    let parts: Vec<f64> = tput.split(|c: char| !(c.is_ascii_digit() || c == '.')).filter_map(|x| x.parse().ok()).collect();
-    let (ov, un) = (parts.first().copied().unwrap_or(0.0), parts.get(1).copied().unwrap_or(0.0));
+    let tput = orow
+        .iter()
+        .find(|r| r[0].starts_with("throughput"))
+        .map(|r| r[1].clone())
+        .unwrap_or_default();
+    let parts: Vec<f64> = tput
+        .split(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .filter_map(|x| x.parse().ok())
+        .collect();
+    let (ov, un) = (
+        parts.first().copied().unwrap_or(0.0),
+        parts.get(1).copied().unwrap_or(0.0),
+    );
     fs::write(
         charts.join("overlay-throughput.svg"),
         bars(
@@ -156,8 +265,16 @@ pub fn run(args: &[String], ipam: fn(&[String]) -> Result<(), String>, bridge: f
             "Gbit/s",
             &["TCP throughput".to_string()],
             &[
-                Series { name: "overlay (pod to pod)".into(), color: OURS, values: vec![ov] },
-                Series { name: "underlay (host to host)".into(), color: OTHER, values: vec![un] },
+                Series {
+                    name: "overlay (pod to pod)".into(),
+                    color: OURS,
+                    values: vec![ov],
+                },
+                Series {
+                    name: "underlay (host to host)".into(),
+                    color: OTHER,
+                    values: vec![un],
+                },
             ],
         ),
     )
@@ -167,8 +284,16 @@ pub fn run(args: &[String], ipam: fn(&[String]) -> Result<(), String>, bridge: f
         bars(
             "berth-csi latency (median lifecycle; concurrent CreateVolume)",
             "ms",
-            &["volume lifecycle".to_string(), "concurrent CreateVolume, wall".to_string(), "CreateVolume, per call".to_string()],
-            &[Series { name: "berth-csi".into(), color: OURS, values: vec![lifecycle, wall, per_call] }],
+            &[
+                "volume lifecycle".to_string(),
+                "concurrent CreateVolume, wall".to_string(),
+                "CreateVolume, per call".to_string(),
+            ],
+            &[Series {
+                name: "berth-csi".into(),
+                color: OURS,
+                values: vec![lifecycle, wall, per_call],
+            }],
         ),
     )
     .map_err(|e| e.to_string())?;
