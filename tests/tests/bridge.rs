@@ -11,6 +11,9 @@
 //! IPAM is `berth-host-local` through CNI_PATH (`<bin_dir>:/usr/lib/cni`), except in the test
 //! that uses the reference `host-local`.
 
+// Test code: a failed setup step should stop the test where it failed.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::collections::BTreeSet;
 use std::net::IpAddr;
 use std::time::Duration;

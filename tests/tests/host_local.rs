@@ -6,6 +6,9 @@
 //! `<bin_dir>/berth-host-local` (build it with `cargo build --release -p ipam`), or
 //! `BERTH_HOST_LOCAL` when set.
 
+// Test code: a failed setup step should stop the test where it failed.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::collections::BTreeSet;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};

@@ -4,6 +4,9 @@
 //! kustomization lists every manifest, and every CNI configuration shipped
 //! (files and ConfigMap entries) is a valid conflist for our plugins.
 
+// Test code: a failed setup step should stop the test where it failed.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 

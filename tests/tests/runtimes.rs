@@ -12,6 +12,9 @@
 //! `podman save`d and `ctr images import`ed). A missing runtime binary fails the test with the
 //! package to install: scripts/lib.sh installs them.
 
+// Test code: a failed setup step should stop the test where it failed.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
