@@ -5,7 +5,6 @@
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use ipnetwork::IpNetwork;
@@ -45,12 +44,6 @@ pub struct RunOptions {
 /// Subnet lengths `status` assumes: it only reads leases, whose subnets
 /// carry their own length.
 const STATUS_SUBNET_LEN: (u8, u8) = (24, 64);
-
-static STOP: AtomicBool = AtomicBool::new(false);
-
-extern "C" fn on_signal(_: libc::c_int) {
-    STOP.store(true, Ordering::SeqCst);
-}
 
 /// The node name: as given, else the kernel's hostname.
 pub fn node_name(t: &Target) -> String {
@@ -153,20 +146,7 @@ pub fn run(o: RunOptions) -> Result<(), OverlayError> {
         })?;
         eprintln!("berth-overlayd: metrics on http://{bound}/metrics");
     }
-    // SAFETY: the handler only stores to an atomic, which is
-    // async-signal-safe, and it is installed before any other thread of
-    // ours could be interrupted in a way that matters.
-    unsafe {
-        libc::signal(
-            libc::SIGTERM,
-            on_signal as extern "C" fn(libc::c_int) as libc::sighandler_t,
-        );
-        libc::signal(
-            libc::SIGINT,
-            on_signal as extern "C" fn(libc::c_int) as libc::sighandler_t,
-        );
-    }
-    agent.run(&STOP)
+    agent.run(berth_common::signals::stop_flag())
 }
 
 /// This node's lease and every peer with its programming state, as text or JSON.

@@ -1,11 +1,13 @@
 //! Small pieces that both the CNI side (plugins, `berth-overlayd`) and the
 //! CSI driver use, kept apart from the CNI protocol so that `berth-csi`
 //! does not depend on it: the metrics and health HTTP responder
-//! ([`metrics_http`]), a stable digest ([`digest()`]), and the fault points
-//! crash tests stop processes at ([`fault`]).
+//! ([`metrics_http`]), a stable digest ([`digest()`]), the fault points
+//! crash tests stop processes at ([`fault`]), and the stop-on-signal flag
+//! of long-running programs ([`signals`]).
 
 pub mod fault;
 pub mod metrics_http;
+pub mod signals;
 
 /// Stable 64-bit FNV-1a of some byte strings, as 16 hex digits. Used where a
 /// value must hash the same across processes and program versions (std's

@@ -107,3 +107,30 @@ pub fn in_netns<T: Send, F: FnOnce() -> T + Send>(netns: &Path, f: F) -> io::Res
         .unwrap_or_else(|_| Err(io::Error::other("thread inside the netns panicked")))
     })
 }
+
+/// Makes `cmd` start in a mount namespace of its own whose mounts are all
+/// slaves of the caller's: mounts the caller makes later still appear in
+/// it, nothing mounted inside (a private `/run`, a bind mount) leaks back
+/// to the host. Further `pre_exec` steps added after this one run inside.
+pub fn own_mount_namespace(cmd: &mut Command) {
+    // SAFETY: runs in the forked child before exec and makes only
+    // async-signal-safe system calls (unshare, mount) on static C strings.
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::unshare(libc::CLONE_NEWNS) != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            if libc::mount(
+                c"none".as_ptr(),
+                c"/".as_ptr(),
+                std::ptr::null(),
+                libc::MS_REC | libc::MS_SLAVE,
+                std::ptr::null(),
+            ) != 0
+            {
+                return Err(io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}

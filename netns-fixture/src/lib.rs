@@ -29,7 +29,9 @@ mod enter;
 mod netns;
 mod process;
 
-pub use enter::{command_in_netns, in_netns, output_in_netns, spawn_in_netns, NsFiles};
+pub use enter::{
+    command_in_netns, in_netns, output_in_netns, own_mount_namespace, spawn_in_netns, NsFiles,
+};
 pub use netns::{describe_output, netns_path, reap_stale, unique_name, Netns, Underlay, NETNS_DIR};
 pub use process::{
     find_program, is_root, kill_child, stop_child, wait_until, ChildGuard, STOP_GRACE,

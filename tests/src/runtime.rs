@@ -20,7 +20,6 @@
 use std::fs;
 use std::io::{self, BufRead, BufReader, Write};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::thread;
@@ -194,29 +193,9 @@ impl NsHolder {
             .stderr(Stdio::piped());
         let ns = NsFiles::open(&[(host.path(), libc::CLONE_NEWNET)]).map_err(|e| e.to_string())?;
         ns.install(&mut cmd).map_err(|e| e.to_string())?;
-        // SAFETY: runs in the forked child and makes only system calls on static strings.
-        // Mounts made in the new namespace must not propagate back: make every mount a slave
-        // before the script mounts anything (and `mount -n` keeps /run/mount/utab untouched).
-        unsafe {
-            cmd.pre_exec(|| {
-                if libc::unshare(libc::CLONE_NEWNS) != 0 {
-                    return Err(io::Error::last_os_error());
-                }
-                let root = c"/";
-                let none = c"none";
-                if libc::mount(
-                    none.as_ptr(),
-                    root.as_ptr(),
-                    std::ptr::null(),
-                    libc::MS_REC | libc::MS_SLAVE,
-                    std::ptr::null(),
-                ) != 0
-                {
-                    return Err(io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
+        // Mounts made in the new namespace must not propagate back (and `mount -n` keeps
+        // /run/mount/utab untouched).
+        netns_fixture::own_mount_namespace(&mut cmd);
         let mut child = cmd
             .spawn()
             .map_err(|e| format!("start the namespace holder: {e}"))?;

@@ -266,29 +266,16 @@ impl NfsServer {
             .stderr(Stdio::null())
             .process_group(0);
         self.netns.command(&mut cmd).map_err(|e| e.to_string())?;
-        let root = CString::new("/").map_err(|e| e.to_string())?;
         let run_dir = CString::new("/run").map_err(|e| e.to_string())?;
         let tmpfs = CString::new("tmpfs").map_err(|e| e.to_string())?;
         let opts = CString::new("mode=0755").map_err(|e| e.to_string())?;
-        // SAFETY: only syscalls on pointers to CStrings owned by the closure.
+        // Slave, not private: mounts the test makes on the host later (e.g.
+        // under the export dir) still show up in here, but nothing made in
+        // here (the /run tmpfs) leaks out.
+        netns_fixture::own_mount_namespace(&mut cmd);
+        // SAFETY: only a mount(2) on pointers to CStrings owned by the closure.
         unsafe {
             cmd.pre_exec(move || {
-                if libc::unshare(libc::CLONE_NEWNS) != 0 {
-                    return Err(io::Error::last_os_error());
-                }
-                // Slave, not private: mounts the test makes on the host later
-                // (e.g. under the export dir) still show up in here, but
-                // nothing made in here (the /run tmpfs) leaks out.
-                if libc::mount(
-                    std::ptr::null(),
-                    root.as_ptr(),
-                    std::ptr::null(),
-                    libc::MS_REC | libc::MS_SLAVE,
-                    std::ptr::null(),
-                ) != 0
-                {
-                    return Err(io::Error::last_os_error());
-                }
                 if libc::mount(
                     tmpfs.as_ptr(),
                     run_dir.as_ptr(),

@@ -27,10 +27,11 @@ use proto::v1::{
 use serde_json::json;
 use tonic::transport::{Channel, Endpoint, Uri};
 
-static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+/// Raised by SIGINT/SIGTERM (installed in `main`).
+static INTERRUPTED: std::sync::OnceLock<&'static AtomicBool> = std::sync::OnceLock::new();
 
-extern "C" fn on_sigint(_: libc::c_int) {
-    INTERRUPTED.store(true, Ordering::SeqCst);
+fn interrupted() -> bool {
+    INTERRUPTED.get().is_some_and(|f| f.load(Ordering::SeqCst))
 }
 
 type Res<T> = Result<T, String>;
@@ -45,7 +46,7 @@ struct Steps {
 
 impl Steps {
     fn run<T>(&mut self, what: &str, f: impl FnOnce() -> Res<T>) -> Res<T> {
-        if INTERRUPTED.load(Ordering::SeqCst) {
+        if interrupted() {
             return Err("interrupted".into());
         }
         self.n += 1;
@@ -76,7 +77,7 @@ impl Steps {
             Err(e) => println!("    FAILED after {} ms: {e}", took.as_millis()),
         }
         self.log.push((what.to_string(), took, r.is_ok()));
-        if INTERRUPTED.load(Ordering::SeqCst) {
+        if interrupted() {
             return Err("interrupted".into());
         }
         r
@@ -177,17 +178,7 @@ fn main() {
         println!("usage: berth-demo [--short]\n\nRuns the Berth demo in namespaces it creates (root). --short: two hosts instead of three.");
         return;
     }
-    // SAFETY: the handler only stores to an atomic.
-    unsafe {
-        libc::signal(
-            libc::SIGINT,
-            on_sigint as extern "C" fn(libc::c_int) as libc::sighandler_t,
-        );
-        libc::signal(
-            libc::SIGTERM,
-            on_sigint as extern "C" fn(libc::c_int) as libc::sighandler_t,
-        );
-    }
+    let _ = INTERRUPTED.set(berth_common::signals::stop_flag());
     let mut steps = Steps {
         n: 0,
         log: Vec::new(),
@@ -207,7 +198,7 @@ fn main() {
     match result {
         Ok(()) => println!("\nDemo done: everything it created has been removed."),
         Err(e) => {
-            if INTERRUPTED.load(Ordering::SeqCst) {
+            if interrupted() {
                 println!("\nInterrupted: everything the demo created has been removed.");
             } else {
                 eprintln!("\nberth-demo: {e}\n(everything the demo created has been removed)");
