@@ -123,20 +123,22 @@ impl NetConf {
 }
 
 /// Reads `cni.dev/valid-attachments` (or the older `cni.dev/attachments`)
-/// from a GC request: the (containerID, ifname) pairs to keep. Refuses a GC
-/// without the list rather than treating it as "keep nothing".
+/// from a GC request: the (containerID, ifname) pairs to keep.
+///
+/// A GC without the list keeps nothing: that is what libcni (v1.2 and later)
+/// means by it. Its `GCNetworkList` with no arguments first DELs every
+/// attachment it has cached for the network and then calls each plugin's GC
+/// without the key, and `cnitool gc` does exactly that to clean a network
+/// out. A runtime that wants attachments kept lists them.
 pub fn valid_attachments(raw: &Map<String, Value>) -> Result<Vec<(String, String)>, CniError> {
-    let (key, v) =
-        match (
-            raw.get("cni.dev/valid-attachments"),
-            raw.get("cni.dev/attachments"),
-        ) {
-            (Some(v), _) => ("cni.dev/valid-attachments", v),
-            (None, Some(v)) => ("cni.dev/attachments", v),
-            (None, None) => return Err(CniError::invalid_config(
-                "cni.dev/valid-attachments: is required for GC (the list of attachments to keep)",
-            )),
-        };
+    let (key, v) = match (
+        raw.get("cni.dev/valid-attachments"),
+        raw.get("cni.dev/attachments"),
+    ) {
+        (Some(v), _) => ("cni.dev/valid-attachments", v),
+        (None, Some(v)) => ("cni.dev/attachments", v),
+        (None, None) => return Ok(Vec::new()),
+    };
     let list = v
         .as_array()
         .ok_or_else(|| CniError::invalid_config(format!("{key}: must be a list")))?;
@@ -255,6 +257,27 @@ impl ConfList {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn raw(v: serde_json::Value) -> Map<String, Value> {
+        v.as_object().cloned().expect("object")
+    }
+
+    #[test]
+    fn gc_without_a_list_keeps_nothing_and_a_list_is_read_from_either_key() {
+        // libcni's GCNetworkList with no arguments sends no key at all.
+        let none =
+            valid_attachments(&raw(serde_json::json!({"name": "n"}))).expect("no list is valid");
+        assert!(none.is_empty());
+        for key in ["cni.dev/valid-attachments", "cni.dev/attachments"] {
+            let got = valid_attachments(&raw(serde_json::json!({
+                key: [{"containerID": "c1", "ifname": "eth0"}]
+            })))
+            .expect("list");
+            assert_eq!(got, vec![("c1".to_string(), "eth0".to_string())]);
+        }
+        let bad = valid_attachments(&raw(serde_json::json!({"cni.dev/valid-attachments": "x"})));
+        assert_eq!(bad.expect_err("not a list").code, 7);
+    }
 
     #[test]
     fn keeps_unknown_keys_and_types_known_ones() {
