@@ -772,3 +772,136 @@ fn metrics_and_health_are_served_when_asked() {
     }
     assert!(get("/healthz").starts_with("HTTP/1.1 200"));
 }
+
+/// libcni's cnitool, pinned in tests/tools/versions.txt and built by
+/// scripts/test-peers.sh (the test script runs it first).
+fn cnitool() -> PathBuf {
+    let dir = std::env::var_os("BERTH_TOOLS_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/var/cache/berth-tools"));
+    let p = dir.join("bin/cnitool");
+    assert!(
+        p.is_file(),
+        "{} is missing: run scripts/test-peers.sh (scripts/test.sh does)",
+        p.display()
+    );
+    p
+}
+
+/// Runs `cnitool <cmd> <net> <pod netns>` in host `i`'s netns the way an
+/// operator would: NETCONFPATH holds the one conflist, CNI_PATH our plugins.
+/// libcni caches results under /var/lib/cni; the network names are unique
+/// per run, and [`forget_cnitool_cache`] removes this run's entries.
+fn cnitool_run(
+    c: &Cluster,
+    i: usize,
+    confdir: &Path,
+    cmd: &str,
+    net: &str,
+    pod: &Netns,
+) -> (bool, String) {
+    let mut run = Command::new(cnitool());
+    c.hosts[i]
+        .ns
+        .command(&mut run)
+        .expect("enter the host netns");
+    let out = run
+        .env_clear()
+        .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+        .env("NETCONFPATH", confdir)
+        .env("CNI_PATH", bin("berth-bridge").parent().expect("bin dir"))
+        .args([cmd, net])
+        .arg(pod.path())
+        .output()
+        .expect("running cnitool");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+fn forget_cnitool_cache(net: &str) {
+    for sub in ["results", "gc"] {
+        let Ok(rd) = std::fs::read_dir(Path::new("/var/lib/cni").join(sub)) else {
+            continue;
+        };
+        for e in rd.flatten() {
+            if e.file_name()
+                .to_string_lossy()
+                .starts_with(&format!("{net}-"))
+            {
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
+    }
+}
+
+/// add, check, status, del, add again, gc (no list: libcni DELs what it
+/// cached, then the plugins' GC keeps nothing), del again: every step exits
+/// 0 and nothing is left on the host.
+fn cnitool_lifecycle(c: &Cluster, i: usize, version: &str, plugin: Value, net: &str) {
+    let confdir = c.dir.join(format!("netconf-{net}"));
+    std::fs::create_dir_all(&confdir).expect("conf dir");
+    let conflist = serde_json::json!({ "cniVersion": version, "name": net, "plugins": [plugin] });
+    std::fs::write(confdir.join("10-berth.conflist"), conflist.to_string()).expect("conflist");
+    let pod = Netns::create("bp");
+    let step = |cmd: &str| {
+        let (ok, out) = cnitool_run(c, i, &confdir, cmd, net, &pod);
+        println!(
+            "cnitool {cmd} {net} (cniVersion {version}): {}",
+            if ok { "ok" } else { "FAILED" }
+        );
+        assert!(
+            ok,
+            "cnitool {cmd} {net} at {version} failed:\n{out}\n{}",
+            c.logs()
+        );
+        out
+    };
+    let added: Value = serde_json::from_str(&step("add")).expect("ADD result JSON");
+    assert!(
+        added["ips"][0]["address"].is_string(),
+        "no address in {added}"
+    );
+    step("check");
+    step("status");
+    step("del");
+    step("add");
+    let veths = || {
+        c.hosts[i]
+            .ns
+            .try_exec(&["ip", "-o", "link", "show", "type", "veth"])
+            .unwrap_or_default()
+    };
+    assert!(!veths().trim().is_empty(), "the second ADD made no veth");
+    step("gc");
+    assert!(
+        veths().trim().is_empty(),
+        "veths left after gc: {}",
+        veths()
+    );
+    step("del");
+    forget_cnitool_cache(net);
+}
+
+#[test]
+fn cnitool_drives_bridge_and_overlay_at_every_version() {
+    let mut c = Cluster::new(1, false);
+    c.start(0);
+    let h = &c.hosts[0];
+    for (n, version) in ["0.4.0", "1.0.0", "1.1.0"].into_iter().enumerate() {
+        let bridge = serde_json::json!({
+            "type": "berth-bridge", "bridge": format!("cnit{n}"), "isGateway": true, "ipMasq": true,
+            "dataDir": h.data_dir,
+            "ipam": { "type": "berth-host-local", "dataDir": h.data_dir,
+                      "ranges": [[{ "subnet": format!("10.99.{n}.0/24") }]] }
+        });
+        cnitool_lifecycle(&c, 0, version, bridge, &unique_name("ctb"));
+        let overlay = serde_json::json!({
+            "type": "berth-overlay", "subnetFile": h.subnet_file, "dataDir": h.data_dir,
+        });
+        cnitool_lifecycle(&c, 0, version, overlay, &unique_name("cto"));
+    }
+}

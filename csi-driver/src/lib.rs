@@ -30,6 +30,7 @@ pub mod node;
 pub mod registry;
 pub mod server;
 pub mod state;
+mod uds_authority;
 pub mod validate;
 
 pub use driver::Driver;

@@ -12,6 +12,7 @@ use proto::v1::node_server::NodeServer;
 use tokio::net::UnixListener;
 use tokio::signal::unix::{signal, SignalKind};
 use tokio_stream::wrappers::UnixListenerStream;
+use tokio_stream::StreamExt as _;
 use tonic::transport::Server;
 
 use crate::config::Endpoint;
@@ -108,7 +109,12 @@ pub async fn serve(driver: Arc<Driver>, backends: Arc<Registry>) -> Result<()> {
         Box<dyn std::future::Future<Output = Result<(), tonic::transport::Error>> + Send>,
     >;
     let mut server: Serving = match incoming {
-        Incoming::Unix(s) => Box::pin(router.serve_with_incoming_shutdown(s, shutdown)),
+        // gRPC C-core and Java clients send the socket path as :authority,
+        // which h2 refuses; the wrapper rewrites it (see uds_authority).
+        Incoming::Unix(s) => Box::pin(router.serve_with_incoming_shutdown(
+            s.map(|conn| conn.map(crate::uds_authority::AuthorityFix::new)),
+            shutdown,
+        )),
         Incoming::Tcp(s) => Box::pin(router.serve_with_incoming_shutdown(s, shutdown)),
     };
     let r = tokio::select! {

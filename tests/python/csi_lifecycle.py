@@ -24,8 +24,10 @@ from grpc_tools import protoc
 
 def generate(proto_dir, out):
     os.makedirs(out, exist_ok=True)
+    # grpcio-tools ships the well-known types (google/protobuf/*.proto).
+    well_known = os.path.join(os.path.dirname(protoc.__file__), "_proto")
     rc = protoc.main([
-        "grpc_tools.protoc", f"-I{proto_dir}", f"--python_out={out}",
+        "grpc_tools.protoc", f"-I{proto_dir}", f"-I{well_known}", f"--python_out={out}",
         f"--grpc_python_out={out}", os.path.join(proto_dir, "csi.proto"),
     ])
     if rc != 0:
