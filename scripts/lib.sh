@@ -14,7 +14,7 @@ PACKAGES=(ca-certificates gcc libc6-dev pkg-config make
           sqlite3 procps util-linux e2fsprogs xfsprogs jq
           podman containerd runc conmon busybox-static
           etcd-server protobuf-compiler iperf3 bash
-          nfs-ganesha nfs-ganesha-vfs rpcbind cpio tar)
+          nfs-ganesha nfs-ganesha-vfs rpcbind cpio tar python3 python3-venv)
 
 # Installed without their recommended packages (QEMU would otherwise pull in
 # a desktop stack): the emulator that boots the NFS client guests.

@@ -12,9 +12,25 @@ check_style
 build_release
 build_static_csi
 prepare_guest_kernel
+"$ROOT/scripts/test-peers.sh"
 echo "==> running every test"
 cd "$ROOT"
-BERTH_BIN_DIR="$ROOT/target/release" cargo test --release --workspace --no-fail-fast -- --test-threads="${TEST_THREADS:-4}"
+export BERTH_BIN_DIR="$ROOT/target/release"
+cargo test --release --workspace --no-fail-fast -- --test-threads="${TEST_THREADS:-4}"
+# Conformance as the ecosystem runs it, each its own step (these tests are
+# #[ignore]d in the run above).
+conformance() {
+    local what=$1; shift
+    echo "==> conformance: $what"
+    cargo test --release "$@" -- --ignored --nocapture --test-threads=1
+}
+conformance "cnitool (libcni) add/check/status/del/gc: berth-bridge + berth-host-local, berth-overlay; cniVersion 0.4.0, 1.0.0, 1.1.0" \
+    -p cni-overlay --test overlay cnitool
+conformance "a gRPC C-core client (Python grpcio) runs a volume lifecycle on berth-csi" \
+    -p csi-driver --test grpc_c_core_client
+if [ -f "$ROOT/csi-driver/tests/sanity.rs" ]; then
+    conformance "csi-sanity on the local and NFS backends" -p csi-driver --test sanity
+fi
 echo "==> the demo, short mode"
 "$ROOT/target/release/berth-demo" --short
 left=$(ip netns list | grep -c -E '^(bd(ul|h|pod|probe)|bnfs)-' || true)
