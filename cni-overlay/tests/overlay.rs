@@ -876,7 +876,12 @@ fn cnitool_lifecycle(c: &Cluster, i: usize, version: &str, plugin: Value, net: &
             .try_exec(&["ip", "-o", "link", "show", "type", "veth"])
             .unwrap_or_default()
             .lines()
-            .filter(|l| !l.split_whitespace().nth(1).unwrap_or("").starts_with("eth0@"))
+            .filter(|l| {
+                !l.split_whitespace()
+                    .nth(1)
+                    .unwrap_or("")
+                    .starts_with("eth0@")
+            })
             .map(str::to_string)
             .collect::<Vec<_>>()
             .join("\n")
