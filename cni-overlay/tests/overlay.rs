@@ -776,16 +776,7 @@ fn metrics_and_health_are_served_when_asked() {
 /// libcni's cnitool, pinned in tests/tools/versions.txt and built by
 /// scripts/test-peers.sh (the test script runs it first).
 fn cnitool() -> PathBuf {
-    let dir = std::env::var_os("BERTH_TOOLS_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/var/cache/berth-tools"));
-    let p = dir.join("bin/cnitool");
-    assert!(
-        p.is_file(),
-        "{} is missing: run scripts/test-peers.sh (scripts/test.sh does)",
-        p.display()
-    );
-    p
+    netns_fixture::test_peer("bin/cnitool")
 }
 
 /// Runs `cnitool <cmd> <net> <pod netns>` in host `i`'s netns the way an

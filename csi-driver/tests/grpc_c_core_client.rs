@@ -15,16 +15,8 @@ use std::process::Command;
 use common::*;
 
 fn python() -> PathBuf {
-    let dir = std::env::var_os("BERTH_TOOLS_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/var/cache/berth-tools"));
-    let py = dir.join("venv/bin/python");
-    assert!(
-        py.is_file(),
-        "{} is missing: run scripts/test-peers.sh (scripts/test.sh does), which installs grpcio",
-        py.display()
-    );
-    py
+    // The venv scripts/test-peers.sh makes holds grpcio and grpcio-tools.
+    netns_fixture::test_peer("venv/bin/python")
 }
 
 fn lifecycle(endpoint: &str, h: &Harness) -> std::process::Output {

@@ -34,5 +34,5 @@ pub use enter::{
 };
 pub use netns::{describe_output, netns_path, reap_stale, unique_name, Netns, Underlay, NETNS_DIR};
 pub use process::{
-    find_program, is_root, kill_child, stop_child, wait_until, ChildGuard, STOP_GRACE,
+    find_program, is_root, kill_child, stop_child, test_peer, wait_until, ChildGuard, STOP_GRACE,
 };

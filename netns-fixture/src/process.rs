@@ -114,3 +114,21 @@ pub fn find_program(name: &str) -> Option<PathBuf> {
         .map(|d| d.join(name))
         .find(|p| p.is_file())
 }
+
+/// A test peer (csi-sanity, cnitool, crictl, the grpcio venv, ...) that
+/// scripts/test-peers.sh installs under `$BERTH_TOOLS_DIR` (default
+/// /var/cache/berth-tools), e.g. `bin/cnitool`. Panics, saying how to get
+/// it, when it is missing: CI always installs them, so a missing peer is a
+/// broken setup, not a reason to skip.
+pub fn test_peer(relative: &str) -> PathBuf {
+    let dir = std::env::var_os("BERTH_TOOLS_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/var/cache/berth-tools"));
+    let p = dir.join(relative);
+    assert!(
+        p.exists(),
+        "{} is missing: run scripts/test-peers.sh (scripts/test.sh does)",
+        p.display()
+    );
+    p
+}
