@@ -609,12 +609,17 @@ impl Podman {
 /// netns and a private mount namespace (where `/etc/cni/net.d` and `/opt/cni/bin` are the
 /// test's), and `ctr` talking to it.
 pub struct Containerd {
+    containerd: PathBuf,
+    config: PathBuf,
+    log: PathBuf,
     /// ctr binary.
     pub ctr: PathBuf,
     /// The gRPC socket.
     pub socket: PathBuf,
-    /// The containerd namespace ctr uses (unique; also the containers' cgroup parent).
+    /// The containerd namespace ctr uses (for `ctr run`: unique, also the containers' cgroup
+    /// parent).
     pub namespace: String,
+    namespace_is_cgroup: bool,
     daemon: Option<Daemon>,
     /// Namespaces; dropped after the daemon.
     pub holder: NsHolder,
@@ -622,12 +627,41 @@ pub struct Containerd {
 
 impl Containerd {
     /// Start containerd under `dir` (must outlive it) in `host`, with `cni_conf_dir` as
-    /// `/etc/cni/net.d` and `plugins` linked in `/opt/cni/bin`.
+    /// `/etc/cni/net.d` and `plugins` linked in `/opt/cni/bin`; its CRI plugin is disabled and
+    /// `ctr` uses a unique namespace (which also names the containers' cgroup parent, removed
+    /// on drop).
     pub fn start(
         host: &Host,
         dir: &Path,
         cni_conf_dir: &Path,
         plugins: &[PathBuf],
+    ) -> Result<Containerd, String> {
+        // The namespace names the containers' cgroup parent (/<namespace>/<id>): unique per test.
+        let namespace = crate::unique_name("berth-ctr");
+        Containerd::start_with(
+            host,
+            dir,
+            cni_conf_dir,
+            plugins,
+            "disabled_plugins = [\"io.containerd.grpc.v1.cri\"]\n",
+            &namespace,
+            true,
+        )
+    }
+
+    /// Start containerd like [`Containerd::start`], with `extra` appended to the generated
+    /// top-level configuration (root, state, gRPC and ttrpc sockets under `dir`), e.g. a
+    /// `[plugins."io.containerd.grpc.v1.cri"]` section. `ctr` uses `namespace`; when
+    /// `namespace_is_cgroup`, the cgroup `/<namespace>` is removed on drop (only for a name
+    /// unique to the test: never for a shared one like `k8s.io`).
+    pub fn start_with(
+        host: &Host,
+        dir: &Path,
+        cni_conf_dir: &Path,
+        plugins: &[PathBuf],
+        extra: &str,
+        namespace: &str,
+        namespace_is_cgroup: bool,
     ) -> Result<Containerd, String> {
         let containerd = require_tool("containerd", "containerd")?;
         let ctr = require_tool("ctr", "containerd")?;
@@ -642,7 +676,7 @@ impl Containerd {
             "version = 2\n\
              root = {:?}\n\
              state = {:?}\n\
-             disabled_plugins = [\"io.containerd.grpc.v1.cri\"]\n\
+             {extra}\
              \n[grpc]\n  address = {:?}\n\
              \n[ttrpc]\n  address = {:?}\n",
             s(dir.join("root")),
@@ -653,21 +687,36 @@ impl Containerd {
         let config_path = dir.join("config.toml");
         fs::write(&config_path, config).map_err(|e| e.to_string())?;
         let holder = NsHolder::new(host, cni_conf_dir, plugins)?;
-        let mut cmd = holder.command(&containerd);
-        cmd.arg("--config")
-            .arg(&config_path)
-            .arg("--log-level")
-            .arg("info");
-        let mut daemon = Daemon::start(&holder, cmd, &dir.join("containerd.log"))?;
-        // The namespace names the containers' cgroup parent (/<namespace>/<id>): unique per test.
-        let namespace = crate::unique_name("berth-ctr");
         let mut me = Containerd {
+            containerd,
+            config: config_path,
+            log: dir.join("containerd.log"),
             ctr,
             socket,
-            namespace,
+            namespace: namespace.to_string(),
+            namespace_is_cgroup,
             daemon: None,
             holder,
         };
+        me.start_daemon()?;
+        Ok(me)
+    }
+
+    /// Start the daemon (again, after [`Containerd::stop_daemon`]) on the same configuration,
+    /// root and state, and wait until it answers `ctr version`.
+    pub fn start_daemon(&mut self) -> Result<(), String> {
+        if let Some(d) = self.daemon.as_mut() {
+            if d.running() {
+                return Ok(());
+            }
+        }
+        let mut cmd = self.holder.command(&self.containerd);
+        cmd.arg("--config")
+            .arg(&self.config)
+            .arg("--log-level")
+            .arg("info");
+        note(&self.log, "---- berth test: starting containerd ----");
+        let mut daemon = Daemon::start(&self.holder, cmd, &self.log)?;
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             if !daemon.running() {
@@ -676,8 +725,8 @@ impl Containerd {
                     daemon.log_tail()
                 ));
             }
-            if me.socket.exists() {
-                if let Ok(out) = me.run(&["version"], Duration::from_secs(10)) {
+            if self.socket.exists() {
+                if let Ok(out) = self.run(&["version"], Duration::from_secs(10)) {
                     if out.status.success() {
                         break;
                     }
@@ -691,8 +740,21 @@ impl Containerd {
             }
             thread::sleep(Duration::from_millis(100));
         }
-        me.daemon = Some(daemon);
-        Ok(me)
+        self.daemon = Some(daemon);
+        Ok(())
+    }
+
+    /// Stop the daemon only (SIGTERM, grace, SIGKILL): shims and containers keep running, as
+    /// when containerd is restarted on a node.
+    pub fn stop_daemon(&mut self) {
+        if let Some(mut d) = self.daemon.take() {
+            d.stop();
+        }
+    }
+
+    /// PID of the running daemon.
+    pub fn daemon_pid(&self) -> Option<u32> {
+        self.daemon.as_ref().and_then(Daemon::pid)
     }
 
     /// `ctr -a <socket> -n <namespace> <args>` inside.
@@ -732,31 +794,41 @@ impl Containerd {
         }
     }
 
-    /// The tail of containerd's log.
+    /// The tail of containerd's log (every start appends to the same file).
     pub fn log_tail(&self) -> String {
-        self.daemon
-            .as_ref()
-            .map(Daemon::log_tail)
-            .unwrap_or_default()
+        let s = fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = s.lines().collect();
+        lines[lines.len().saturating_sub(60)..].join("\n")
     }
-}
 
-impl Drop for Containerd {
-    fn drop(&mut self) {
+    /// Kill every container and shim, stop the daemon, sweep the private mount namespace and
+    /// remove the namespace cgroup (when it is the test's). What the drop does; repeatable.
+    pub fn shutdown(&mut self) {
         // Containers and shims first (they live in the private mount namespace or below it),
         // then the daemon; the holder's drop sweeps whatever is left.
-        let daemon_pid = self.daemon.as_ref().and_then(Daemon::pid);
+        let daemon_pid = self.daemon_pid();
         for pid in self.holder.processes() {
             if Some(pid) != daemon_pid {
                 // SAFETY: kill(2) on a process of our private mount namespace (or below it).
                 unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
             }
         }
-        if let Some(mut d) = self.daemon.take() {
-            d.stop();
+        self.stop_daemon();
+        for _ in 0..3 {
+            if self.holder.kill_all() == 0 {
+                break;
+            }
+            thread::sleep(Duration::from_millis(200));
         }
-        self.holder.kill_all();
-        remove_cgroup_tree(&self.namespace);
+        if self.namespace_is_cgroup {
+            remove_cgroup_tree(&self.namespace);
+        }
+    }
+}
+
+impl Drop for Containerd {
+    fn drop(&mut self) {
+        self.shutdown();
     }
 }
 
