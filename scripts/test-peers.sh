@@ -46,12 +46,53 @@ pip_peer() {
     printf '    %-15s %s (installed, %s)\n' "$name" "$req" "$("$py" --version)"
 }
 
+# Kubernetes' commands live in k8s.io/kubernetes, whose go.mod points its
+# k8s.io/* staging modules at directories of its own repository, so `go
+# install ...@version` refuses it. A small tools module per version requires
+# it and replaces every staging module with its published v0.x twin (the
+# list read from Kubernetes' own go.mod), then `go build`s the command.
+k8s_peer() {
+    local name=$1 spec=$2 pkg="${2%@*}" version="${2##*@}" start mod gomod
+    if [ -x "$TOOLS_DIR/bin/$name" ] && stamped "$name" "$spec"; then
+        printf '    %-15s %s (cached)\n' "$name" "$spec"; return
+    fi
+    command -v go >/dev/null 2>&1 || { echo "error: go not found (Go 1.26 builds the Go test peers)" >&2; exit 1; }
+    start=$(date +%s)
+    mod="$TOOLS_DIR/k8s-$version"
+    if [ ! -f "$mod/go.sum" ]; then
+        mkdir -p "$mod"
+        gomod=$(cd "$mod" && go mod download -json "k8s.io/kubernetes@$version" | sed -n 's/.*"GoMod": "\(.*\)".*/\1/p')
+        {
+            echo "module berth.dev/test-peers/kubernetes"
+            echo
+            echo "go 1.24"
+            echo
+            echo "require k8s.io/kubernetes $version"
+            sed -n 's#^\s*\(k8s.io/[a-z0-9-]*\) => ./staging/src/.*#\1#p' "$gomod" | sort -u |
+                while read -r m; do echo "replace $m => $m v0.${version#v1.}"; done
+        } > "$mod/go.mod"
+        # Every Kubernetes command of the list, so one tidy resolves them all.
+        {
+            printf '//go:build tools\n\npackage tools\n\nimport (\n'
+            awk '$2 == "k8s" { sub(/@.*/, "", $3); printf "\t_ \"%s\"\n", $3 }' "$LIST"
+            printf ')\n'
+        } > "$mod/tools.go"
+        (cd "$mod" && go mod tidy >/dev/null)
+    fi
+    (cd "$mod" && go build -o "$TOOLS_DIR/bin/$name" "$pkg")
+    echo "$spec" > "$TOOLS_DIR/stamps/$name"
+    printf '    %-15s %s (built in %ss)\n' "$name" "$spec" "$(( $(date +%s) - start ))"
+}
+
 while read -r name kind spec; do
     case "$name" in ''|'#'*) continue ;; esac
     if [ -n "$want" ] && [[ ",$want," != *",$name,"* ]]; then continue; fi
     case "$kind" in
         go) go_peer "$name" "$spec" ;;
         pip) pip_peer "$name" "$spec" ;;
+        # Built only when asked for (BERTH_TOOLS=name or BERTH_K8S=1) until a
+        # test in the default run needs them: a cold build takes long.
+        k8s) if [ -n "$want" ] || [ "${BERTH_K8S:-0}" = 1 ]; then k8s_peer "$name" "$spec"; fi ;;
         *) echo "error: $LIST: unknown kind $kind for $name" >&2; exit 1 ;;
     esac
 done < "$LIST"
