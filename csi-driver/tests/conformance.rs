@@ -741,31 +741,18 @@ async fn snapshots_create_list_delete_restore() {
         .unwrap();
 
     // GetSnapshot: by id; a missing or empty id is an error.
-    let got = c
-        .get_snapshot(GetSnapshotRequest {
-            snapshot_id: s1.snapshot_id.clone(),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .snapshot
-        .unwrap();
-    assert_eq!(got, s1);
-    expect_err(
-        c.get_snapshot(GetSnapshotRequest::default()).await,
-        Code::InvalidArgument,
-        "snapshot_id",
-    );
-    expect_err(
-        c.get_snapshot(GetSnapshotRequest {
-            snapshot_id: "none-exist-id".into(),
-            ..Default::default()
-        })
-        .await,
-        Code::NotFound,
-        "none-exist-id",
-    );
+    let get = |id: &str| GetSnapshotRequest {
+        snapshot_id: id.into(),
+        ..Default::default()
+    };
+    let got = c.get_snapshot(get(&s1.snapshot_id)).await.unwrap();
+    assert_eq!(got.into_inner().snapshot.as_ref(), Some(&s1));
+    for (id, want, needle) in [
+        ("", Code::InvalidArgument, "snapshot_id"),
+        ("none-exist-id", Code::NotFound, "none-exist-id"),
+    ] {
+        expect_err(c.get_snapshot(get(id)).await, want, needle);
+    }
 
     // List: all, by id, by source, unknown filters -> empty, pagination, bad tokens.
     let list = |snap: &str, src: &str, max: i32, tok: &str| ListSnapshotsRequest {

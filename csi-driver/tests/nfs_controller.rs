@@ -89,6 +89,20 @@ async fn delete(h: &mut Harness, id: &str) -> Result<(), tonic::Status> {
         .map(|_| ())
 }
 
+async fn snapshot(h: &mut Harness, source: &str, name: &str) -> Snapshot {
+    h.controller
+        .create_snapshot(CreateSnapshotRequest {
+            source_volume_id: source.into(),
+            name: name.into(),
+            ..Default::default()
+        })
+        .await
+        .expect("snapshot")
+        .into_inner()
+        .snapshot
+        .expect("snapshot in response")
+}
+
 async fn validate(
     h: &mut Harness,
     volume_id: &str,
@@ -507,18 +521,7 @@ async fn nfs_clone_snapshot_and_restore_keep_the_tree() {
     assert_eq!(tree(&export.join("clone")), original, "{}", h.log());
 
     // Snapshot: an archive on the share that tar itself reads.
-    let snap = h
-        .controller
-        .create_snapshot(CreateSnapshotRequest {
-            source_volume_id: src.volume_id.clone(),
-            name: "snap-1".into(),
-            ..Default::default()
-        })
-        .await
-        .expect("snapshot")
-        .into_inner()
-        .snapshot
-        .expect("snapshot in response");
+    let snap = snapshot(&mut h, &src.volume_id, "snap-1").await;
     assert!(snap.ready_to_use && snap.size_bytes > 3 * 1024 * 1024);
     let archives: Vec<_> = std::fs::read_dir(export.join(".berth-snapshots"))
         .expect("snapshot dir")
@@ -788,18 +791,7 @@ async fn nfs_bad_input_names_the_field_and_makes_nothing() {
     // A local-disk volume or snapshot cannot seed an NFS volume; a source
     // id that names nothing is NOT_FOUND.
     let local = h.create("local-src", 16 * MIB, mount_cap("ext4")).await;
-    let local_snap = h
-        .controller
-        .create_snapshot(CreateSnapshotRequest {
-            source_volume_id: local.volume_id.clone(),
-            name: "local-snap".into(),
-            ..Default::default()
-        })
-        .await
-        .expect("local snapshot")
-        .into_inner()
-        .snapshot
-        .expect("snapshot");
+    let local_snap = snapshot(&mut h, &local.volume_id, "local-snap").await;
     for (source, want) in [
         (
             from_snapshot(&local_snap.snapshot_id),
