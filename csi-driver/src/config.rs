@@ -47,6 +47,28 @@ impl std::str::FromStr for Mode {
     }
 }
 
+/// Which node ids ControllerPublishVolume of a volume without a home node
+/// (NFS) accepts (`--publish-nodes`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PublishNodes {
+    /// Only this driver's own `--node-id`; any other is NOT_FOUND.
+    OwnNode,
+    /// Any well-formed node id: the CO vouches for it (Kubernetes makes
+    /// VolumeAttachments only for nodes it has).
+    Any,
+}
+
+impl std::str::FromStr for PublishNodes {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "self" => Ok(PublishNodes::OwnNode),
+            "any" => Ok(PublishNodes::Any),
+            other => Err(format!("unknown value {other:?} (expected self or any)")),
+        }
+    }
+}
+
 /// Filesystems the node can make and grow.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum FsType {
@@ -99,6 +121,8 @@ pub struct Config {
     pub mode: Mode,
     /// Attach limit reported by NodeGetInfo and enforced by ControllerPublish (0 = none).
     pub max_volumes_per_node: i64,
+    /// Node ids ControllerPublish of NFS volumes accepts.
+    pub publish_nodes: PublishNodes,
     /// Filesystem used when a mount capability has no fs_type.
     pub default_fs_type: FsType,
     /// Where to serve Prometheus metrics and health (off when None).

@@ -175,6 +175,28 @@ impl ControllerService {
         .await
     }
 
+    /// GetSnapshot from the records, like ListSnapshots by id.
+    async fn get_snapshot(&self, req: GetSnapshotRequest) -> Result<GetSnapshotResponse> {
+        if req.snapshot_id.is_empty() {
+            return Err(Error::missing("snapshot_id"));
+        }
+        validate::id("snapshot_id", &req.snapshot_id)?;
+        let d = self.driver.clone();
+        blocking(move || {
+            let s = d
+                .state
+                .snapshot(&req.snapshot_id)?
+                .filter(|s| s.state == "ready")
+                .ok_or_else(|| {
+                    Error::NotFound(format!("snapshot {} does not exist", req.snapshot_id))
+                })?;
+            Ok(GetSnapshotResponse {
+                snapshot: Some(to_snapshot(&s)),
+            })
+        })
+        .await
+    }
+
     async fn expand_volume(
         &self,
         req: ControllerExpandVolumeRequest,
@@ -223,6 +245,8 @@ pub const CAPABILITIES: &[rpc::Type] = &[
     rpc::Type::ListVolumesPublishedNodes,
     rpc::Type::VolumeCondition,
     rpc::Type::GetVolume,
+    rpc::Type::SingleNodeMultiWriter,
+    rpc::Type::GetSnapshot,
 ];
 
 #[tonic::async_trait]
@@ -322,6 +346,13 @@ impl Controller for ControllerService {
             "list_snapshots",
             self.list_snapshots(req.into_inner()).await,
         )
+    }
+
+    async fn get_snapshot(
+        &self,
+        req: Request<GetSnapshotRequest>,
+    ) -> Result<Response<GetSnapshotResponse>, Status> {
+        answer("get_snapshot", self.get_snapshot(req.into_inner()).await)
     }
 
     async fn controller_expand_volume(

@@ -11,7 +11,8 @@ use crate::driver::Driver;
 use crate::error::{Error, Result};
 use crate::mount;
 use crate::state;
-use crate::validate::Range;
+use crate::validate::{Capability, Range};
+use proto::v1::volume_capability::access_mode::Mode as AccessMode;
 
 /// Volume sizes are multiples of this.
 pub const ALIGN: u64 = 4096;
@@ -87,6 +88,26 @@ pub fn to_snapshot(s: &state::Snapshot) -> Snapshot {
     }
 }
 
+/// SINGLE_NODE_SINGLE_WRITER allows one publication on the node: a
+/// NodePublishVolume with that mode at `target` while the volume is
+/// published at another target (`others`) is FAILED_PRECONDITION.
+pub fn check_single_writer<'a>(
+    cap: &Capability,
+    volume_id: &str,
+    target: &str,
+    others: impl IntoIterator<Item = &'a str>,
+) -> Result<()> {
+    if cap.mode != AccessMode::SingleNodeSingleWriter {
+        return Ok(());
+    }
+    match others.into_iter().find(|t| *t != target) {
+        Some(other) => Err(Error::FailedPrecondition(format!(
+            "volume {volume_id} is published at {other}; SINGLE_NODE_SINGLE_WRITER allows one target"
+        ))),
+        None => Ok(()),
+    }
+}
+
 /// A volume condition.
 pub fn condition(abnormal: bool, message: impl Into<String>) -> VolumeCondition {
     VolumeCondition {
@@ -102,6 +123,57 @@ pub fn published_nodes(d: &Driver, volume_id: &str) -> Result<Vec<String>> {
         .into_iter()
         .map(|p| p.node_id)
         .collect())
+}
+
+/// A ControllerPublishVolume against the volume's recorded publications.
+#[derive(Debug, PartialEq, Eq)]
+pub enum PriorPublication {
+    /// The same publication (node, readonly flag, capability) is recorded:
+    /// an idempotent retry.
+    Same,
+    /// Published to this other node (and not to the one asked for).
+    Elsewhere(String),
+    /// Not published anywhere.
+    None,
+}
+
+/// Looks the publication of `req` up in the records; a publication to the
+/// same node with another readonly flag or capability is ALREADY_EXISTS.
+pub fn prior_publication(
+    d: &Driver,
+    req: &ControllerPublishVolumeRequest,
+    cap: &Capability,
+) -> Result<PriorPublication> {
+    let cap_text = format!("{cap:?}");
+    let pubs = d.state.controller_publications(&req.volume_id)?;
+    if let Some(p) = pubs.iter().find(|p| p.node_id == req.node_id) {
+        if p.readonly == req.readonly && p.capability == cap_text {
+            return Ok(PriorPublication::Same);
+        }
+        return Err(Error::AlreadyExists(format!(
+            "volume {} is already published to node {} with a different capability or readonly flag",
+            req.volume_id, req.node_id
+        )));
+    }
+    Ok(match pubs.into_iter().next() {
+        Some(p) => PriorPublication::Elsewhere(p.node_id),
+        None => PriorPublication::None,
+    })
+}
+
+/// Records the publication of `req` (after [`prior_publication`]).
+pub fn record_publication(
+    d: &Driver,
+    req: &ControllerPublishVolumeRequest,
+    cap: &Capability,
+) -> Result<()> {
+    d.state
+        .insert_controller_publication(&state::ControllerPublication {
+            volume_id: req.volume_id.clone(),
+            node_id: req.node_id.clone(),
+            readonly: req.readonly,
+            capability: format!("{cap:?}"),
+        })
 }
 
 /// The ControllerPublishVolume answer: the node reads `readonly` from it.

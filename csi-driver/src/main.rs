@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
-use csi_driver::config::{Config, FsType, Mode};
+use csi_driver::config::{Config, FsType, Mode, PublishNodes};
 
 /// CSI driver csi.berth.dev: local-disk volumes (image files on loop devices) and NFS volumes (subdirectories of NFS exports).
 #[derive(Parser, Debug)]
@@ -33,6 +33,12 @@ struct Args {
     /// Attach limit reported by NodeGetInfo and enforced by ControllerPublishVolume (0 = no limit).
     #[arg(long, default_value_t = 0)]
     max_volumes_per_node: i64,
+
+    /// Node ids ControllerPublishVolume of NFS volumes accepts: self (only
+    /// --node-id; others are NOT_FOUND) or any (the CO vouches for them, e.g.
+    /// a cluster-wide external-attacher answering for every node).
+    #[arg(long, default_value = "self")]
+    publish_nodes: PublishNodes,
 
     /// Filesystem for mount volumes whose capability has no fs_type: ext4 or xfs.
     #[arg(long, default_value = "ext4", value_parser = parse_fs)]
@@ -81,6 +87,7 @@ fn main() -> ExitCode {
         pool_dir: pool,
         mode: args.mode,
         max_volumes_per_node: args.max_volumes_per_node,
+        publish_nodes: args.publish_nodes,
         default_fs_type: args.default_fs_type,
         metrics_addr: args.metrics_addr,
     };

@@ -29,6 +29,7 @@ pub const CAPABILITIES: &[rpc::Type] = &[
     rpc::Type::GetVolumeStats,
     rpc::Type::ExpandVolume,
     rpc::Type::VolumeCondition,
+    rpc::Type::SingleNodeMultiWriter,
 ];
 
 impl NodeService {

@@ -89,6 +89,20 @@ async fn delete(h: &mut Harness, id: &str) -> Result<(), tonic::Status> {
         .map(|_| ())
 }
 
+async fn snapshot(h: &mut Harness, source: &str, name: &str) -> Snapshot {
+    h.controller
+        .create_snapshot(CreateSnapshotRequest {
+            source_volume_id: source.into(),
+            name: name.into(),
+            ..Default::default()
+        })
+        .await
+        .expect("snapshot")
+        .into_inner()
+        .snapshot
+        .expect("snapshot in response")
+}
+
 async fn validate(
     h: &mut Harness,
     volume_id: &str,
@@ -267,6 +281,36 @@ async fn nfs_volumes_are_subdirectories_with_each_delete_policy() {
     .await;
     assert_eq!(code(clash), Code::AlreadyExists);
 
+    // A volume name of the maximum length (128) gives a valid id: the
+    // subdirectory is a prefix of the name plus a digest, the same each time.
+    let long_name = "l".repeat(128);
+    let long = create(&mut h, nfs_req(&long_name, params(&srv, &[])))
+        .await
+        .expect("maximum-length name");
+    assert!(long.volume_id.len() <= 128, "{}", long.volume_id);
+    let sub = long.volume_context.get("subDir").cloned().expect("subDir");
+    assert!(sub.starts_with("lll") && sub.len() < 128, "{sub}");
+    assert!(export.join(&sub).is_dir());
+    let again = create(&mut h, nfs_req(&long_name, params(&srv, &[])))
+        .await
+        .expect("again");
+    assert_eq!(again.volume_id, long.volume_id, "idempotent");
+    delete(&mut h, &long.volume_id).await.expect("delete long");
+    assert!(!export.join(&sub).exists());
+    // An explicit subDir that is too long stays an error naming it.
+    let e = create(
+        &mut h,
+        nfs_req("explicit", params(&srv, &[("subDir", &long_name)])),
+    )
+    .await
+    .expect_err("too long a subDir");
+    assert_eq!(e.code(), Code::InvalidArgument);
+    assert!(
+        e.message().contains("parameters[subDir]"),
+        "{}",
+        e.message()
+    );
+
     // onDelete=delete (default) removes the data.
     std::fs::write(export.join("vol-a/f"), b"x").expect("write");
     delete(&mut h, &v.volume_id).await.expect("delete");
@@ -374,27 +418,69 @@ async fn nfs_volumes_are_subdirectories_with_each_delete_policy() {
     .await;
     assert!(r.confirmed.is_none(), "local volumes stay single-node");
 
-    // ControllerPublishVolume: nothing to attach, any node will do; the
-    // capability is still checked with the NFS rules.
-    let published = h
+    // ControllerPublishVolume: nothing to attach. With --publish-nodes=self
+    // (the default) only this driver's node is known; the capability is
+    // still checked with the NFS rules.
+    let publish = |node: &str, mode: Mode, readonly: bool| ControllerPublishVolumeRequest {
+        volume_id: vv.volume_id.clone(),
+        node_id: node.into(),
+        volume_capability: Some(nfs_cap(mode)),
+        readonly,
+        ..Default::default()
+    };
+    let e = h
         .controller
-        .controller_publish_volume(ControllerPublishVolumeRequest {
+        .controller_publish_volume(publish("a-node-elsewhere", Mode::MultiNodeReaderOnly, true))
+        .await
+        .expect_err("unknown node");
+    assert_eq!(e.code(), Code::NotFound, "{}", e.message());
+    let own = h.node_id.clone();
+    for _ in 0..2 {
+        let published = h
+            .controller
+            .controller_publish_volume(publish(&own, Mode::MultiNodeReaderOnly, true))
+            .await
+            .expect("controller publish (and its idempotent retry)")
+            .into_inner();
+        assert_eq!(
+            published
+                .publish_context
+                .get("readonly")
+                .map(String::as_str),
+            Some("true")
+        );
+    }
+    // The same node with another readonly flag or capability: ALREADY_EXISTS.
+    for (mode, readonly) in [
+        (Mode::MultiNodeReaderOnly, false),
+        (Mode::MultiNodeMultiWriter, true),
+    ] {
+        let e = h
+            .controller
+            .controller_publish_volume(publish(&own, mode, readonly))
+            .await
+            .expect_err("incompatible publish");
+        assert_eq!(e.code(), Code::AlreadyExists, "{}", e.message());
+    }
+    h.controller
+        .controller_unpublish_volume(ControllerUnpublishVolumeRequest {
             volume_id: vv.volume_id.clone(),
-            node_id: "a-node-elsewhere".into(),
-            volume_capability: Some(nfs_cap(Mode::MultiNodeReaderOnly)),
-            readonly: true,
+            node_id: own.clone(),
             ..Default::default()
         })
         .await
-        .expect("controller publish")
-        .into_inner();
-    assert_eq!(
-        published
-            .publish_context
-            .get("readonly")
-            .map(String::as_str),
-        Some("true")
-    );
+        .expect("unpublish");
+    h.controller
+        .controller_publish_volume(publish(&own, Mode::MultiNodeMultiWriter, false))
+        .await
+        .expect("publish again after unpublish");
+    // With --publish-nodes=any the CO vouches for node ids.
+    h.extra_args.push("--publish-nodes=any".into());
+    h.restart().await;
+    h.controller
+        .controller_publish_volume(publish("a-node-elsewhere", Mode::MultiNodeReaderOnly, true))
+        .await
+        .expect("any node with --publish-nodes=any");
     let e = h
         .controller
         .controller_publish_volume(ControllerPublishVolumeRequest {
@@ -435,18 +521,7 @@ async fn nfs_clone_snapshot_and_restore_keep_the_tree() {
     assert_eq!(tree(&export.join("clone")), original, "{}", h.log());
 
     // Snapshot: an archive on the share that tar itself reads.
-    let snap = h
-        .controller
-        .create_snapshot(CreateSnapshotRequest {
-            source_volume_id: src.volume_id.clone(),
-            name: "snap-1".into(),
-            ..Default::default()
-        })
-        .await
-        .expect("snapshot")
-        .into_inner()
-        .snapshot
-        .expect("snapshot in response");
+    let snap = snapshot(&mut h, &src.volume_id, "snap-1").await;
     assert!(snap.ready_to_use && snap.size_bytes > 3 * 1024 * 1024);
     let archives: Vec<_> = std::fs::read_dir(export.join(".berth-snapshots"))
         .expect("snapshot dir")
@@ -510,6 +585,10 @@ async fn nfs_clone_snapshot_and_restore_keep_the_tree() {
         .await
         .expect("delete snapshot");
     assert!(!archives[0].exists());
+    assert!(
+        !export.join(".berth-snapshots").exists(),
+        "the snapshot directory goes with its last archive"
+    );
     let mut req = nfs_req("restored-2", params(&srv, &[]));
     req.volume_content_source = from_snapshot(&snap.snapshot_id);
     assert_eq!(code(create(&mut h, req).await), Code::NotFound);
@@ -709,11 +788,35 @@ async fn nfs_bad_input_names_the_field_and_makes_nothing() {
         e.message()
     );
 
-    // A local-disk snapshot cannot seed an NFS volume.
-    let mut req = nfs_req("bad", params(&srv, &[]));
-    req.volume_content_source = from_snapshot("snap-node-1-abc");
-    let e = create(&mut h, req).await.expect_err("local source");
-    assert_eq!(e.code(), Code::InvalidArgument);
+    // A local-disk volume or snapshot cannot seed an NFS volume; a source
+    // id that names nothing is NOT_FOUND.
+    let local = h.create("local-src", 16 * MIB, mount_cap("ext4")).await;
+    let local_snap = snapshot(&mut h, &local.volume_id, "local-snap").await;
+    for (source, want) in [
+        (
+            from_snapshot(&local_snap.snapshot_id),
+            Code::InvalidArgument,
+        ),
+        (from_volume(&local.volume_id), Code::InvalidArgument),
+        (from_snapshot("snap-node-1-abc"), Code::NotFound),
+        (from_volume("no-such-volume"), Code::NotFound),
+    ] {
+        let mut req = nfs_req("bad", params(&srv, &[]));
+        req.volume_content_source = source.clone();
+        let e = create(&mut h, req).await.expect_err("foreign source");
+        assert_eq!(e.code(), want, "{source:?}: {}", e.message());
+    }
+    assert!(!export.join("bad").exists());
+    h.controller
+        .delete_snapshot(DeleteSnapshotRequest {
+            snapshot_id: local_snap.snapshot_id.clone(),
+            ..Default::default()
+        })
+        .await
+        .expect("delete local snapshot");
+    delete(&mut h, &local.volume_id)
+        .await
+        .expect("delete local volume");
 
     // Ids with the NFS prefix that do not parse: INVALID_ARGUMENT naming the field.
     for id in [

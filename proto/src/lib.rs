@@ -1,6 +1,7 @@
 //! CSI v1.10 wire definitions (`csi.v1`), generated at build time from
 //! `proto/csi.proto` with tonic + prost. Servers and clients for every CSI
 //! service live in `csi::v1::{identity,controller,node,...}_{server,client}`.
+//! From v1.12 it also has GetSnapshot and the GET_SNAPSHOT capability.
 
 /// The `csi` protobuf package.
 pub mod csi {

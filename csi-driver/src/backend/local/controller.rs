@@ -13,7 +13,8 @@ use super::rules::{self, access_supported};
 use crate::config::{FsType, TOPOLOGY_KEY};
 use crate::csi::{
     align_up, choose_size, condition, content_source, existing_snapshot, node_topology,
-    publish_context, to_snapshot, topology_matches, ALIGN,
+    prior_publication, publish_context, record_publication, to_snapshot, topology_matches,
+    PriorPublication, ALIGN,
 };
 use crate::driver::{now_ns, Driver};
 use crate::error::{Error, Result};
@@ -332,28 +333,16 @@ pub(super) fn controller_publish(
         return Err(Error::invalid("volume_capability", why));
     }
     let _guard = d.locks.acquire(&[Driver::vol_key(&req.volume_id)])?;
-    let cap_text = format!("{:?}", cap);
-    let readonly = req.readonly;
-    let ctx = || publish_context(readonly);
-    if let Some(p) = d
-        .state
-        .controller_publications(&req.volume_id)?
-        .into_iter()
-        .next()
-    {
-        if p.node_id == req.node_id {
-            if p.readonly == readonly && p.capability == cap_text {
-                return Ok(ctx());
-            }
-            return Err(Error::AlreadyExists(format!(
-                "volume {} is already published to node {} with a different capability or readonly flag",
-                req.volume_id, req.node_id
-            )));
+    let ctx = || publish_context(req.readonly);
+    match prior_publication(d, &req, &cap)? {
+        PriorPublication::Same => return Ok(ctx()),
+        PriorPublication::Elsewhere(node) => {
+            return Err(Error::FailedPrecondition(format!(
+            "volume {} is published to node {node}; a local volume can be published to one node",
+            req.volume_id
+        )))
         }
-        return Err(Error::FailedPrecondition(format!(
-            "volume {} is published to node {}; a local volume can be published to one node",
-            req.volume_id, p.node_id
-        )));
+        PriorPublication::None => {}
     }
     if req.node_id != d.config.node_id {
         return Err(Error::NotFound(format!(
@@ -368,13 +357,7 @@ pub(super) fn controller_publish(
             req.node_id
         )));
     }
-    d.state
-        .insert_controller_publication(&state::ControllerPublication {
-            volume_id: req.volume_id.clone(),
-            node_id: req.node_id.clone(),
-            readonly,
-            capability: cap_text,
-        })?;
+    record_publication(d, &req, &cap)?;
     Ok(ctx())
 }
 
@@ -383,8 +366,6 @@ pub(super) fn controller_unpublish(
     d: &LocalBackend,
     req: ControllerUnpublishVolumeRequest,
 ) -> Result<()> {
-    // An optional node id is checked here only: the NFS backend does not
-    // check it (yet).
     if !req.node_id.is_empty() {
         validate::id("node_id", &req.node_id)?;
     }

@@ -363,6 +363,13 @@ pub(super) fn publish(
             "target_path {target_s} already has something mounted"
         )));
     }
+    let others = d.state.publications_of(&v.id)?;
+    crate::csi::check_single_writer(
+        &cap,
+        &v.id,
+        &target_s,
+        others.iter().map(|p| p.target.as_str()),
+    )?;
     let mut rec = state::Publication {
         target: target_s.clone(),
         volume_id: v.id.clone(),

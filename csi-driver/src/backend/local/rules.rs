@@ -41,7 +41,9 @@ const LOCAL_FS_FLAGS: &[&str] = &[
 /// Single-node modes only: a local disk is on one node.
 pub fn access_mode(mode: AccessMode) -> std::result::Result<bool, String> {
     match mode {
-        AccessMode::SingleNodeWriter => Ok(false),
+        AccessMode::SingleNodeWriter
+        | AccessMode::SingleNodeSingleWriter
+        | AccessMode::SingleNodeMultiWriter => Ok(false),
         AccessMode::SingleNodeReaderOnly => Ok(true),
         other => Err(format!(
             "{} is not supported: local volumes live on one node",

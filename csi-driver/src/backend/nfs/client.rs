@@ -371,6 +371,22 @@ impl Nfs {
         }
     }
 
+    /// Removes a directory if it is empty; a missing or non-empty one is
+    /// left as it is.
+    pub async fn rmdir_if_empty(&mut self, dir: &nfs_fh3, n: &[u8]) -> Result<()> {
+        let args = nfs3::RMDIR3args {
+            object: dirop(dir, n),
+        };
+        match call!(self, "RMDIR", rmdir, &args)? {
+            Nfs3Result::Ok(_)
+            | Nfs3Result::Err((
+                nfsstat3::NFS3ERR_NOENT | nfsstat3::NFS3ERR_NOTEMPTY | nfsstat3::NFS3ERR_EXIST,
+                _,
+            )) => Ok(()),
+            Nfs3Result::Err((st, _)) => Err(status_error(&self.server, "RMDIR", st)),
+        }
+    }
+
     /// Removes `n` in `dir` and, for a directory, everything below it.
     /// Iterative (an explicit stack), so deep trees cost no recursion.
     pub async fn remove_tree(&mut self, dir: &nfs_fh3, n: &[u8]) -> Result<()> {

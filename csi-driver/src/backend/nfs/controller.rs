@@ -12,7 +12,11 @@ use super::base::NfsBackend;
 use super::client::Nfs;
 use super::id::{self, OnDelete, SnapshotId, VolumeId, SNAPSHOT_DIR};
 use super::{archive, params};
-use crate::csi::{choose_size, condition, content_source, existing_snapshot, to_snapshot};
+use crate::config::PublishNodes;
+use crate::csi::{
+    choose_size, condition, content_source, existing_snapshot, prior_publication, publish_context,
+    published_nodes, record_publication, to_snapshot, PriorPublication,
+};
 use crate::driver::{now_ns, Driver};
 use crate::error::{Error, Result};
 use crate::state;
@@ -90,7 +94,25 @@ fn same_export(field: &str, p: &params::NfsParams, server: &str, share: &str) ->
     Ok(())
 }
 
-fn parse_source(req: &CreateVolumeRequest, p: &params::NfsParams) -> Result<Option<Source>> {
+/// The answer for a content source id that is not an NFS one: NOT_FOUND
+/// when it names nothing we know, INVALID_ARGUMENT when it names a volume
+/// or snapshot of another backend (which an NFS volume cannot come from).
+fn foreign_source(field: &str, what: &str, known: bool, id: &str) -> Error {
+    if known {
+        Error::invalid(
+            field,
+            format!("is not an NFS {what}; an NFS volume can be made only from one"),
+        )
+    } else {
+        Error::NotFound(format!("{field}: {what} {id} does not exist"))
+    }
+}
+
+fn parse_source(
+    d: &Driver,
+    req: &CreateVolumeRequest,
+    p: &params::NfsParams,
+) -> Result<Option<Source>> {
     let Some(src) = &req.volume_content_source else {
         return Ok(None);
     };
@@ -103,10 +125,8 @@ fn parse_source(req: &CreateVolumeRequest, p: &params::NfsParams) -> Result<Opti
             let field = "volume_content_source.snapshot.snapshot_id";
             if !id::is_snapshot(&s.snapshot_id) {
                 validate::id(field, &s.snapshot_id)?;
-                return Err(Error::invalid(
-                    field,
-                    "is not an NFS snapshot; an NFS volume can be restored only from one",
-                ));
+                let known = d.state.snapshot(&s.snapshot_id)?.is_some();
+                return Err(foreign_source(field, "snapshot", known, &s.snapshot_id));
             }
             let sid = SnapshotId::parse(field, &s.snapshot_id)?;
             same_export(field, p, &sid.server, &sid.share)?;
@@ -116,10 +136,8 @@ fn parse_source(req: &CreateVolumeRequest, p: &params::NfsParams) -> Result<Opti
             let field = "volume_content_source.volume.volume_id";
             if !id::is_volume(&v.volume_id) {
                 validate::id(field, &v.volume_id)?;
-                return Err(Error::invalid(
-                    field,
-                    "is not an NFS volume; an NFS volume can be cloned only from one",
-                ));
+                let known = d.state.volume(&v.volume_id)?.is_some();
+                return Err(foreign_source(field, "volume", known, &v.volume_id));
             }
             let vid = VolumeId::parse(field, &v.volume_id)?;
             same_export(field, p, &vid.server, &vid.share)?;
@@ -137,7 +155,7 @@ pub(super) async fn create_volume(
     range: Range,
 ) -> Result<Volume> {
     let p = params::parse("parameters", &req.parameters, &req.name)?;
-    let source = parse_source(&req, &p)?;
+    let source = parse_source(d, &req, &p)?;
     let size = choose_size(range, 0)?;
     let vid = VolumeId {
         server: p.server.clone(),
@@ -388,7 +406,8 @@ pub(super) async fn create_snapshot(d: &Driver, req: CreateSnapshotRequest) -> R
     }
 }
 
-/// DeleteSnapshot of an NFS snapshot: removes its archive.
+/// DeleteSnapshot of an NFS snapshot: removes its archive, and the
+/// snapshot directory with the last one, so the export is left as found.
 pub(super) async fn delete_snapshot(d: &Driver, snapshot_id: &str) -> Result<()> {
     let sid = SnapshotId::parse("snapshot_id", snapshot_id)?;
     let _guard = d.locks.acquire(&[format!("snapshot/{snapshot_id}")])?;
@@ -397,6 +416,9 @@ pub(super) async fn delete_snapshot(d: &Driver, snapshot_id: &str) -> Result<()>
         nfs.remove(&dir, sid.file.as_bytes()).await?;
         nfs.remove(&dir, format!("{}.partial", sid.file).as_bytes())
             .await?;
+        if let Some((root, _)) = nfs.lookup_path("").await? {
+            nfs.rmdir_if_empty(&root, SNAPSHOT_DIR.as_bytes()).await?;
+        }
     }
     nfs.close().await;
     d.state.delete_snapshot(snapshot_id)?;
@@ -491,10 +513,43 @@ pub(super) async fn get_volume(d: &Driver, volume_id: &str) -> Result<Controller
     Ok(ControllerGetVolumeResponse {
         volume,
         status: Some(controller_get_volume_response::VolumeStatus {
-            published_node_ids: vec![],
+            published_node_ids: published_nodes(d, volume_id)?,
             volume_condition: Some(condition),
         }),
     })
+}
+
+/// ControllerPublishVolume of an NFS volume: nothing to attach (every node
+/// mounts the export), but the node must be one `--publish-nodes` accepts
+/// and the publication is recorded, so a second one to the same node with
+/// another readonly flag or capability is ALREADY_EXISTS.
+pub(super) fn publish(
+    d: &Driver,
+    req: ControllerPublishVolumeRequest,
+    cap: Capability,
+) -> Result<ControllerPublishVolumeResponse> {
+    if d.config.publish_nodes == PublishNodes::OwnNode && req.node_id != d.config.node_id {
+        return Err(Error::NotFound(format!(
+            "node {} is not known here: with --publish-nodes=self only this driver's node {} is",
+            req.node_id, d.config.node_id
+        )));
+    }
+    let _guard = d.locks.acquire(&[Driver::vol_key(&req.volume_id)])?;
+    if prior_publication(d, &req, &cap)? != PriorPublication::Same {
+        record_publication(d, &req, &cap)?;
+    }
+    Ok(publish_context(req.readonly))
+}
+
+/// ControllerUnpublishVolume of an NFS volume: forgets the publication (to
+/// one node, or to all when no node is given).
+pub(super) fn unpublish(d: &Driver, req: ControllerUnpublishVolumeRequest) -> Result<()> {
+    if !req.node_id.is_empty() {
+        validate::id("node_id", &req.node_id)?;
+    }
+    let _guard = d.locks.acquire(&[Driver::vol_key(&req.volume_id)])?;
+    let node = (!req.node_id.is_empty()).then_some(req.node_id.as_str());
+    d.state.delete_controller_publication(&req.volume_id, node)
 }
 
 /// ControllerExpandVolume of an NFS volume: the size is a record only (an

@@ -301,6 +301,51 @@ impl SnapshotId {
     }
 }
 
+/// How much longer a snapshot id is than its volume's: the prefix, and the
+/// encoded archive name (`s-<16 hex>.tar`) where the volume id has its
+/// policy.
+fn snapshot_id_extra() -> usize {
+    SNAPSHOT_PREFIX.len() - VOLUME_PREFIX.len() + encode("s-0123456789abcdef.tar").len() - 1
+}
+
+/// A subdirectory for a volume named `name` whose name, used as it is,
+/// makes the id longer than [`MAX_ID_LEN`]: as much of the name as fits
+/// (characters other than `[A-Za-z0-9_-]` become `_`, so the id holds it
+/// unencoded), `-` and a digest of the whole name. The same name gives the
+/// same subdirectory. It is kept short enough for the volume's snapshot ids
+/// to fit too where the export leaves room; `None` when not even the digest
+/// fits.
+pub fn short_subdir(server: &str, share: &str, on_delete: OnDelete, name: &str) -> Option<String> {
+    let base = VolumeId {
+        server: server.to_string(),
+        share: share.to_string(),
+        subdir: String::new(),
+        on_delete,
+    }
+    .encode()
+    .len();
+    let hash = berth_common::digest(&[name.as_bytes()]);
+    let clean: String = name
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '_' || c == '-' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    [MAX_ID_LEN.saturating_sub(snapshot_id_extra()), MAX_ID_LEN]
+        .into_iter()
+        .find_map(|room| {
+            let keep = room.checked_sub(base + hash.len())?;
+            Some(match keep.saturating_sub(1).min(clean.len()) {
+                0 => hash.clone(),
+                n => format!("{}-{hash}", &clean[..n]),
+            })
+        })
+}
+
 /// Whether an id belongs to the NFS backend (by prefix).
 pub fn is_volume(id: &str) -> bool {
     id.starts_with(VOLUME_PREFIX)
@@ -333,6 +378,53 @@ mod tests {
             ..v
         };
         assert_eq!(v6.mount_source(), "[fd00::2]:/export/k8s/ns1/pvc.data");
+    }
+
+    #[test]
+    fn long_names_get_a_short_subdir_that_fits() {
+        let name = "x".repeat(128);
+        let sub = short_subdir("10.0.2.2", "/export", OnDelete::Delete, &name).expect("fits");
+        assert_eq!(
+            sub,
+            short_subdir("10.0.2.2", "/export", OnDelete::Delete, &name).expect("fits"),
+            "deterministic"
+        );
+        assert!(sub.starts_with("xxx") && sub.ends_with(&berth_common::digest(&[name.as_bytes()])));
+        let v = VolumeId {
+            server: "10.0.2.2".into(),
+            share: "/export".into(),
+            subdir: sub.clone(),
+            on_delete: OnDelete::Delete,
+        };
+        let id = v.encode();
+        assert!(id.len() <= MAX_ID_LEN, "{} bytes", id.len());
+        assert_eq!(VolumeId::parse("volume_id", &id).expect("decodes"), v);
+        let snap = SnapshotId {
+            server: v.server.clone(),
+            share: v.share.clone(),
+            source_subdir: sub,
+            file: format!("s-{}.tar", berth_common::digest(&[b"snap"])),
+        };
+        assert!(snap.encode().len() <= MAX_ID_LEN, "snapshot ids fit too");
+        // Names differing past the kept prefix get different directories;
+        // other characters become `_`.
+        let other = format!("{}y", "x".repeat(127));
+        assert_ne!(
+            short_subdir("10.0.2.2", "/export", OnDelete::Delete, &other),
+            short_subdir("10.0.2.2", "/export", OnDelete::Delete, &name)
+        );
+        let dotted = short_subdir("s", "/e", OnDelete::Delete, &"a.b/".repeat(40)).expect("fits");
+        assert!(dotted.starts_with("a_b_a_b_"), "{dotted}");
+        // An export path that leaves no room for the digest.
+        assert_eq!(
+            short_subdir(
+                "s",
+                &format!("/{}", "e".repeat(120)),
+                OnDelete::Delete,
+                &name
+            ),
+            None
+        );
     }
 
     #[test]

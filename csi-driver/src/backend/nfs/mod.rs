@@ -38,6 +38,8 @@ impl CapabilityRules for NfsBackend {
     fn access_mode(&self, mode: AccessMode) -> std::result::Result<bool, String> {
         match mode {
             AccessMode::SingleNodeWriter
+            | AccessMode::SingleNodeSingleWriter
+            | AccessMode::SingleNodeMultiWriter
             | AccessMode::MultiNodeSingleWriter
             | AccessMode::MultiNodeMultiWriter => Ok(false),
             AccessMode::SingleNodeReaderOnly | AccessMode::MultiNodeReaderOnly => Ok(true),
@@ -133,17 +135,16 @@ impl Backend for NfsBackend {
         controller::delete_volume(self, volume_id).await
     }
 
-    /// Nothing to attach: every node mounts the export.
     async fn controller_publish(
         &self,
         req: ControllerPublishVolumeRequest,
-        _cap: Capability,
+        cap: Capability,
     ) -> Result<ControllerPublishVolumeResponse> {
-        Ok(crate::csi::publish_context(req.readonly))
+        controller::publish(self, req, cap)
     }
 
-    async fn controller_unpublish(&self, _req: ControllerUnpublishVolumeRequest) -> Result<()> {
-        Ok(())
+    async fn controller_unpublish(&self, req: ControllerUnpublishVolumeRequest) -> Result<()> {
+        controller::unpublish(self, req)
     }
 
     async fn validate_volume_capabilities(

@@ -300,12 +300,25 @@ pub(super) fn publish(
         },
         AtTarget::Nothing => {}
     }
+    // Other publications of this volume on the node: its NFS mounts
+    // elsewhere (the mount table only; nothing on the server is asked).
+    let source = vid.mount_source();
+    let others: Vec<String> = mount::mounts()
+        .into_iter()
+        .filter(|m| is_nfs(m) && same_source(&m.source, &source))
+        .map(|m| m.target.to_string_lossy().into_owned())
+        .collect();
+    crate::csi::check_single_writer(
+        &cap,
+        &req.volume_id,
+        &target.to_string_lossy(),
+        others.iter().map(String::as_str),
+    )?;
 
     std::fs::create_dir_all(&target)
         .map_err(|e| Error::io(format!("creating {}", target.display()), e))?;
     let addr = resolve(&vid.server, bound)?;
     let (flags, data, fs_type) = mount_args(&opts, read_only, &addr);
-    let source = vid.mount_source();
     let (s, t, dt) = (source.clone(), target.clone(), data.clone());
     let outcome = bounded(&key(&target), bound, move || {
         nix::mount::mount(

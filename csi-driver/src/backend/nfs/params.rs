@@ -3,7 +3,9 @@
 
 use std::collections::HashMap;
 
-use super::id::{check_server, normalise_share, normalise_subdir, OnDelete, SNAPSHOT_DIR};
+use super::id::{
+    check_server, normalise_share, normalise_subdir, short_subdir, OnDelete, VolumeId, SNAPSHOT_DIR,
+};
 use crate::error::{Error, Result};
 
 /// Sidecar keys that fill the `subDir` templates.
@@ -243,6 +245,24 @@ pub fn parse(field: &str, map: &HashMap<String, String>, volume_name: &str) -> R
             format!("{subdir:?} uses a name the driver keeps for archives and snapshots"),
         ));
     }
+    // A subdirectory named after a long volume name may make the id too
+    // long; any legal name must give a valid id, so it gets a shorter one.
+    // (An explicit subDir that is too long stays an error of CreateVolume.)
+    let subdir = match subdir_tpl {
+        None if VolumeId {
+            server: server.clone(),
+            share: share.clone(),
+            subdir: subdir.clone(),
+            on_delete,
+        }
+        .encode()
+        .len()
+            > crate::validate::MAX_ID_LEN =>
+        {
+            short_subdir(&server, &share, on_delete, volume_name).unwrap_or(subdir)
+        }
+        _ => subdir,
+    };
     Ok(NfsParams {
         server,
         share,
@@ -309,6 +329,39 @@ mod tests {
         assert_eq!(p.mount_permissions, Some(0o775));
         assert_eq!(p.mount_options, vec!["nfsvers=4.2", "hard", "nconnect=4"]);
         assert_eq!(p.on_delete, OnDelete::Archive);
+    }
+
+    #[test]
+    fn a_long_volume_name_gets_a_subdir_that_fits_an_explicit_one_does_not() {
+        let m = map(&[
+            ("backend", "nfs"),
+            ("server", "10.0.2.2"),
+            ("share", "/export"),
+        ]);
+        let name = "n".repeat(128);
+        let p = parse("parameters", &m, &name).expect("valid");
+        let id = VolumeId {
+            server: p.server.clone(),
+            share: p.share.clone(),
+            subdir: p.subdir.clone(),
+            on_delete: p.on_delete,
+        }
+        .encode();
+        assert!(id.len() <= crate::validate::MAX_ID_LEN, "{id}");
+        assert_eq!(
+            parse("parameters", &m, &name).expect("valid"),
+            p,
+            "same name, same subdir"
+        );
+        // Short names are used as they are.
+        assert_eq!(
+            parse("parameters", &m, "pvc-1").expect("valid").subdir,
+            "pvc-1"
+        );
+        // An explicit subDir is never rewritten.
+        let mut m = m;
+        m.insert("subDir".into(), name.clone());
+        assert_eq!(parse("parameters", &m, "v").expect("valid").subdir, name);
     }
 
     #[test]
