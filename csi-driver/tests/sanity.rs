@@ -8,8 +8,9 @@
 //! The tests are `#[ignore]`d: `scripts/test.sh` runs them as their own
 //! step (`cargo test --release -p csi-driver --test sanity -- --ignored
 //! --nocapture --test-threads=1`). The binaries come from
-//! `scripts/go-tools.sh` into `$BERTH_TOOLS_DIR/bin` (default
-//! `/var/cache/berth-tools`); a missing binary fails the test.
+//! `scripts/test-peers.sh` (pinned in tests/tools/versions.txt) into
+//! `$BERTH_TOOLS_DIR/bin` (default `/var/cache/berth-tools`); a missing
+//! binary fails the test.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code
 
@@ -69,16 +70,7 @@ fn parse_summary(out: &str) -> Option<Summary> {
 
 /// `$BERTH_TOOLS_DIR/bin/<name>`; panics (the test fails) when missing.
 fn sanity_binary(name: &str) -> PathBuf {
-    let dir = std::env::var_os("BERTH_TOOLS_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/var/cache/berth-tools"));
-    let bin = dir.join("bin").join(name);
-    assert!(
-        bin.is_file(),
-        "{} is missing: run scripts/go-tools.sh to build csi-sanity (CI always builds it)",
-        bin.display()
-    );
-    bin
+    netns_fixture::test_peer(&format!("bin/{name}"))
 }
 
 /// Runs csi-sanity `bin` against the driver of `h` with `args` and returns
