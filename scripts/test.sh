@@ -19,17 +19,19 @@ export BERTH_BIN_DIR="$ROOT/target/release"
 cargo test --release --workspace --no-fail-fast -- --test-threads="${TEST_THREADS:-4}"
 # Conformance as the ecosystem runs it, each its own step (these tests are
 # #[ignore]d in the run above).
+# --workspace keeps the features of the main run (a -p build of one
+# package would unify features differently and rebuild it).
 conformance() {
     local what=$1; shift
     echo "==> conformance: $what"
-    cargo test --release "$@" -- --ignored --nocapture --test-threads=1
+    cargo test --release --workspace "$@" -- --ignored --nocapture --test-threads=1
 }
 conformance "cnitool (libcni) add/check/status/del/gc: berth-bridge + berth-host-local, berth-overlay; cniVersion 0.4.0, 1.0.0, 1.1.0" \
-    -p cni-overlay --test overlay cnitool
+    --test overlay cnitool
 conformance "a gRPC C-core client (Python grpcio) runs a volume lifecycle on berth-csi" \
-    -p csi-driver --test grpc_c_core_client
+    --test grpc_c_core_client
 if [ -f "$ROOT/csi-driver/tests/sanity.rs" ]; then
-    conformance "csi-sanity on the local and NFS backends" -p csi-driver --test sanity
+    conformance "csi-sanity on the local and NFS backends" --test sanity
 fi
 echo "==> the demo, short mode"
 "$ROOT/target/release/berth-demo" --short
