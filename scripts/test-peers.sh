@@ -53,7 +53,7 @@ pip_peer() {
 # list read from Kubernetes' own go.mod), then `go build`s the command.
 k8s_peer() {
     local name=$1 spec=$2 pkg="${2%@*}" version="${2##*@}" start mod gomod
-    if [ -x "$TOOLS_DIR/bin/$name" ] && stamped "$name" "$spec"; then
+    if [ -x "$TOOLS_DIR/bin/$name" ] && stamped "$name" "$spec" && "$TOOLS_DIR/bin/$name" --version 2>/dev/null | grep -q "$version"; then
         printf '    %-15s %s (cached)\n' "$name" "$spec"; return
     fi
     command -v go >/dev/null 2>&1 || { echo "error: go not found (Go 1.26 builds the Go test peers)" >&2; exit 1; }
@@ -79,7 +79,15 @@ k8s_peer() {
         } > "$mod/tools.go"
         (cd "$mod" && go mod tidy >/dev/null)
     fi
-    (cd "$mod" && go build -o "$TOOLS_DIR/bin/$name" "$pkg")
+    # The version the binaries report (and the API server's emulated
+    # version derives from) is set at link time, as Kubernetes' release
+    # build does; without it they say v0.0.0-master.
+    local minor="${version#v1.}" ldflags="" p
+    minor="${minor%%.*}"
+    for p in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
+        ldflags+=" -X $p.gitVersion=$version -X $p.gitMajor=1 -X $p.gitMinor=$minor -X $p.gitTreeState=clean"
+    done
+    (cd "$mod" && go build -ldflags "$ldflags" -o "$TOOLS_DIR/bin/$name" "$pkg")
     echo "$spec" > "$TOOLS_DIR/stamps/$name"
     printf '    %-15s %s (built in %ss)\n' "$name" "$spec" "$(( $(date +%s) - start ))"
 }
