@@ -53,7 +53,8 @@ pip_peer() {
 # list read from Kubernetes' own go.mod), then `go build`s the command.
 k8s_peer() {
     local name=$1 spec=$2 pkg="${2%@*}" version="${2##*@}" start mod gomod
-    if [ -x "$TOOLS_DIR/bin/$name" ] && stamped "$name" "$spec" && "$TOOLS_DIR/bin/$name" --version 2>/dev/null | grep -q "$version"; then
+    if [ -x "$TOOLS_DIR/bin/$name" ] && stamped "$name" "$spec" &&
+        { "$TOOLS_DIR/bin/$name" --version 2>/dev/null || "$TOOLS_DIR/bin/$name" version --client 2>/dev/null; } | grep -q "$version"; then
         printf '    %-15s %s (cached)\n' "$name" "$spec"; return
     fi
     command -v go >/dev/null 2>&1 || { echo "error: go not found (Go 1.26 builds the Go test peers)" >&2; exit 1; }
