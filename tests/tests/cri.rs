@@ -657,6 +657,24 @@ fn assert_ping(cri: &Cri, cid: &str, addr: IpAddr, what: &str) {
     }
 }
 
+/// The host netns reaches every pod.
+fn assert_host_reaches(host: &Host, cri: &Cri, pods: &[Sandbox], what: &str) {
+    for p in pods {
+        assert!(
+            host.ping(p.ip, 8),
+            "{what}: host netns -> {} ({}) does not answer\n{}",
+            p.name,
+            p.ip,
+            cri.logs()
+        );
+    }
+}
+
+/// `stopp` + `rmp` of every pod; the time each took.
+fn stop_remove_all(cri: &Cri, pods: &[Sandbox]) -> Vec<Duration> {
+    pods.iter().map(|p| cri.stop_remove(p)).collect()
+}
+
 fn print_timings(test: &str, runp: &[Duration], stop_rm: &[Duration]) {
     let m = |v: &[Duration]| median(v).map(ms).unwrap_or_else(|| "-".into());
     println!(
@@ -718,20 +736,9 @@ fn cri_bridge_lifecycle_20_sandboxes() {
     );
     assert_ping(&cri, &c0, pods[1].ip, "container in pod0 -> pod1");
     assert_ping(&cri, &c1, pods[19].ip, "container in pod1 -> pod19");
-    for p in &pods {
-        assert!(
-            host.ping(p.ip, 8),
-            "host netns -> {} ({}) does not answer\n{}",
-            p.name,
-            p.ip,
-            cri.logs()
-        );
-    }
+    assert_host_reaches(&host, &cri, &pods, "bridge");
 
-    let mut stop_times = Vec::new();
-    for p in &pods {
-        stop_times.push(cri.stop_remove(p));
-    }
+    let stop_times = stop_remove_all(&cri, &pods);
     assert_clean(
         &host,
         &cri,
@@ -814,15 +821,7 @@ fn cri_containerd_restart_keeps_pods() {
         IpAddr::V4(GATEWAY),
         "after the restart: pod2 -> gateway",
     );
-    for p in &pods {
-        assert!(
-            host.ping(p.ip, 8),
-            "after the restart: host -> {} ({})\n{}",
-            p.name,
-            p.ip,
-            cri.logs()
-        );
-    }
+    assert_host_reaches(&host, &cri, &pods, "after the restart");
     // A sandbox made after the restart gets an address no running pod holds.
     let late = cri.runp("late");
     assert!(
@@ -928,19 +927,8 @@ fn cri_overlay_lifecycle() {
     assert_ping(&cri, &c0, gateway, "overlay: container -> gateway");
     assert_ping(&cri, &c0, pods[1].ip, "overlay: pod0 -> pod1");
     assert_ping(&cri, &c1, pods[4].ip, "overlay: pod1 -> pod4");
-    for p in &pods {
-        assert!(
-            host.ping(p.ip, 8),
-            "overlay: host -> {} ({})\n{}",
-            p.name,
-            p.ip,
-            cri.logs()
-        );
-    }
-    let mut stop_times = Vec::new();
-    for p in &pods {
-        stop_times.push(cri.stop_remove(p));
-    }
+    assert_host_reaches(&host, &cri, &pods, "overlay");
+    let stop_times = stop_remove_all(&cri, &pods);
     assert_clean(
         &host,
         &cri,

@@ -17,6 +17,29 @@ fn neighbour_addr(ip: IpAddr) -> NeighbourAddress {
     }
 }
 
+/// The link-layer address of an entry.
+fn lladdr(n: &NeighbourMessage) -> Option<Vec<u8>> {
+    n.attributes.iter().find_map(|a| match a {
+        NeighbourAttribute::LinkLayerAddress(m) => Some(m.clone()),
+        _ => None,
+    })
+}
+
+/// The IP destination of an entry. In the bridge family (FDB) the kernel
+/// sends it as raw bytes.
+fn destination(n: &NeighbourMessage) -> Option<IpAddr> {
+    n.attributes.iter().find_map(|a| match a {
+        NeighbourAttribute::Destination(NeighbourAddress::Inet(x)) => Some(IpAddr::V4(*x)),
+        NeighbourAttribute::Destination(NeighbourAddress::Inet6(x)) => Some(IpAddr::V6(*x)),
+        NeighbourAttribute::Destination(NeighbourAddress::Other(b)) => match b.len() {
+            4 => <[u8; 4]>::try_from(b.as_slice()).ok().map(IpAddr::from),
+            16 => <[u8; 16]>::try_from(b.as_slice()).ok().map(IpAddr::from),
+            _ => None,
+        },
+        _ => None,
+    })
+}
+
 impl Netlink {
     /// A permanent neighbour (ARP/NDP) entry on `index`.
     pub fn set_neighbour(&mut self, index: u32, ip: IpAddr, mac: &[u8]) -> Result<()> {
@@ -68,75 +91,40 @@ impl Netlink {
 
     /// Neighbour entries (IP, MAC) of one link, for one family.
     pub fn neighbours(&mut self, index: u32, v4: bool) -> Result<Vec<(IpAddr, Vec<u8>)>> {
-        let mut m = NeighbourMessage::default();
-        m.header.family = if v4 {
+        let family = if v4 {
             AddressFamily::Inet
         } else {
             AddressFamily::Inet6
         };
-        let v = self.request(
-            RouteNetlinkMessage::GetNeighbour(m),
-            NLM_F_DUMP,
-            "listing neighbours",
-        )?;
-        Ok(v.into_iter()
-            .filter_map(|r| match r {
-                RouteNetlinkMessage::NewNeighbour(n) if n.header.ifindex == index => {
-                    let ip = n.attributes.iter().find_map(|a| match a {
-                        NeighbourAttribute::Destination(NeighbourAddress::Inet(x)) => {
-                            Some(IpAddr::V4(*x))
-                        }
-                        NeighbourAttribute::Destination(NeighbourAddress::Inet6(x)) => {
-                            Some(IpAddr::V6(*x))
-                        }
-                        _ => None,
-                    })?;
-                    let mac = n.attributes.iter().find_map(|a| match a {
-                        NeighbourAttribute::LinkLayerAddress(m) => Some(m.clone()),
-                        _ => None,
-                    })?;
-                    Some((ip, mac))
-                }
-                _ => None,
-            })
+        Ok(self
+            .dump_neighbours(family, index, "listing neighbours")?
+            .iter()
+            .filter_map(|n| Some((destination(n)?, lladdr(n)?)))
             .collect())
     }
 
     /// FDB entries (MAC, destination) of one (VXLAN) link.
     pub fn fdb(&mut self, index: u32) -> Result<Vec<(Vec<u8>, Option<IpAddr>)>> {
+        Ok(self
+            .dump_neighbours(AddressFamily::Bridge, index, "listing FDB entries")?
+            .iter()
+            .filter_map(|n| Some((lladdr(n)?, destination(n))))
+            .collect())
+    }
+
+    /// Every entry of one family on link `index`.
+    fn dump_neighbours(
+        &mut self,
+        family: AddressFamily,
+        index: u32,
+        op: &str,
+    ) -> Result<Vec<NeighbourMessage>> {
         let mut m = NeighbourMessage::default();
-        m.header.family = AddressFamily::Bridge;
-        let v = self.request(
-            RouteNetlinkMessage::GetNeighbour(m),
-            NLM_F_DUMP,
-            "listing FDB entries",
-        )?;
+        m.header.family = family;
+        let v = self.request(RouteNetlinkMessage::GetNeighbour(m), NLM_F_DUMP, op)?;
         Ok(v.into_iter()
             .filter_map(|r| match r {
-                RouteNetlinkMessage::NewNeighbour(n) if n.header.ifindex == index => {
-                    let mac = n.attributes.iter().find_map(|a| match a {
-                        NeighbourAttribute::LinkLayerAddress(m) => Some(m.clone()),
-                        _ => None,
-                    })?;
-                    // In the bridge family the destination comes back as raw bytes.
-                    let dst = n.attributes.iter().find_map(|a| match a {
-                        NeighbourAttribute::Destination(NeighbourAddress::Inet(x)) => {
-                            Some(IpAddr::V4(*x))
-                        }
-                        NeighbourAttribute::Destination(NeighbourAddress::Inet6(x)) => {
-                            Some(IpAddr::V6(*x))
-                        }
-                        NeighbourAttribute::Destination(NeighbourAddress::Other(b)) => {
-                            match b.len() {
-                                4 => <[u8; 4]>::try_from(b.as_slice()).ok().map(IpAddr::from),
-                                16 => <[u8; 16]>::try_from(b.as_slice()).ok().map(IpAddr::from),
-                                _ => None,
-                            }
-                        }
-                        _ => None,
-                    });
-                    Some((mac, dst))
-                }
+                RouteNetlinkMessage::NewNeighbour(n) if n.header.ifindex == index => Some(n),
                 _ => None,
             })
             .collect())
