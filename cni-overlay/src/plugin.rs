@@ -125,16 +125,13 @@ fn read_info(req: &Request) -> Result<Option<SubnetInfo>, OverlayError> {
     SubnetInfo::read(&path).map_err(|e| OverlayError::SubnetFile(e.to_string()))
 }
 
-/// The node's lease, which ADD, CHECK and STATUS cannot do without.
-fn require_info(req: &Request) -> Result<SubnetInfo, OverlayError> {
-    read_info(req)?.ok_or_else(|| OverlayError::AgentNotReady {
-        path: subnet_file(&req.config),
-    })
-}
-
-/// The bridge request for a command that needs the agent.
-fn with_agent(req: &Request) -> Result<Request, OverlayError> {
-    let info = require_info(req)?;
+/// The bridge request for a command that needs the node's lease; without
+/// it the error is `missing(path of the subnet file)`.
+fn with_agent(
+    req: &Request,
+    missing: fn(PathBuf) -> OverlayError,
+) -> Result<Request, OverlayError> {
+    let info = read_info(req)?.ok_or_else(|| missing(subnet_file(&req.config)))?;
     delegate_request(req, Some(&info))
 }
 
@@ -145,9 +142,13 @@ fn without_agent(req: &Request) -> Result<Request, OverlayError> {
     delegate_request(req, info.as_ref())
 }
 
+fn agent_not_ready(path: PathBuf) -> OverlayError {
+    OverlayError::AgentNotReady { path }
+}
+
 impl Plugin for OverlayPlugin {
     fn add(&self, req: &Request) -> Result<CniResult, CniError> {
-        BridgePlugin.add(&with_agent(req)?)
+        BridgePlugin.add(&with_agent(req, agent_not_ready)?)
     }
 
     fn del(&self, req: &Request) -> Result<(), CniError> {
@@ -155,7 +156,7 @@ impl Plugin for OverlayPlugin {
     }
 
     fn check(&self, req: &Request) -> Result<(), CniError> {
-        BridgePlugin.check(&with_agent(req)?)
+        BridgePlugin.check(&with_agent(req, agent_not_ready)?)
     }
 
     fn gc(&self, req: &Request) -> Result<(), CniError> {
@@ -165,10 +166,7 @@ impl Plugin for OverlayPlugin {
     fn status(&self, req: &Request) -> Result<(), CniError> {
         // STATUS says "not available" rather than "try again": the runtime
         // polls it, and the agent's absence is the node's state.
-        let d = with_agent(req).map_err(|e| match e {
-            OverlayError::AgentNotReady { path } => OverlayError::AgentMissing { path },
-            other => other,
-        })?;
+        let d = with_agent(req, |path| OverlayError::AgentMissing { path })?;
         BridgePlugin.status(&d)
     }
 }

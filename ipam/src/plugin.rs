@@ -157,17 +157,9 @@ impl HostLocal {
         // A configuration whose ranges no longer parse must not keep an
         // address held forever: fall back to the store directory alone.
         let cfg = IpamConfig::from_netconf(&req.config, &req.env.args).ok();
-        let dir = cfg
-            .as_ref()
-            .map(|c| c.store_dir.clone())
-            .unwrap_or_else(|| store_dir_loose(req));
-        let needs_import = cfg
-            .as_ref()
-            .map(|c| c.reference_dir.is_dir())
-            .unwrap_or(false);
-        if !dir.join(crate::store::DB_FILE).exists() && !needs_import {
+        let Some(dir) = store_to_open(req, cfg.as_ref()) else {
             return Ok(());
-        }
+        };
         let mut store = Store::open_for_write(&dir)?;
         let path = store.db_path();
         let tx = store.begin()?;
@@ -232,17 +224,9 @@ impl HostLocal {
     fn gc_inner(&self, req: &Request) -> Result<(), IpamError> {
         let valid = valid_attachments(&req.config.raw)?;
         let cfg = IpamConfig::from_netconf(&req.config, "").ok();
-        let dir = cfg
-            .as_ref()
-            .map(|c| c.store_dir.clone())
-            .unwrap_or_else(|| store_dir_loose(req));
-        let needs_import = cfg
-            .as_ref()
-            .map(|c| c.reference_dir.is_dir())
-            .unwrap_or(false);
-        if !dir.join(crate::store::DB_FILE).exists() && !needs_import {
+        let Some(dir) = store_to_open(req, cfg.as_ref()) else {
             return Ok(());
-        }
+        };
         let mut store = Store::open_for_write(&dir)?;
         let path = store.db_path();
         let tx = store.begin()?;
@@ -298,6 +282,17 @@ impl HostLocal {
         }
         Ok(())
     }
+}
+
+/// The store directory DEL and GC work on (from the configuration, or the
+/// directory alone when the ranges no longer parse), or None when there is
+/// nothing to open there: no store and no reference directory to import.
+fn store_to_open(req: &Request, cfg: Option<&IpamConfig>) -> Option<PathBuf> {
+    let dir = cfg
+        .map(|c| c.store_dir.clone())
+        .unwrap_or_else(|| store_dir_loose(req));
+    let needs_import = cfg.is_some_and(|c| c.reference_dir.is_dir());
+    (dir.join(crate::store::DB_FILE).exists() || needs_import).then_some(dir)
 }
 
 /// Reads `cni.dev/valid-attachments` (see `cni_core::config::valid_attachments`).

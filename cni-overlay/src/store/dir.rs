@@ -59,6 +59,20 @@ impl DirStore {
         })
     }
 
+    /// One IMMEDIATE transaction, and the store's name for errors raised in it.
+    fn begin(&mut self) -> Result<(rusqlite::Transaction<'_>, String), OverlayError> {
+        let store = self.describe();
+        let tx = self
+            .db
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(|e| OverlayError::Store {
+                store: store.clone(),
+                msg: e.to_string(),
+            })?;
+        Ok((tx, store))
+    }
+
     fn err(&self, e: impl std::fmt::Display) -> OverlayError {
         OverlayError::Store {
             store: self.describe(),
@@ -123,15 +137,7 @@ impl LeaseStore for DirStore {
         let network = self.network.clone();
         let json = serde_json::to_string(lease).map_err(|e| self.err(e))?;
         let subnet = lease.subnet.to_string();
-        let store = self.describe();
-        let tx = self
-            .db
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(|e| OverlayError::Store {
-                store: store.clone(),
-                msg: e.to_string(),
-            })?;
+        let (tx, store) = self.begin()?;
         let result = (|| -> rusqlite::Result<bool> {
             let t = now();
             let expired = tx.execute(
@@ -204,15 +210,7 @@ impl LeaseStore for DirStore {
 
     fn release(&mut self, lease: &Lease) -> Result<(), OverlayError> {
         let network = self.network.clone();
-        let store = self.describe();
-        let tx = self
-            .db
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(|e| OverlayError::Store {
-                store: store.clone(),
-                msg: e.to_string(),
-            })?;
+        let (tx, store) = self.begin()?;
         tx.execute(
             "DELETE FROM leases WHERE network = ?1 AND subnet = ?2 AND node = ?3",
             params![network, lease.subnet.to_string(), lease.node],
