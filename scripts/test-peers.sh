@@ -93,15 +93,62 @@ k8s_peer() {
     printf '    %-15s %s (built in %ss)\n' "$name" "$spec" "$(( $(date +%s) - start ))"
 }
 
+# Modules whose go.mod has `replace` lines (the kubernetes-csi sidecars):
+# `go install ...@version` refuses them, so their source is taken from the
+# module proxy into $TOOLS_DIR/src and built there as the main module, where
+# its replace lines apply. spec is module@version:package-dir. The version is
+# linked in as the sidecars' release build does (main.version).
+src_peer() {
+    local name=$1 mv="${2%%:*}" sub="${2#*:}" start dir src
+    if [ -x "$TOOLS_DIR/bin/$name" ] && stamped "$name" "$2"; then
+        printf '    %-15s %s (cached)\n' "$name" "$2"; return
+    fi
+    command -v go >/dev/null 2>&1 || { echo "error: go not found (Go 1.26 builds the Go test peers)" >&2; exit 1; }
+    start=$(date +%s)
+    src=$(module_dir "$mv")
+    (cd "$src" && go build -mod=mod -ldflags "-X main.version=${mv##*@}" -o "$TOOLS_DIR/bin/$name" "./$sub")
+    echo "$2" > "$TOOLS_DIR/stamps/$name"
+    printf '    %-15s %s (built in %ss)\n' "$name" "$2" "$(( $(date +%s) - start ))"
+}
+
+# A writable copy of a module's source under $TOOLS_DIR/src (made once).
+module_dir() {
+    local mv=$1 dir src
+    src="$TOOLS_DIR/src/$(echo "$mv" | tr '/@' '__')"
+    if [ ! -f "$src/go.mod" ]; then
+        dir=$(cd "$TOOLS_DIR" && go mod download -json "$mv" | sed -n 's/.*"Dir": "\(.*\)".*/\1/p')
+        [ -n "$dir" ] || { echo "error: go mod download $mv gave no directory" >&2; exit 1; }
+        rm -rf "$src.tmp"; mkdir -p "$TOOLS_DIR/src"
+        cp -r "$dir" "$src.tmp"; chmod -R u+w "$src.tmp"; mv "$src.tmp" "$src"
+    fi
+    echo "$src"
+}
+
+# Files a module ships (the VolumeSnapshot CRDs): module@version:dir copied
+# to $TOOLS_DIR/files/<name>.
+files_peer() {
+    local name=$1 mv="${2%%:*}" sub="${2#*:}" src
+    if [ -d "$TOOLS_DIR/files/$name" ] && stamped "$name" "$2"; then
+        printf '    %-15s %s (cached)\n' "$name" "$2"; return
+    fi
+    command -v go >/dev/null 2>&1 || { echo "error: go not found (the module proxy serves these files)" >&2; exit 1; }
+    src=$(module_dir "$mv")
+    [ -d "$src/$sub" ] || { echo "error: $mv has no $sub" >&2; exit 1; }
+    rm -rf "$TOOLS_DIR/files/$name"; mkdir -p "$TOOLS_DIR/files"
+    cp -r "$src/$sub" "$TOOLS_DIR/files/$name"
+    echo "$2" > "$TOOLS_DIR/stamps/$name"
+    printf '    %-15s %s (%s files)\n' "$name" "$2" "$(ls "$TOOLS_DIR/files/$name" | wc -l)"
+}
+
 while read -r name kind spec; do
     case "$name" in ''|'#'*) continue ;; esac
     if [ -n "$want" ] && [[ ",$want," != *",$name,"* ]]; then continue; fi
     case "$kind" in
         go) go_peer "$name" "$spec" ;;
         pip) pip_peer "$name" "$spec" ;;
-        # Built only when asked for (BERTH_TOOLS=name or BERTH_K8S=1) until a
-        # test in the default run needs them: a cold build takes long.
-        k8s) if [ -n "$want" ] || [ "${BERTH_K8S:-0}" = 1 ]; then k8s_peer "$name" "$spec"; fi ;;
+        k8s) k8s_peer "$name" "$spec" ;;
+        src) src_peer "$name" "$spec" ;;
+        files) files_peer "$name" "$spec" ;;
         *) echo "error: $LIST: unknown kind $kind for $name" >&2; exit 1 ;;
     esac
 done < "$LIST"

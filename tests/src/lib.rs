@@ -39,6 +39,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
+pub mod cluster;
 pub mod netns;
 pub mod runtime;
 pub mod svg;
