@@ -224,9 +224,9 @@ pub(super) fn create_volume(
         )));
     }
     if params.preallocate {
-        d.pool.ensure_free(size)?;
+        d.pool.ensure_free("capacity_range.required_bytes", size)?;
     } else {
-        d.pool.ensure_space(size)?;
+        d.pool.ensure_space("capacity_range.required_bytes", size)?;
     }
 
     // --- create: record first, then the file, then mark ready
@@ -442,7 +442,7 @@ pub(super) fn create_snapshot(d: &LocalBackend, req: CreateSnapshotRequest) -> R
     }
     let (src_lid, v) = lookup_volume(d, &req.source_volume_id)?;
     let _vguard = d.locks.acquire(&[Driver::vol_key(&req.source_volume_id)])?;
-    d.pool.ensure_space(v.size)?;
+    d.pool.ensure_space("source_volume_id", v.size)?;
     let lid = LocalId::generate(Kind::Snapshot, &d.config.node_id)?;
     let rec = state::Snapshot {
         seq: 0,
@@ -539,7 +539,8 @@ pub(super) fn expand_volume(
             "{new} bytes (4 KiB aligned) exceed capacity_range.limit_bytes"
         )));
     }
-    d.pool.ensure_space(new - v.size)?;
+    d.pool
+        .ensure_space("capacity_range.required_bytes", new - v.size)?;
     d.pool.grow(&lid, new)?;
     for dev in loopdev::find_for(&d.pool.path(&lid)) {
         loopdev::refresh_capacity(&dev)?;

@@ -544,7 +544,8 @@ pub(super) fn expand(
     }
     let image = d.pool.path(&lid);
     if new > v.size {
-        d.pool.ensure_space(new - v.size)?;
+        d.pool
+            .ensure_space("capacity_range.required_bytes", new - v.size)?;
         d.pool.grow(&lid, new)?;
         d.state.set_volume_size(&v.id, new, stg.access == "mount")?;
     }

@@ -153,21 +153,22 @@ impl Pool {
     /// sparse: a new volume uses almost nothing until data is written, so it
     /// is refused only when it is larger than the whole pool filesystem (it
     /// could never be filled) or when the pool is out of space already.
-    /// Preallocated images need the bytes free now (`ensure_free`).
-    pub fn ensure_space(&self, bytes: u64) -> Result<()> {
+    /// Preallocated images need the bytes free now (`ensure_free`). `field`
+    /// names the request field the bytes come from, for the caller's user.
+    pub fn ensure_space(&self, field: &str, bytes: u64) -> Result<()> {
         let s = nix::sys::statvfs::statvfs(&self.root)
             .map_err(|e| Error::sys(format!("statvfs {}", self.root.display()), e))?;
         let total = s.blocks() as u64 * s.fragment_size() as u64;
         let avail = s.blocks_available() as u64 * s.fragment_size() as u64;
         if bytes > total {
             return Err(Error::ResourceExhausted(format!(
-                "the pool {} is {total} bytes in all, smaller than the {bytes} bytes asked for",
+                "{field} asks for {bytes} bytes, more than the whole pool {} ({total} bytes)",
                 self.root.display()
             )));
         }
         if avail < MIN_FREE {
             return Err(Error::ResourceExhausted(format!(
-                "the pool {} is full ({avail} bytes free)",
+                "{field}: the pool {} is full ({avail} bytes free)",
                 self.root.display()
             )));
         }
@@ -175,11 +176,11 @@ impl Pool {
     }
 
     /// Fails with RESOURCE_EXHAUSTED unless `bytes` are free now.
-    pub fn ensure_free(&self, bytes: u64) -> Result<()> {
+    pub fn ensure_free(&self, field: &str, bytes: u64) -> Result<()> {
         let avail = self.available()?;
         if bytes > avail {
             return Err(Error::ResourceExhausted(format!(
-                "the pool {} has {avail} bytes free, {bytes} are needed",
+                "{field} asks for {bytes} bytes, the pool {} has {avail} free",
                 self.root.display()
             )));
         }
