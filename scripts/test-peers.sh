@@ -83,7 +83,9 @@ k8s_peer() {
     # The version the binaries report (and the API server's emulated
     # version derives from) is set at link time, as Kubernetes' release
     # build does; without it they say v0.0.0-master.
-    local minor="${version#v1.}" ldflags="" p
+    # -s -w: no symbol table or DWARF (as Kubernetes' release build links),
+    # which makes linking these large commands much quicker.
+    local minor="${version#v1.}" ldflags="-s -w" p
     minor="${minor%%.*}"
     for p in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
         ldflags+=" -X $p.gitVersion=$version -X $p.gitMajor=1 -X $p.gitMinor=$minor -X $p.gitTreeState=clean"
@@ -106,7 +108,7 @@ src_peer() {
     command -v go >/dev/null 2>&1 || { echo "error: go not found (Go 1.26 builds the Go test peers)" >&2; exit 1; }
     start=$(date +%s)
     src=$(module_dir "$mv")
-    (cd "$src" && go build -mod=mod -ldflags "-X main.version=${mv##*@}" -o "$TOOLS_DIR/bin/$name" "./$sub")
+    (cd "$src" && go build -mod=mod -ldflags "-s -w -X main.version=${mv##*@}" -o "$TOOLS_DIR/bin/$name" "./$sub")
     echo "$2" > "$TOOLS_DIR/stamps/$name"
     printf '    %-15s %s (built in %ss)\n' "$name" "$2" "$(( $(date +%s) - start ))"
 }
@@ -119,7 +121,20 @@ module_dir() {
         dir=$(cd "$TOOLS_DIR" && go mod download -json "$mv" | sed -n 's/.*"Dir": "\(.*\)".*/\1/p')
         [ -n "$dir" ] || { echo "error: go mod download $mv gave no directory" >&2; exit 1; }
         rm -rf "$src.tmp"; mkdir -p "$TOOLS_DIR/src"
-        cp -r "$dir" "$src.tmp"; chmod -R u+w "$src.tmp"; mv "$src.tmp" "$src"
+        cp -r "$dir" "$src.tmp"; chmod -R u+w "$src.tmp"
+        # A module zip leaves out nested modules, which a `replace m =>
+        # ./dir` line of the main module then misses (external-snapshotter's
+        # client/v8): each is put back from its own release of the same
+        # version.
+        local m rel nested
+        sed -n 's#^\(replace\)\{0,1\}\s*\(\S*\)\( v\S*\)\{0,1\} => \./\(\S*\)\s*$#\2 \4#p' "$src.tmp/go.mod" |
+            while read -r m rel; do
+                [ -e "$src.tmp/$rel/go.mod" ] && continue
+                nested=$(cd "$TOOLS_DIR" && go mod download -json "$m@${mv##*@}" | sed -n 's/.*"Dir": "\(.*\)".*/\1/p')
+                [ -n "$nested" ] || { echo "error: go mod download $m@${mv##*@} gave no directory" >&2; exit 1; }
+                rm -rf "${src:?}.tmp/$rel"; cp -r "$nested" "$src.tmp/$rel"; chmod -R u+w "$src.tmp/$rel"
+            done
+        mv "$src.tmp" "$src"
     fi
     echo "$src"
 }

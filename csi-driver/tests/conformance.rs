@@ -357,6 +357,17 @@ async fn create_volume_capacity_rules_and_topology() {
         .unwrap()
         .into_inner();
     assert_eq!(cap.available_capacity, 0);
+    // Parameters CreateVolume refuses still get the pool's space: a 0 would read as "full" to
+    // external-provisioner and the scheduler, and CreateVolume's error would never be seen.
+    let cap = c
+        .get_capacity(GetCapacityRequest {
+            parameters: [("colour".to_string(), "blue".to_string())].into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(cap.available_capacity > 0);
 }
 
 #[tokio::test]

@@ -270,6 +270,38 @@ impl Cluster {
             .unwrap_or_default()
     }
 
+    /// The lines of a process's log that mention `word`.
+    fn log_lines(&self, name: &str, word: &str) -> String {
+        self.procs
+            .iter()
+            .find(|p| p.name == name)
+            .and_then(|p| fs::read_to_string(&p.log).ok())
+            .map(|l| {
+                l.lines()
+                    .filter(|l| l.contains(word))
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            })
+            .unwrap_or_default()
+    }
+
+    /// Copy every log (the processes' and the control plane's) out of the tempdir, which goes
+    /// when the test ends; returns where.
+    fn keep_logs(&self) -> String {
+        let to =
+            std::env::temp_dir().join(format!("berth-csi-sidecars-logs-{}", std::process::id()));
+        let _ = fs::create_dir_all(&to);
+        for d in [self.dir.path().to_path_buf(), self.cp.dir.clone()] {
+            for e in fs::read_dir(&d).into_iter().flatten().flatten() {
+                let p = e.path();
+                if p.extension().is_some_and(|x| x == "log") {
+                    let _ = fs::copy(&p, to.join(e.file_name()));
+                }
+            }
+        }
+        to.display().to_string()
+    }
+
     fn logs(&self) -> String {
         self.procs
             .iter()
@@ -600,19 +632,26 @@ fn claims_become_volumes_through_the_sidecars() {
 #[test]
 fn bad_classes_and_claims_fail_with_the_field_named_and_leave_nothing() {
     let c = Cluster::start();
-    let class = |name: &str, params: Value| {
+    let class = |name: &str, params: Value, mode: &str| {
         c.apply(&json!({
             "apiVersion": "storage.k8s.io/v1", "kind": "StorageClass",
             "metadata": { "name": name }, "provisioner": DRIVER,
-            "parameters": params, "volumeBindingMode": "Immediate",
+            "parameters": params, "volumeBindingMode": mode,
         }));
     };
-    class("bad-param", json!({ "backend": "local", "colour": "blue" }));
+    // One of each binding mode: with WaitForFirstConsumer the scheduler picked the node; with
+    // Immediate each node's provisioner first asks GetCapacity whether it could take it.
+    class(
+        "bad-param",
+        json!({ "backend": "local", "colour": "blue" }),
+        "WaitForFirstConsumer",
+    );
     class(
         "bad-fs",
         json!({ "backend": "local", "csi.storage.k8s.io/fstype": "ntfs" }),
+        "Immediate",
     );
-    c.claim("unknown-param", "bad-param", "16Mi", false, false, None);
+    c.claim("unknown-param", "bad-param", "16Mi", false, true, None);
     c.claim("bad-fstype", "bad-fs", "16Mi", false, false, None);
     c.claim("too-big", "berth-local-ext4", "10Pi", false, true, None);
     for (claim, words) in [
@@ -628,8 +667,9 @@ fn bad_classes_and_claims_fail_with_the_field_named_and_leave_nothing() {
         });
         assert!(
             seen,
-            "no ProvisioningFailed event naming {words:?} for {claim}: {last}\n{}",
-            c.log_tail("csi-provisioner")
+            "no ProvisioningFailed event naming {words:?} for {claim}: {last}\n{}\nlogs kept in {}",
+            c.log_lines("csi-provisioner", claim),
+            c.keep_logs()
         );
         eprintln!(
             "{claim}: {}",

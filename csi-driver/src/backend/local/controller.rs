@@ -392,22 +392,22 @@ pub(super) fn validate_caps(
     Ok(problems)
 }
 
-/// GetCapacity: the pool filesystem's free bytes, 0 for capabilities,
-/// parameters or a topology this node cannot serve.
+/// GetCapacity: the pool filesystem's free bytes, 0 for another node's
+/// topology segment. Parameters and capabilities CreateVolume would refuse
+/// do not make it 0: external-provisioner (node deployment, Immediate
+/// binding) and the scheduler (WaitForFirstConsumer) read 0 as "full" and
+/// never call CreateVolume, so the user would see a claim that waits
+/// forever, or "not enough free storage", instead of CreateVolume's error
+/// naming the bad field.
 pub(super) fn get_capacity(
     d: &LocalBackend,
     req: GetCapacityRequest,
-    caps_usable: bool,
+    _caps_usable: bool,
 ) -> Result<GetCapacityResponse> {
-    let mut usable = caps_usable;
-    if rules::params("parameters", &req.parameters).is_err() {
-        usable = false;
-    }
-    if let Some(t) = &req.accessible_topology {
-        if !topology_matches(d, t) {
-            usable = false;
-        }
-    }
+    let usable = req
+        .accessible_topology
+        .as_ref()
+        .is_none_or(|t| topology_matches(d, t));
     let avail = if usable {
         d.pool.available()? as i64
     } else {
