@@ -19,7 +19,9 @@
 //!   links, addresses, nft sets, iptables chains and the attachment records), all removed by
 //!   guards on drop;
 //! - [`runtime`]: real container runtimes (podman, containerd + ctr) confined to a test's host
-//!   netns and a private mount namespace, and the busybox image they run.
+//!   netns and a private mount namespace, and the busybox image they run;
+//! - [`cri`]: containerd's CRI plugin driven by crictl in a test host netns (pod sandboxes the
+//!   way kubelet makes them), shared by the CRI tests and `berth-bench cri`.
 //!
 //! The core functions return `Result`s; only [`fixture`], which exists to make test code short,
 //! panics (with a message saying what failed), as a test assertion would.
@@ -40,6 +42,7 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 
 pub mod cluster;
+pub mod cri;
 pub mod netns;
 pub mod runtime;
 pub mod svg;
@@ -1008,6 +1011,19 @@ pub mod bench {
         } else {
             (v[mid - 1] + v[mid]) / 2
         })
+    }
+
+    /// The `p`th percentile (0 < p <= 100) by nearest rank: the smallest sample with at least
+    /// p% of the samples at or below it (p90 of 12 samples is the 11th smallest); None when
+    /// empty.
+    pub fn percentile(samples: &[Duration], p: f64) -> Option<Duration> {
+        if samples.is_empty() {
+            return None;
+        }
+        let mut v = samples.to_vec();
+        v.sort();
+        let rank = ((p / 100.0) * v.len() as f64).ceil() as usize;
+        Some(v[rank.clamp(1, v.len()) - 1])
     }
 
     /// `a / b` as f64, None when `b` is zero.

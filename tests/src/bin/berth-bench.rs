@@ -7,6 +7,8 @@
 //!                  [--markdown FILE]
 //! berth-bench bridge [--iterations N] [--concurrency 100] [--masq] [--ours PATH] [--ours-ipam PATH]
 //!                    [--reference PATH] [--reference-ipam PATH] [--markdown FILE]
+//! berth-bench cri [--sandboxes N] [--ours PATH] [--ours-ipam PATH] [--reference PATH]
+//!                 [--reference-ipam PATH] [--markdown FILE]
 //! ```
 //!
 //! A benchmark prints figures and the targets beside them; it never fails because of speed.
@@ -16,13 +18,15 @@
 
 use std::process::ExitCode;
 
+#[path = "bench/cri.rs"]
+mod cri;
 #[path = "bench/overlay.rs"]
 mod overlay;
 #[path = "bench/report.rs"]
 mod report;
 
 fn run_report(args: &[String]) -> Result<(), String> {
-    report::run(args, ipam::run, bridge::run, overlay::run)
+    report::run(args, ipam::run, bridge::run, overlay::run, cri::run)
 }
 
 /// A benchmark subcommand: name, one-line description, entry point.
@@ -52,6 +56,11 @@ const SUBCOMMANDS: &[Subcommand] = &[
         name: "bridge",
         about: "berth-bridge + berth-host-local vs bridge + host-local: ADD/DEL latency, parallel ADDs, peak RSS (root)",
         run: bridge::run,
+    },
+    Subcommand {
+        name: "cri",
+        about: "pod sandboxes through containerd's CRI plugin (crictl runp, stopp + rmp), ours vs reference bridge + host-local (root)",
+        run: cri::run,
     },
 ];
 
