@@ -6,5 +6,7 @@ need_root
 install_packages
 find_cargo
 build_release
+# The CRI section drives crictl, a pinned test peer.
+"$ROOT/scripts/test-peers.sh"
 cd "$ROOT"
 exec "$ROOT/target/release/berth-bench" report --out "$ROOT/BENCHMARKS.md" "$@"

@@ -23,15 +23,20 @@ echo "==> test peers (tests/tools/versions.txt) in $TOOLS_DIR"
 stamped() { [ "$(cat "$TOOLS_DIR/stamps/$1" 2>/dev/null)" = "$2" ]; }
 
 go_peer() {
-    local name=$1 spec=$2 pkg="${2%@*}" start tmp
-    if [ -x "$TOOLS_DIR/bin/$name" ] && stamped "$name" "$spec"; then
+    local name=$1 spec=$2 pkg="${2%@*}" start tmp ldflags="" stamp
+    # crictl says "version unknown" unless its release version is linked in.
+    case "$pkg" in
+        sigs.k8s.io/cri-tools/*) ldflags="-X sigs.k8s.io/cri-tools/pkg/version.Version=${spec##*@}" ;;
+    esac
+    stamp="$spec${ldflags:+ $ldflags}"
+    if [ -x "$TOOLS_DIR/bin/$name" ] && stamped "$name" "$stamp"; then
         printf '    %-15s %s (cached)\n' "$name" "$spec"; return
     fi
     command -v go >/dev/null 2>&1 || { echo "error: go not found (Go 1.26 builds the Go test peers)" >&2; exit 1; }
     start=$(date +%s); tmp=$(mktemp -d)
-    GOBIN="$tmp" go install "$spec"
+    GOBIN="$tmp" go install -ldflags "$ldflags" "$spec"
     mv "$tmp/$(basename "$pkg")" "$TOOLS_DIR/bin/$name"; rmdir "$tmp"
-    echo "$spec" > "$TOOLS_DIR/stamps/$name"
+    echo "$stamp" > "$TOOLS_DIR/stamps/$name"
     printf '    %-15s %s (built in %ss, %s)\n' "$name" "$spec" "$(( $(date +%s) - start ))" "$(go version | awk '{print $3}')"
 }
 
