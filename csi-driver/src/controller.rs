@@ -125,8 +125,7 @@ impl ControllerService {
 
     async fn get_capacity(&self, req: GetCapacityRequest) -> Result<GetCapacityResponse> {
         let b = self.backends.for_parameters(&req.parameters);
-        let usable = validate::capabilities_usable(&req.volume_capabilities, b.as_ref())?;
-        b.get_capacity(req, usable).await
+        b.get_capacity(req).await
     }
 
     async fn create_snapshot(&self, req: CreateSnapshotRequest) -> Result<CreateSnapshotResponse> {

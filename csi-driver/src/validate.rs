@@ -300,22 +300,6 @@ pub fn capabilities<R: CapabilityRules + ?Sized>(
         .collect()
 }
 
-/// Whether every capability of an optional list (GetCapacity's) is one
-/// `rules` accept; an unacceptable one means "no capacity", not an error.
-pub fn capabilities_usable<R: CapabilityRules + ?Sized>(
-    caps: &[VolumeCapability],
-    rules: &R,
-) -> Result<bool> {
-    for (i, c) in caps.iter().enumerate() {
-        match capability(&format!("volume_capabilities[{i}]"), c, rules) {
-            Ok(_) => {}
-            Err(Error::InvalidArgument { .. }) => return Ok(false),
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(true)
-}
-
 /// What is wrong with each capability, as ValidateVolumeCapabilities
 /// reports it (`volume_capabilities[i]...: reason`); `fits` adds a check of
 /// a valid capability against the volume.

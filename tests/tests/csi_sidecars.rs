@@ -18,6 +18,11 @@
 // Test code: a failed setup step should stop the test where it failed.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+// nfs-ganesha in a test netns, the fixture csi-driver's NFS tests use.
+#[allow(dead_code)]
+#[path = "../../csi-driver/tests/common/nfs_server.rs"]
+mod nfs_server;
+
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -60,7 +65,9 @@ struct Cluster {
     // the netns goes after every process in it, the tempdir last.
     procs: Vec<Proc>,
     cp: ControlPlane,
-    netns: Netns,
+    /// The test's own netns, or `None` when it runs in one the caller owns (the NFS server's).
+    _netns: Option<Netns>,
+    netns_path: PathBuf,
     dir: tempfile::TempDir,
     /// The berth-csi ServiceAccount's kubeconfig (what the sidecars use).
     sa_kubeconfig: PathBuf,
@@ -73,14 +80,21 @@ impl Cluster {
             "run as root: the test creates a netns"
         );
         let netns = Netns::create("bsc");
+        let path = netns.path().to_path_buf();
+        Cluster::start_in(Some(netns), &path)
+    }
+
+    /// Everything in the netns at `netns_path`; `owned` is dropped after every process.
+    fn start_in(owned: Option<Netns>, netns_path: &Path) -> Cluster {
         let dir = tempfile::tempdir().unwrap();
-        let cp = ControlPlane::start(netns.path(), &dir.path().join("cp"), DEFAULT_ADDRESS)
+        let cp = ControlPlane::start(netns_path, &dir.path().join("cp"), DEFAULT_ADDRESS)
             .unwrap_or_else(|e| panic!("control plane: {e}"));
         let mut c = Cluster {
             procs: Vec::new(),
             sa_kubeconfig: dir.path().join("berth-csi.kubeconfig"),
             cp,
-            netns,
+            _netns: owned,
+            netns_path: netns_path.to_path_buf(),
             dir,
         };
         let m = root().join("deploy/kubernetes");
@@ -164,7 +178,7 @@ impl Cluster {
         cmd.stdin(Stdio::null())
             .stdout(f.try_clone().unwrap())
             .stderr(f);
-        let child = spawn_in_netns(self.netns.path(), cmd)
+        let child = spawn_in_netns(&self.netns_path, cmd)
             .unwrap_or_else(|e| panic!("cannot start {name}: {e}"));
         self.procs.push(Proc {
             name: name.to_string(),
@@ -218,11 +232,10 @@ impl Cluster {
                 // The DaemonSet says 0 (owned by its pod); here no pod object exists.
                 "--capacity-ownerref-level=-1",
                 "--extra-create-metadata=true",
-                "--default-fstype=ext4",
                 "--timeout=120s",
                 // Immediate claims: each node's provisioner tries after this delay.
                 "--node-deployment-base-delay=1s",
-                "--v=4",
+                "--v=5",
             ]),
             "csi-attacher" | "csi-resizer" => cmd.args([
                 csi.as_str(),
@@ -373,10 +386,11 @@ impl Cluster {
         });
         assert!(
             ok,
-            "claim {name} not Bound after {SETTLE:?}: {}\nevents: {}\n{}",
+            "claim {name} not Bound after {SETTLE:?}: {}\nevents: {}\n{}\nlogs kept in {}",
             self.pvc(name),
             self.events(name),
-            self.logs()
+            self.logs(),
+            self.keep_logs()
         );
         let pv = self.pvc(name)["spec"]["volumeName"]
             .as_str()
@@ -740,5 +754,67 @@ fn provisioner_killed_mid_way_loses_and_duplicates_nothing() {
         "left: {:?} {:?}",
         c.pv_names(),
         c.pool_files("volumes")
+    );
+}
+
+#[test]
+fn nfs_class_gives_read_write_many_volumes() {
+    assert!(
+        netns_fixture::is_root(),
+        "run as root: the test creates a netns"
+    );
+    // berth-csi, the sidecars and the control plane run in the NFS server's netns, where
+    // ganesha listens on 10.0.2.2.
+    let srv = nfs_server::NfsServer::start().unwrap_or_else(|e| panic!("nfs-ganesha: {e}"));
+    let path = netns_fixture::netns_path(srv.netns());
+    let c = Cluster::start_in(None, &path);
+    c.apply(&json!({
+        "apiVersion": "storage.k8s.io/v1", "kind": "StorageClass",
+        "metadata": { "name": "berth-nfs" },
+        "provisioner": DRIVER,
+        "parameters": { "backend": "nfs", "server": srv.addr(), "share": srv.share() },
+        "volumeBindingMode": "Immediate",
+        "reclaimPolicy": "Delete",
+    }));
+    c.apply(&json!({
+        "apiVersion": "v1", "kind": "PersistentVolumeClaim",
+        "metadata": { "name": "shared", "namespace": NS },
+        "spec": {
+            "storageClassName": "berth-nfs",
+            "accessModes": ["ReadWriteMany"],
+            "resources": { "requests": { "storage": "64Mi" } },
+        },
+    }));
+    let pv = c.bound("shared");
+    assert_eq!(pv["spec"]["accessModes"], json!(["ReadWriteMany"]), "{pv}");
+    assert_eq!(pv["spec"]["csi"]["driver"], DRIVER);
+    let handle = pv["spec"]["csi"]["volumeHandle"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let dirs = || -> Vec<String> {
+        fs::read_dir(srv.export_dir())
+            .map(|d| {
+                d.flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .filter(|n| !n.starts_with('.'))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    assert_eq!(
+        dirs().len(),
+        1,
+        "one directory on the export for {handle}: {:?}",
+        dirs()
+    );
+    c.kubectl(&["delete", "pvc", "shared", "-n", NS, "--timeout=120s"]);
+    assert!(
+        wait_until(SETTLE, || c.pv_names().is_empty() && dirs().is_empty()),
+        "left: PVs {:?}, export {:?}\n{}\n{}",
+        c.pv_names(),
+        dirs(),
+        c.logs(),
+        srv.log()
     );
 }

@@ -109,13 +109,10 @@ pub trait Backend: CapabilityRules + Send + Sync + 'static {
     /// backend reports one.
     fn list_entry(&self, v: &state::Volume) -> (Volume, Option<VolumeCondition>);
 
-    /// GetCapacity for parameters that select this backend; `caps_usable`
-    /// says whether every capability passed this backend's rules.
-    async fn get_capacity(
-        &self,
-        req: GetCapacityRequest,
-        caps_usable: bool,
-    ) -> Result<GetCapacityResponse>;
+    /// GetCapacity for parameters that select this backend. Parameters and
+    /// capabilities CreateVolume would refuse still get the space there is
+    /// (see the local backend's `get_capacity` for why).
+    async fn get_capacity(&self, req: GetCapacityRequest) -> Result<GetCapacityResponse>;
 
     /// CreateSnapshot of a volume of this backend; the name is checked.
     async fn create_snapshot(&self, req: CreateSnapshotRequest) -> Result<Snapshot>;

@@ -402,7 +402,6 @@ pub(super) fn validate_caps(
 pub(super) fn get_capacity(
     d: &LocalBackend,
     req: GetCapacityRequest,
-    _caps_usable: bool,
 ) -> Result<GetCapacityResponse> {
     let usable = req
         .accessible_topology

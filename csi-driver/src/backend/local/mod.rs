@@ -121,13 +121,8 @@ impl Backend for LocalBackend {
         controller::list_entry(self, v)
     }
 
-    async fn get_capacity(
-        &self,
-        req: GetCapacityRequest,
-        caps_usable: bool,
-    ) -> Result<GetCapacityResponse> {
-        self.run(move |d| controller::get_capacity(d, req, caps_usable))
-            .await
+    async fn get_capacity(&self, req: GetCapacityRequest) -> Result<GetCapacityResponse> {
+        self.run(move |d| controller::get_capacity(d, req)).await
     }
 
     async fn create_snapshot(&self, req: CreateSnapshotRequest) -> Result<Snapshot> {

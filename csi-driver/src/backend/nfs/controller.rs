@@ -426,19 +426,14 @@ pub(super) async fn delete_snapshot(d: &Driver, snapshot_id: &str) -> Result<()>
 }
 
 /// GetCapacity for `backend: nfs` parameters: the export's free space as
-/// the server reports it.
+/// the server reports it. Capabilities CreateVolume would refuse do not
+/// make it 0, for the reason the local backend gives: a 0 reads as "full"
+/// to external-provisioner and the scheduler, which then never call
+/// CreateVolume, whose error names the bad field.
 pub(super) async fn get_capacity(
     d: &Driver,
     req: GetCapacityRequest,
-    caps_usable: bool,
 ) -> Result<GetCapacityResponse> {
-    if !caps_usable {
-        return Ok(GetCapacityResponse {
-            available_capacity: 0,
-            maximum_volume_size: None,
-            minimum_volume_size: None,
-        });
-    }
     let (server, share) = params::parse_export("parameters", &req.parameters)?;
     let mut nfs = session(d, &server, &share).await?;
     let available = nfs.available().await?;

@@ -163,12 +163,8 @@ impl Backend for NfsBackend {
         (volume, None)
     }
 
-    async fn get_capacity(
-        &self,
-        req: GetCapacityRequest,
-        caps_usable: bool,
-    ) -> Result<GetCapacityResponse> {
-        controller::get_capacity(self, req, caps_usable).await
+    async fn get_capacity(&self, req: GetCapacityRequest) -> Result<GetCapacityResponse> {
+        controller::get_capacity(self, req).await
     }
 
     async fn create_snapshot(&self, req: CreateSnapshotRequest) -> Result<Snapshot> {
