@@ -1124,6 +1124,20 @@ pub mod bench {
         }
     }
 
+    /// Append a report section to the `--markdown` file (created if missing), and say so.
+    pub fn append_markdown(path: &std::path::Path, md: &str) -> Result<(), String> {
+        use std::io::Write;
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .map_err(|e| format!("--markdown {}: {e}", path.display()))?;
+        f.write_all(md.as_bytes())
+            .map_err(|e| format!("--markdown {}: {e}", path.display()))?;
+        println!("\nmarkdown section appended to {}", path.display());
+        Ok(())
+    }
+
     /// A markdown table from a header and rows.
     pub fn markdown_table(header: &[&str], rows: &[Vec<String>]) -> String {
         let mut s = String::new();

@@ -429,6 +429,16 @@ impl Cluster {
         v
     }
 
+    /// Rows of a table of berth-csi's state (read-only, beside the running driver).
+    fn state_rows(&self, table: &str) -> i64 {
+        let db = self.dir.path().join("state/berth-csi.db");
+        let conn =
+            rusqlite::Connection::open_with_flags(&db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+                .unwrap_or_else(|e| panic!("{}: {e}", db.display()));
+        conn.query_row(&format!("SELECT count(*) FROM {table}"), [], |r| r.get(0))
+            .unwrap_or_else(|e| panic!("{table}: {e}"))
+    }
+
     fn pv_names(&self) -> Vec<String> {
         let pvs = self.get(&["pv"]).unwrap();
         pvs["items"]
@@ -545,12 +555,22 @@ fn claims_become_volumes_through_the_sidecars() {
         c.get(&["volumeattachment", "berth-test-va"]),
         c.log_tail("csi-attacher")
     );
+    assert_eq!(
+        c.state_rows("controller_publications"),
+        1,
+        "ControllerPublishVolume recorded"
+    );
     c.kubectl(&[
         "delete",
         "volumeattachment",
         "berth-test-va",
         "--timeout=120s",
     ]);
+    assert!(
+        wait_until(SETTLE, || c.state_rows("controller_publications") == 0),
+        "ControllerUnpublishVolume not done after the VolumeAttachment went:\n{}",
+        c.log_tail("csi-attacher")
+    );
 
     // The external-resizer: ControllerExpandVolume, the PV shows the new size.
     c.kubectl(&[
@@ -637,6 +657,13 @@ fn claims_become_volumes_through_the_sidecars() {
         c.pool_files("snapshots"),
         c.logs()
     );
+    for table in ["volumes", "snapshots", "controller_publications"] {
+        assert_eq!(
+            c.state_rows(table),
+            0,
+            "berth-csi's state still has {table}"
+        );
+    }
     assert!(
         c.proc_mut("berth-csi").child.running(),
         "berth-csi still runs"

@@ -99,8 +99,6 @@ fn main() -> ExitCode {
 
 mod ipam {
     use std::collections::BTreeSet;
-    use std::fs;
-    use std::io::Write;
     use std::net::Ipv4Addr;
     use std::path::{Path, PathBuf};
     use std::time::{Duration, Instant};
@@ -684,14 +682,7 @@ options:
                 md.push_str(&format!("- {t}\n"));
             }
             md.push('\n');
-            let mut f = fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(path)
-                .map_err(|e| format!("--markdown {}: {e}", path.display()))?;
-            f.write_all(md.as_bytes())
-                .map_err(|e| format!("--markdown {}: {e}", path.display()))?;
-            println!("\nmarkdown section appended to {}", path.display());
+            bench::append_markdown(path, &md)?;
         }
         Ok(())
     }
@@ -703,8 +694,6 @@ mod bridge {
     //! and measured process is the plugin itself), each plugin in its own host netns.
 
     use std::collections::BTreeSet;
-    use std::fs;
-    use std::io::Write;
     use std::path::{Path, PathBuf};
     use std::time::{Duration, Instant};
 
@@ -1398,14 +1387,7 @@ options:
                 md.push_str(&format!("- {t}\n"));
             }
             md.push('\n');
-            let mut f = fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(path)
-                .map_err(|e| format!("--markdown {}: {e}", path.display()))?;
-            f.write_all(md.as_bytes())
-                .map_err(|e| format!("--markdown {}: {e}", path.display()))?;
-            println!("\nmarkdown section appended to {}", path.display());
+            bench::append_markdown(path, &md)?;
         }
         Ok(())
     }

@@ -9,8 +9,6 @@
 //! whole RunPodSandbox / StopPodSandbox + RemovePodSandbox (runc, the shim, the snapshot, the
 //! CNI ADD/DEL of loopback and the main plugin), of which the CNI plugin is one part.
 
-use std::fs;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
@@ -439,14 +437,7 @@ pub fn run(args: &[String]) -> Result<(), String> {
             }
         }
         md.push('\n');
-        let mut f = fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(path)
-            .map_err(|e| format!("--markdown {}: {e}", path.display()))?;
-        f.write_all(md.as_bytes())
-            .map_err(|e| format!("--markdown {}: {e}", path.display()))?;
-        println!("\nmarkdown section appended to {}", path.display());
+        bench::append_markdown(path, &md)?;
     }
     Ok(())
 }

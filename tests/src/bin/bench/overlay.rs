@@ -7,8 +7,6 @@
 //! pod on it, with N hosts), and the time one node takes to program 1,000 peers (synthetic
 //! leases in the store).
 
-use std::fs;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -394,13 +392,7 @@ pub fn run(args: &[String]) -> Result<(), String> {
         ));
         md.push_str(&markdown_table(&header, &rows));
         md.push('\n');
-        let mut f = fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(Path::new(path))
-            .map_err(|e| e.to_string())?;
-        f.write_all(md.as_bytes()).map_err(|e| e.to_string())?;
-        println!("markdown section appended to {path}");
+        bench::append_markdown(Path::new(path), &md)?;
     }
     Ok(())
 }
