@@ -503,29 +503,19 @@ impl ControlPlane {
             .stderr(Stdio::piped());
         let mut child =
             spawn_in_netns(&self.netns, cmd).map_err(|e| format!("cannot run kubectl: {e}"))?;
-        if let (Some(text), Some(mut pipe)) = (stdin, child.stdin.take()) {
+        if let Some(mut pipe) = child.stdin.take() {
+            let text = stdin.unwrap_or_default();
             pipe.write_all(text.as_bytes())
                 .map_err(|e| format!("kubectl stdin: {e}"))?;
         }
-        let deadline = Instant::now() + KUBECTL_TIMEOUT;
-        loop {
-            match child.try_wait() {
-                Ok(Some(_)) => break,
-                Ok(None) if Instant::now() < deadline => {
-                    std::thread::sleep(Duration::from_millis(20))
-                }
-                _ => {
-                    let _ = child.kill();
-                    let _ = child.wait();
-                    return Err(format!(
-                        "kubectl {args:?} timed out after {KUBECTL_TIMEOUT:?}"
-                    ));
-                }
-            }
+        let (out, timed_out) = crate::runtime::output_within(child, KUBECTL_TIMEOUT)
+            .map_err(|e| format!("kubectl output: {e}"))?;
+        if timed_out {
+            return Err(format!(
+                "kubectl {args:?} timed out after {KUBECTL_TIMEOUT:?}"
+            ));
         }
-        child
-            .wait_with_output()
-            .map_err(|e| format!("kubectl output: {e}"))
+        Ok(out)
     }
 
     /// A kubeconfig at `path` authenticating as the ServiceAccount `namespace/name`, with a

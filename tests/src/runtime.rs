@@ -257,23 +257,7 @@ impl NsHolder {
     /// Run `cmd` inside to completion, killing it after `timeout`.
     pub fn output(&self, mut cmd: Command, timeout: Duration) -> io::Result<(Output, bool)> {
         cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
-        let child = self.spawn(cmd)?;
-        let pid = child.id();
-        let (tx, rx) = std::sync::mpsc::channel();
-        let waiter = thread::spawn(move || {
-            let r = child.wait_with_output();
-            let _ = tx.send(());
-            r
-        });
-        let timed_out = rx.recv_timeout(timeout).is_err();
-        if timed_out {
-            // SAFETY: kill(2) on our own child's pid, not yet reaped (the waiter still waits).
-            unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
-        }
-        let out = waiter
-            .join()
-            .map_err(|_| io::Error::other("waiter thread panicked"))??;
-        Ok((out, timed_out))
+        output_within(self.spawn(cmd)?, timeout)
     }
 
     /// PIDs of every process in this mount namespace, and all their descendants.
@@ -354,6 +338,28 @@ impl Drop for NsHolder {
             let _ = c.wait();
         }
     }
+}
+
+/// Wait for `child` (its stdout and stderr piped), reading both pipes while it runs, so that
+/// a large output cannot stall it; SIGKILL after `timeout`. The output, and whether it timed
+/// out.
+pub fn output_within(child: Child, timeout: Duration) -> io::Result<(Output, bool)> {
+    let pid = child.id();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let waiter = thread::spawn(move || {
+        let r = child.wait_with_output();
+        let _ = tx.send(());
+        r
+    });
+    let timed_out = rx.recv_timeout(timeout).is_err();
+    if timed_out {
+        // SAFETY: kill(2) on our own child's pid, not yet reaped (the waiter still waits).
+        unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
+    }
+    let out = waiter
+        .join()
+        .map_err(|_| io::Error::other("waiter thread panicked"))??;
+    Ok((out, timed_out))
 }
 
 /// Remove the cgroup `name` (a top-level cgroup a runtime created for this test, e.g. podman's
