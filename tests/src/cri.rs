@@ -48,7 +48,7 @@ use crate::netns::{
     read_attachment_records, wait_until, Host, NetnsInspect, NAT_SETS, NAT_TABLE, NETNS_DIR,
     REFERENCE_CNI_DIR,
 };
-use crate::runtime::{busybox_rootfs_tar, remove_cgroup_tree, require_tool, Containerd};
+use crate::runtime::{busybox_rootfs_tar, remove_cgroup_tree, require_tool, text, Containerd};
 use crate::{read_allocations, unique_name};
 
 /// The sandbox and container image (imported, never pulled).
@@ -77,16 +77,6 @@ pub fn crictl_bin() -> Result<PathBuf, String> {
             bin.display()
         ))
     }
-}
-
-/// Exit status, stdout and stderr of a finished command, for error messages.
-fn text(out: &Output) -> String {
-    format!(
-        "exit {:?}\nstdout: {}\nstderr: {}",
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout).trim(),
-        String::from_utf8_lossy(&out.stderr).trim()
-    )
 }
 
 /// Run `argv` (in the caller's namespaces) to success; its stdout.

@@ -1032,6 +1032,19 @@ pub mod bench {
         (b > 0.0).then(|| a.as_secs_f64() / b)
     }
 
+    /// [`ms`] of an optional duration, "n/a" without one.
+    pub fn ms_opt(d: Option<Duration>) -> String {
+        d.map(ms).unwrap_or_else(|| "n/a".into())
+    }
+
+    /// [`ratio`] of two optional durations.
+    pub fn ratio_opt(a: Option<Duration>, b: Option<Duration>) -> Option<f64> {
+        match (a, b) {
+            (Some(a), Some(b)) => ratio(a, b),
+            _ => None,
+        }
+    }
+
     /// Milliseconds with 2 decimals.
     pub fn ms(d: Duration) -> String {
         format!("{:.2}", d.as_secs_f64() * 1000.0)

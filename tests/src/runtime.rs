@@ -44,7 +44,8 @@ pub fn require_tool(name: &str, package: &str) -> Result<PathBuf, String> {
     ))
 }
 
-fn text(out: &Output) -> String {
+/// Exit status, stdout and stderr of a finished command, for error messages.
+pub(crate) fn text(out: &Output) -> String {
     format!(
         "exit {:?}\nstdout: {}\nstderr: {}",
         out.status.code(),

@@ -103,7 +103,9 @@ mod ipam {
     use std::path::{Path, PathBuf};
     use std::time::{Duration, Instant};
 
-    use berth_tests::bench::{self, markdown_table, median, ms, opt_f, ratio, text_table};
+    use berth_tests::bench::{
+        self, markdown_table, median, ms, ms_opt, opt_f, ratio_opt, text_table,
+    };
     use berth_tests::{
         bin_dir, conf_bytes, host_local_conf_value, prefill_reference_v4, wait_output, CniOutput,
         CniRun, HOST_LOCAL_BIN, REFERENCE_HOST_LOCAL,
@@ -455,17 +457,6 @@ options:
         median(v)
     }
 
-    fn ms_opt(d: Option<Duration>) -> String {
-        d.map(ms).unwrap_or_else(|| "n/a".into())
-    }
-
-    fn ratio_opt(a: Option<Duration>, b: Option<Duration>) -> Option<f64> {
-        match (a, b) {
-            (Some(a), Some(b)) => ratio(a, b),
-            _ => None,
-        }
-    }
-
     fn target_line(what: &str, value: Option<f64>, op: &str, target: f64) -> String {
         let verdict = match value {
             Some(v) if (op == "<=" && v <= target) => "met",
@@ -697,7 +688,9 @@ mod bridge {
     use std::path::{Path, PathBuf};
     use std::time::{Duration, Instant};
 
-    use berth_tests::bench::{self, markdown_table, median, ms, opt_f, ratio, text_table};
+    use berth_tests::bench::{
+        self, markdown_table, median, ms, ms_opt, opt_f, ratio, ratio_opt, text_table,
+    };
     use berth_tests::netns::{Host, Netns, BRIDGE_BIN, REFERENCE_BRIDGE};
     use berth_tests::{
         bin_dir, conf_bytes, wait_output, CniOutput, CniRun, HOST_LOCAL_BIN, REFERENCE_HOST_LOCAL,
@@ -1154,17 +1147,6 @@ options:
             }
         }
         Ok([med(&add), med(&del), med(&noop)])
-    }
-
-    fn ms_opt(d: Option<Duration>) -> String {
-        d.map(ms).unwrap_or_else(|| "n/a".into())
-    }
-
-    fn ratio_opt(a: Option<Duration>, b: Option<Duration>) -> Option<f64> {
-        match (a, b) {
-            (Some(a), Some(b)) => ratio(a, b),
-            _ => None,
-        }
     }
 
     fn mib(kb: Option<u64>) -> String {

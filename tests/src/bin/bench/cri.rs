@@ -13,7 +13,9 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use berth_tests::bench::{self, markdown_table, median, ms, opt_f, percentile, ratio, text_table};
+use berth_tests::bench::{
+    self, markdown_table, median, ms_opt, opt_f, percentile, ratio_opt, text_table,
+};
 use berth_tests::cri::{crictl_bin, host_veths, Cri, Sandbox, Stores};
 use berth_tests::netns::{records_path, Host, Netns, BRIDGE_BIN, REFERENCE_BRIDGE};
 use berth_tests::runtime::require_tool;
@@ -270,17 +272,6 @@ impl<'a> Side<'a> {
         let _ = self.cri.wait_clean(&self.host, &stores, CLEAN_TIMEOUT);
         self.leftovers = self.cri.leftovers(&self.host, &stores);
         self.veths_left = self.count_veths();
-    }
-}
-
-fn ms_opt(d: Option<Duration>) -> String {
-    d.map(ms).unwrap_or_else(|| "n/a".into())
-}
-
-fn ratio_opt(a: Option<Duration>, b: Option<Duration>) -> Option<f64> {
-    match (a, b) {
-        (Some(a), Some(b)) => ratio(a, b),
-        _ => None,
     }
 }
 
