@@ -127,6 +127,31 @@ pub struct Config {
     pub default_fs_type: FsType,
     /// Where to serve Prometheus metrics and health (off when None).
     pub metrics_addr: Option<std::net::SocketAddr>,
+    /// `--kubelet-registration-dir`: the kubelet's `plugins_registry/`
+    /// directory to register in (no registration when None).
+    pub kubelet_registration_dir: Option<PathBuf>,
+    /// `--kubelet-registration-endpoint`: the CSI socket as the kubelet sees
+    /// it (default: the path of a unix `endpoint`).
+    pub kubelet_registration_endpoint: Option<PathBuf>,
+}
+
+/// File name of the kubelet registration socket in `--kubelet-registration-dir`:
+/// `<driver name>-reg.sock` (`csi.berth.dev-reg.sock`), the name
+/// node-driver-registrar gives it, so a host that switches between the two
+/// never has both registered.
+pub fn registration_socket_name() -> String {
+    format!("{DRIVER_NAME}-reg.sock")
+}
+
+/// Registration with a kubelet, resolved from the flags.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KubeletRegistration {
+    /// The registration socket berth-csi serves (in the kubelet's
+    /// `plugins_registry/`).
+    pub socket: PathBuf,
+    /// The CSI endpoint given to the kubelet in `PluginInfo.endpoint` (a
+    /// unix socket path; a string because that is what the kubelet gets).
+    pub endpoint: String,
 }
 
 /// A gRPC listening address.
@@ -170,6 +195,75 @@ impl Config {
         Ok(Endpoint::Unix(PathBuf::from(path)))
     }
 
+    /// Parses `--kubelet-registration-endpoint`: an absolute path, optionally
+    /// written `unix:///path`. The kubelet dials it as a plain unix socket
+    /// path, so that is what is kept.
+    pub fn parse_registration_endpoint(s: &str) -> Result<PathBuf> {
+        let path = s.strip_prefix("unix://").unwrap_or(s);
+        if !path.starts_with('/') {
+            return Err(Error::invalid(
+                "--kubelet-registration-endpoint",
+                format!("{s:?} is not an absolute unix socket path"),
+            ));
+        }
+        Ok(PathBuf::from(path))
+    }
+
+    /// The kubelet registration to serve, if `--kubelet-registration-dir` is
+    /// set; an error naming the flag when the flags do not fit together.
+    pub fn kubelet_registration(&self) -> Result<Option<KubeletRegistration>> {
+        let Some(dir) = &self.kubelet_registration_dir else {
+            if self.kubelet_registration_endpoint.is_some() {
+                return Err(Error::invalid(
+                    "--kubelet-registration-endpoint",
+                    "has no effect without --kubelet-registration-dir",
+                ));
+            }
+            return Ok(None);
+        };
+        // The kubelet registers a CSI plugin to call its Node service
+        // (NodeGetInfo right away, then stage/publish); a controller-only
+        // process has none to offer.
+        if !self.mode.node() {
+            return Err(Error::invalid(
+                "--kubelet-registration-dir",
+                "needs --mode all or --mode node (the kubelet calls the Node service)",
+            ));
+        }
+        if !dir.is_absolute() {
+            return Err(Error::invalid(
+                "--kubelet-registration-dir",
+                format!("{} is not an absolute path", dir.display()),
+            ));
+        }
+        let endpoint = match (&self.kubelet_registration_endpoint, &self.endpoint) {
+            (Some(p), _) => p.clone(),
+            (None, Endpoint::Unix(p)) => p.clone(),
+            // The kubelet only dials unix sockets, and we cannot guess which
+            // path a TCP endpoint is forwarded to.
+            (None, Endpoint::Tcp(addr)) => {
+                return Err(Error::invalid(
+                    "--kubelet-registration-endpoint",
+                    format!(
+                        "is required with --kubelet-registration-dir when --endpoint is tcp://{addr} (the kubelet dials a unix socket)"
+                    ),
+                ))
+            }
+        };
+        // Both flags are parsed from UTF-8 strings, so this only guards
+        // against a Config built some other way.
+        let endpoint = endpoint.to_str().map(str::to_string).ok_or_else(|| {
+            Error::invalid(
+                "--kubelet-registration-endpoint",
+                format!("{} is not UTF-8", endpoint.display()),
+            )
+        })?;
+        Ok(Some(KubeletRegistration {
+            socket: dir.join(registration_socket_name()),
+            endpoint,
+        }))
+    }
+
     /// Checks the values the binary cannot check with types alone.
     pub fn validate(&self) -> Result<()> {
         let id = &self.node_id;
@@ -208,6 +302,132 @@ impl Config {
                 "must not be negative",
             ));
         }
+        self.kubelet_registration()?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(endpoint: &str, mode: Mode) -> Config {
+        Config {
+            endpoint: Config::parse_endpoint(endpoint).unwrap(),
+            nfs_timeout: std::time::Duration::from_secs(30),
+            node_id: "n1".into(),
+            state_dir: "/var/lib/berth-csi".into(),
+            pool_dir: "/var/lib/berth-csi/pool".into(),
+            mode,
+            max_volumes_per_node: 0,
+            publish_nodes: PublishNodes::OwnNode,
+            default_fs_type: FsType::Ext4,
+            metrics_addr: None,
+            kubelet_registration_dir: None,
+            kubelet_registration_endpoint: None,
+        }
+    }
+
+    #[track_caller]
+    fn invalid_field(c: &Config) -> String {
+        match c.validate() {
+            Err(Error::InvalidArgument { field, .. }) => field,
+            other => panic!("expected InvalidArgument, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn registration_is_off_by_default() {
+        let c = config("unix:///run/csi/csi.sock", Mode::All);
+        c.validate().unwrap();
+        assert_eq!(c.kubelet_registration().unwrap(), None);
+    }
+
+    #[test]
+    fn registration_defaults_to_the_unix_endpoint() {
+        for mode in [Mode::All, Mode::Node] {
+            let mut c = config("unix:///var/lib/kubelet/plugins/b/csi.sock", mode);
+            c.kubelet_registration_dir = Some("/var/lib/kubelet/plugins_registry".into());
+            c.validate().unwrap();
+            assert_eq!(
+                c.kubelet_registration().unwrap(),
+                Some(KubeletRegistration {
+                    socket: "/var/lib/kubelet/plugins_registry/csi.berth.dev-reg.sock".into(),
+                    endpoint: "/var/lib/kubelet/plugins/b/csi.sock".into(),
+                })
+            );
+        }
+    }
+
+    #[test]
+    fn registration_endpoint_overrides_the_listening_path() {
+        let mut c = config("tcp://127.0.0.1:10000", Mode::Node);
+        c.kubelet_registration_dir = Some("/reg".into());
+        c.kubelet_registration_endpoint = Some("/host/csi.sock".into());
+        let r = c.kubelet_registration().unwrap().unwrap();
+        assert_eq!(r.endpoint, "/host/csi.sock");
+        assert_eq!(r.socket, PathBuf::from("/reg/csi.berth.dev-reg.sock"));
+    }
+
+    #[test]
+    fn registration_socket_is_named_after_the_driver() {
+        assert_eq!(
+            registration_socket_name(),
+            format!("{DRIVER_NAME}-reg.sock")
+        );
+        assert_eq!(registration_socket_name(), "csi.berth.dev-reg.sock");
+    }
+
+    #[test]
+    fn registration_in_controller_mode_is_refused() {
+        let mut c = config("unix:///run/csi/csi.sock", Mode::Controller);
+        c.kubelet_registration_dir = Some("/reg".into());
+        assert_eq!(invalid_field(&c), "--kubelet-registration-dir");
+    }
+
+    #[test]
+    fn registration_with_tcp_needs_an_endpoint() {
+        let mut c = config("tcp://127.0.0.1:10000", Mode::All);
+        c.kubelet_registration_dir = Some("/reg".into());
+        assert_eq!(invalid_field(&c), "--kubelet-registration-endpoint");
+    }
+
+    #[test]
+    fn registration_dir_must_be_absolute() {
+        let mut c = config("unix:///run/csi/csi.sock", Mode::All);
+        c.kubelet_registration_dir = Some("reg".into());
+        assert_eq!(invalid_field(&c), "--kubelet-registration-dir");
+    }
+
+    #[test]
+    fn registration_endpoint_alone_is_refused() {
+        let mut c = config("unix:///run/csi/csi.sock", Mode::All);
+        c.kubelet_registration_endpoint = Some("/host/csi.sock".into());
+        assert_eq!(invalid_field(&c), "--kubelet-registration-endpoint");
+    }
+
+    #[test]
+    fn registration_endpoint_parses_paths_and_unix_urls() {
+        for (s, want) in [
+            (
+                "/var/lib/kubelet/plugins/b/csi.sock",
+                "/var/lib/kubelet/plugins/b/csi.sock",
+            ),
+            ("unix:///run/csi.sock", "/run/csi.sock"),
+        ] {
+            assert_eq!(
+                Config::parse_registration_endpoint(s).unwrap(),
+                PathBuf::from(want)
+            );
+        }
+        for bad in ["csi.sock", "tcp://127.0.0.1:1", "unix://relative", ""] {
+            assert!(
+                matches!(
+                    Config::parse_registration_endpoint(bad),
+                    Err(Error::InvalidArgument { ref field, .. }) if field == "--kubelet-registration-endpoint"
+                ),
+                "{bad:?}"
+            );
+        }
     }
 }

@@ -11,7 +11,8 @@
 //! 3. [`registry`]: the one place a backend is chosen for a call;
 //! 4. services: [`identity`], [`controller`], [`node`] check the generic
 //!    arguments once and call the chosen backend; [`metrics`];
-//! 5. [`server`]: the socket, service registration by mode, shutdown.
+//! 5. [`server`]: the socket, service registration by mode, shutdown;
+//!    [`registration`]: registering with a kubelet (optional).
 //!
 //! Errors are typed ([`error::Error`]) and turned into gRPC statuses in one
 //! place.
@@ -27,6 +28,7 @@ pub mod locks;
 pub mod metrics;
 pub mod mount;
 pub mod node;
+pub mod registration;
 pub mod registry;
 pub mod server;
 pub mod state;

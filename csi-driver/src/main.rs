@@ -52,6 +52,27 @@ struct Args {
     /// Serve Prometheus metrics (/metrics) and health (/healthz) on this address (off by default).
     #[arg(long)]
     metrics_addr: Option<std::net::SocketAddr>,
+
+    /// Register with the kubelet through this plugin registration directory
+    /// (normally /var/lib/kubelet/plugins_registry) by serving
+    /// csi.berth.dev-reg.sock there. Off by default (node-driver-registrar
+    /// usually does this). Needs --mode all or node.
+    #[arg(long, value_name = "DIR")]
+    kubelet_registration_dir: Option<PathBuf>,
+
+    /// The CSI socket path as the kubelet sees it, sent to the kubelet on
+    /// registration (default: the path of a unix:// --endpoint; required with
+    /// a tcp:// one).
+    #[arg(long, value_name = "PATH", value_parser = parse_registration_endpoint)]
+    kubelet_registration_endpoint: Option<PathBuf>,
+}
+
+fn parse_registration_endpoint(s: &str) -> Result<PathBuf, String> {
+    // clap names the flag itself; keep only the reason.
+    Config::parse_registration_endpoint(s).map_err(|e| match e {
+        csi_driver::error::Error::InvalidArgument { reason, .. } => reason,
+        other => other.to_string(),
+    })
 }
 
 fn parse_fs(s: &str) -> Result<FsType, String> {
@@ -90,6 +111,8 @@ fn main() -> ExitCode {
         publish_nodes: args.publish_nodes,
         default_fs_type: args.default_fs_type,
         metrics_addr: args.metrics_addr,
+        kubelet_registration_dir: args.kubelet_registration_dir,
+        kubelet_registration_endpoint: args.kubelet_registration_endpoint,
     };
     let opened = csi_driver::Driver::open(config).and_then(|d| {
         let backends = csi_driver::registry::Registry::open(&d)?;

@@ -1,6 +1,7 @@
 //! The gRPC server on a unix socket (or a TCP address): stale-socket handling, service
-//! registration by mode, and a clean stop on SIGTERM / SIGINT (the socket is
-//! removed; volumes stay mounted for the next start to pick up).
+//! registration by mode, the optional kubelet registration socket, and a clean
+//! stop on SIGTERM / SIGINT (the sockets are removed; volumes stay mounted for
+//! the next start to pick up).
 
 use std::os::unix::fs::FileTypeExt;
 use std::path::Path;
@@ -21,11 +22,13 @@ use crate::driver::{blocking, Driver};
 use crate::error::{Error, Result};
 use crate::identity::IdentityService;
 use crate::node::NodeService;
+use crate::registration::Registrar;
 use crate::registry::Registry;
 
 /// Removes a socket file left by a previous run; refuses to take over a
-/// socket another live process still answers on, or a path that is not a socket.
-pub fn clear_stale_socket(path: &Path) -> Result<()> {
+/// socket another live process still answers on, or a path that is not a
+/// socket (an error naming `flag`, the option the path came from).
+pub fn clear_stale_socket(path: &Path, flag: &str) -> Result<()> {
     let meta = match std::fs::symlink_metadata(path) {
         Ok(m) => m,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
@@ -33,7 +36,7 @@ pub fn clear_stale_socket(path: &Path) -> Result<()> {
     };
     if !meta.file_type().is_socket() {
         return Err(Error::invalid(
-            "--endpoint",
+            flag,
             format!("{} exists and is not a socket", path.display()),
         ));
     }
@@ -64,7 +67,7 @@ pub async fn serve(driver: Arc<Driver>, backends: Arc<Registry>) -> Result<()> {
                 std::fs::create_dir_all(parent)
                     .map_err(|e| Error::io(format!("creating {}", parent.display()), e))?;
             }
-            clear_stale_socket(socket)?;
+            clear_stale_socket(socket, "--endpoint")?;
             let listener = UnixListener::bind(socket)
                 .map_err(|e| Error::io(format!("listening on {}", socket.display()), e))?;
             Incoming::Unix(UnixListenerStream::new(listener))
@@ -105,6 +108,22 @@ pub async fn serve(driver: Arc<Driver>, backends: Arc<Registry>) -> Result<()> {
                 .then(|| NodeServer::new(NodeService::new(driver.clone(), backends.clone()))),
         );
     tracing::info!(endpoint = ?driver.config.endpoint, node = %driver.config.node_id, mode = ?mode, "serving");
+    // The CSI socket is bound (connections queue until the server below
+    // accepts them), so the kubelet can dial it as soon as it reads GetInfo.
+    let mut registrar = match driver.config.kubelet_registration()? {
+        Some(reg) => match Registrar::start(&reg) {
+            Ok(r) => Some(r),
+            Err(e) => {
+                // Most likely a registrar still serving there: exit without
+                // leaving our CSI socket behind for nobody to answer.
+                if let Endpoint::Unix(socket) = &driver.config.endpoint {
+                    let _ = std::fs::remove_file(socket);
+                }
+                return Err(e);
+            }
+        },
+        None => None,
+    };
     type Serving = std::pin::Pin<
         Box<dyn std::future::Future<Output = Result<(), tonic::transport::Error>> + Send>,
     >;
@@ -119,24 +138,34 @@ pub async fn serve(driver: Arc<Driver>, backends: Arc<Registry>) -> Result<()> {
     };
     let r = tokio::select! {
         r = &mut server => r,
-        _ = term.recv() => { tracing::info!("SIGTERM: shutting down"); drain(stop_tx, server).await }
-        _ = int.recv() => { tracing::info!("SIGINT: shutting down"); drain(stop_tx, server).await }
+        _ = term.recv() => { tracing::info!("SIGTERM: shutting down"); drain(stop_tx, server, registrar.as_mut()).await }
+        _ = int.recv() => { tracing::info!("SIGINT: shutting down"); drain(stop_tx, server, registrar.as_mut()).await }
     };
+    if let Some(registrar) = registrar {
+        registrar.stop().await;
+    }
     if let Endpoint::Unix(socket) = &driver.config.endpoint {
         let _ = std::fs::remove_file(socket);
     }
     r.map_err(|e| Error::Internal(format!("gRPC server: {e}")))
 }
 
-/// Stops accepting, lets running calls finish for a grace period, then
-/// returns even if clients keep their connections open (sidecars do).
+/// Withdraws the kubelet registration, stops accepting, lets running calls
+/// finish for a grace period, then returns even if clients keep their
+/// connections open (sidecars do).
 async fn drain<F>(
     stop: tokio::sync::oneshot::Sender<()>,
     server: std::pin::Pin<Box<F>>,
+    registrar: Option<&mut Registrar>,
 ) -> Result<(), tonic::transport::Error>
 where
     F: std::future::Future<Output = Result<(), tonic::transport::Error>> + ?Sized,
 {
+    // First, so the kubelet deregisters the driver while its CSI socket
+    // still answers the calls already running.
+    if let Some(registrar) = registrar {
+        registrar.withdraw();
+    }
     let _ = stop.send(());
     match tokio::time::timeout(std::time::Duration::from_secs(5), server).await {
         Ok(r) => r,
