@@ -62,6 +62,77 @@ pub fn tool_version(name: &str) -> String {
     }
 }
 
+/// The CSI sidecars deploy/kubernetes runs beside berth-csi, and the snapshot-controller.
+pub const SIDECARS: [&str; 5] = [
+    "csi-provisioner",
+    "csi-attacher",
+    "csi-resizer",
+    "csi-snapshotter",
+    "snapshot-controller",
+];
+
+/// The command of a sidecar (one of [`SIDECARS`]) with the arguments of
+/// deploy/kubernetes/03-node-daemonset.yaml, the socket path and kubeconfig aside, or the
+/// snapshot-controller as its release deploys it (as the admin here: a cluster component with
+/// its own RBAC in a real install). `socket` is berth-csi's; `sa_kubeconfig` authenticates as
+/// the berth-csi ServiceAccount; `node` is the node the pod would run on.
+pub fn sidecar_command(
+    name: &str,
+    socket: &Path,
+    sa_kubeconfig: &Path,
+    admin_kubeconfig: &Path,
+    node: &str,
+) -> Result<Command, String> {
+    let csi = format!("--csi-address={}", socket.display());
+    let mut cmd = Command::new(tool(name));
+    cmd.env("NODE_NAME", node)
+        .env("NAMESPACE", "berth-system")
+        .env("POD_NAME", format!("berth-csi-node-{node}"));
+    match name {
+        "csi-provisioner" => cmd.args([
+            csi.as_str(),
+            "--node-deployment=true",
+            "--strict-topology=true",
+            "--immediate-topology=false",
+            "--enable-capacity=true",
+            // The DaemonSet says 0 (owned by its pod); here no pod object exists.
+            "--capacity-ownerref-level=-1",
+            "--extra-create-metadata=true",
+            "--timeout=120s",
+            // Immediate claims: each node's provisioner tries after this delay.
+            "--node-deployment-base-delay=1s",
+            "--v=5",
+        ]),
+        "csi-attacher" | "csi-resizer" => cmd.args([
+            csi.as_str(),
+            "--leader-election=true",
+            "--leader-election-namespace=berth-system",
+            "--timeout=60s",
+            "--v=4",
+        ]),
+        "csi-snapshotter" => cmd.args([
+            csi.as_str(),
+            "--node-deployment=true",
+            "--leader-election=false",
+            "--extra-create-metadata=true",
+            "--timeout=300s",
+            "--v=4",
+        ]),
+        "snapshot-controller" => cmd
+            .arg(format!("--kubeconfig={}", admin_kubeconfig.display()))
+            .args([
+                "--leader-election=false",
+                "--enable-distributed-snapshotting=true",
+                "--v=4",
+            ]),
+        other => return Err(format!("unknown sidecar {other}")),
+    };
+    if name != "snapshot-controller" {
+        cmd.arg(format!("--kubeconfig={}", sa_kubeconfig.display()));
+    }
+    Ok(cmd)
+}
+
 /// Who a kubeconfig authenticates as.
 pub enum Credential<'a> {
     /// A client certificate and key (files).
@@ -143,6 +214,12 @@ impl Pki {
         pki.openssl(&["genrsa", "-out", "sa.key", "2048"])?;
         pki.openssl(&["rsa", "-in", "sa.key", "-pubout", "-out", "sa.pub"])?;
         Ok(pki)
+    }
+
+    /// A client certificate `<name>.crt` (key `<name>.key`) for `subject` (e.g. a kubelet's
+    /// `/O=system:nodes/CN=system:node:<node>`), signed by the CA.
+    pub fn client_cert(&self, name: &str, subject: &str) -> Result<(), String> {
+        self.sign(name, subject, None)
     }
 
     /// `<dir>/<name>`.
@@ -344,6 +421,8 @@ impl ControlPlane {
             format!("--tls-private-key-file={}", p("apiserver.key")),
             format!("--kubelet-client-certificate={}", p("admin.crt")),
             format!("--kubelet-client-key={}", p("admin.key")),
+            // Reach kubelets (exec, logs) at the address they report: Node names do not resolve.
+            "--kubelet-preferred-address-types=InternalIP".to_string(),
             format!("--service-account-key-file={}", p("sa.pub")),
             format!("--service-account-signing-key-file={}", p("sa.key")),
             "--service-account-issuer=https://kubernetes.default.svc".to_string(),

@@ -331,6 +331,16 @@ impl Cri {
         Ok(cri)
     }
 
+    /// Replace the CNI configuration (`cni-conf/10-berth.conflist`) with `bytes`, which need not
+    /// be valid: the CRI plugin watches the directory and reloads it.
+    pub fn write_conflist(&self, bytes: &[u8]) -> Result<(), String> {
+        let path = self.dir.join("cni-conf/10-berth.conflist");
+        // Written beside and renamed, so the plugin never reads half a file.
+        let tmp = self.dir.join("cni-conf/.10-berth.conflist.new");
+        write(&tmp, bytes)?;
+        fs::rename(&tmp, &path).map_err(|e| format!("rename onto {}: {e}", path.display()))
+    }
+
     /// The containerd instance (its private mount namespace, `ctr`, the log).
     pub fn containerd(&self) -> &Containerd {
         &self.containerd

@@ -43,6 +43,7 @@ use serde_json::{json, Value};
 
 pub mod cluster;
 pub mod cri;
+pub mod kubelet;
 pub mod netns;
 pub mod runtime;
 pub mod svg;

@@ -236,6 +236,11 @@ impl NsHolder {
         Ok(holder)
     }
 
+    /// PID of the process holding the namespace (`/proc/<pid>/ns/mnt` is the namespace).
+    pub fn pid(&self) -> u32 {
+        self.pid
+    }
+
     /// A command that runs inside the private mount namespace and the host netns, with a clean
     /// environment (`PATH` = [`SYSTEM_PATH`]); spawn it with [`NsHolder::spawn`].
     pub fn command(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
@@ -757,6 +762,11 @@ impl Containerd {
         if let Some(mut d) = self.daemon.take() {
             d.stop();
         }
+    }
+
+    /// The daemon's gRPC socket (the CRI endpoint when the CRI plugin is configured).
+    pub fn socket_path(&self) -> &Path {
+        &self.socket
     }
 
     /// PID of the running daemon.

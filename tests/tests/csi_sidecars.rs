@@ -28,7 +28,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use berth_tests::cluster::{log_tail, tool, tool_version, ControlPlane, DEFAULT_ADDRESS};
+use berth_tests::cluster::{
+    log_tail, sidecar_command, tool_version, ControlPlane, DEFAULT_ADDRESS,
+};
 use netns_fixture::{spawn_in_netns, test_peer, wait_until, ChildGuard, Netns};
 use serde_json::{json, Value};
 
@@ -213,58 +215,16 @@ impl Cluster {
         );
     }
 
-    /// A sidecar with the arguments of deploy/kubernetes/03-node-daemonset.yaml (the socket
-    /// path and kubeconfig aside), or the snapshot-controller as its release deploys it.
+    /// A sidecar as [`sidecar_command`] makes it.
     fn start_sidecar(&mut self, name: &str) {
-        let sa = self.sa_kubeconfig.to_string_lossy().into_owned();
-        let csi = format!("--csi-address={}", self.socket().display());
-        let mut cmd = Command::new(tool(name));
-        cmd.env("NODE_NAME", NODE)
-            .env("NAMESPACE", "berth-system")
-            .env("POD_NAME", "berth-csi-node-test");
-        match name {
-            "csi-provisioner" => cmd.args([
-                csi.as_str(),
-                "--node-deployment=true",
-                "--strict-topology=true",
-                "--immediate-topology=false",
-                "--enable-capacity=true",
-                // The DaemonSet says 0 (owned by its pod); here no pod object exists.
-                "--capacity-ownerref-level=-1",
-                "--extra-create-metadata=true",
-                "--timeout=120s",
-                // Immediate claims: each node's provisioner tries after this delay.
-                "--node-deployment-base-delay=1s",
-                "--v=5",
-            ]),
-            "csi-attacher" | "csi-resizer" => cmd.args([
-                csi.as_str(),
-                "--leader-election=true",
-                "--leader-election-namespace=berth-system",
-                "--timeout=60s",
-                "--v=4",
-            ]),
-            "csi-snapshotter" => cmd.args([
-                csi.as_str(),
-                "--node-deployment=true",
-                "--leader-election=false",
-                "--extra-create-metadata=true",
-                "--timeout=300s",
-                "--v=4",
-            ]),
-            // A cluster component with its own RBAC in a real install; the admin here.
-            "snapshot-controller" => cmd
-                .arg(format!("--kubeconfig={}", self.cp.admin.display()))
-                .args([
-                    "--leader-election=false",
-                    "--enable-distributed-snapshotting=true",
-                    "--v=4",
-                ]),
-            other => panic!("unknown sidecar {other}"),
-        };
-        if name != "snapshot-controller" {
-            cmd.arg(format!("--kubeconfig={sa}"));
-        }
+        let cmd = sidecar_command(
+            name,
+            &self.socket(),
+            &self.sa_kubeconfig,
+            &self.cp.admin,
+            NODE,
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
         self.spawn(name, cmd);
     }
 

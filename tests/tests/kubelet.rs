@@ -1,0 +1,539 @@
+//! Scenarios "kubelet": a real kubelet (v1.34, built from the Go module proxy) runs pods with
+//! Berth's networks and Berth's volumes.
+//!
+//! The harness is [`berth_tests::kubelet::Node`]: kubelet, containerd's CRI plugin and
+//! berth-csi share a private mount namespace inside a test host netns; its module doc says how
+//! it runs on this machine (cgroup v1 without systemd, no CAP_SYS_RESOURCE, the kernel settings
+//! kubelet changes recorded and restored) and what its guards remove. The control plane is
+//! [`berth_tests::cluster::ControlPlane`]; the CSI sidecars run with the DaemonSet's arguments
+//! ([`sidecar_command`]) as the berth-csi ServiceAccount. berth-csi registers with kubelet by
+//! its built-in registration (`--kubelet-registration-dir`): node-driver-registrar, which
+//! deploy/kubernetes runs for it, cannot be built here (the Go module proxy refuses its module,
+//! 403).
+//!
+//! Guards (also when a test fails): sidecars by PID, then the node (kubelet, berth-csi,
+//! containerd and every container by PID, the node's cgroups, loop devices of its pool, the
+//! kernel settings), then the control plane by PID, then the netns and the tempdirs. Nothing is
+//! configured in the root netns; pods have no nameserver.
+
+// Test code: a failed setup step should stop the test where it failed.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::fs;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use berth_tests::cluster::{
+    sidecar_command, tool_version, ControlPlane, DEFAULT_ADDRESS, SIDECARS,
+};
+use berth_tests::cri::Stores;
+use berth_tests::kubelet::{pod, Node, NodeOptions, CSI_DRIVER};
+use berth_tests::netns::*;
+use berth_tests::{bin_dir, read_allocations, store_path, subnet_contains, HOST_LOCAL_BIN};
+use netns_fixture::{spawn_in_netns, test_peer, ChildGuard};
+use serde_json::{json, Value};
+
+/// The pods' network (the node's podCIDR from kube-controller-manager is 10.244.0.0/24).
+const NETWORK: &str = "berthk8s";
+const SUBNET: &str = "10.244.0.0/24";
+/// How long a pod gets to run, a claim to bind, a deletion to finish.
+const SETTLE: Duration = Duration::from_secs(150);
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+fn need_root() {
+    assert!(
+        netns_fixture::is_root(),
+        "the kubelet tests create namespaces and run kubelet and containerd: run them as root"
+    );
+}
+
+/// berth-bridge (gateway, masquerade) + berth-host-local on [`SUBNET`], stores under `dir`.
+fn bridge_conflist(dir: &Path) -> Value {
+    json!({
+        "cniVersion": "1.0.0",
+        "name": NETWORK,
+        "plugins": [{
+            "type": BRIDGE_BIN,
+            "bridge": "berth0",
+            "isGateway": true,
+            "ipMasq": true,
+            "dataDir": dir.join("bridge-data").to_string_lossy(),
+            "ipam": {
+                "type": HOST_LOCAL_BIN,
+                "dataDir": dir.join("ipam-data").to_string_lossy(),
+                "ranges": [[{ "subnet": SUBNET }]],
+                "routes": [{ "dst": "0.0.0.0/0" }],
+            },
+        }],
+    })
+}
+
+/// One node with berth-csi and the sidecars, its control plane in the same netns.
+struct OneNode {
+    // Dropped in declaration order: sidecars, node, control plane, netns, stores.
+    sidecars: Vec<ChildGuard>,
+    node: Node,
+    cp: ControlPlane,
+    host: Host,
+    stores: tempfile::TempDir,
+}
+
+impl OneNode {
+    fn start(csi: bool) -> OneNode {
+        need_root();
+        let host = Host::new();
+        let stores = tempfile::Builder::new()
+            .prefix("berth-kubelet-test-")
+            .tempdir()
+            .unwrap();
+        let cp = ControlPlane::start(host.ns.path(), &stores.path().join("cp"), DEFAULT_ADDRESS)
+            .unwrap_or_else(|e| panic!("control plane: {e}"));
+        let conflist = bridge_conflist(stores.path());
+        let plugins: Vec<PathBuf> = [BRIDGE_BIN, HOST_LOCAL_BIN]
+            .iter()
+            .map(|p| bin_dir().join(p))
+            .collect();
+        if csi {
+            install_storage(&cp);
+        }
+        let node = Node::start(
+            &cp,
+            &host,
+            &NodeOptions {
+                name: "node1",
+                node_ip: DEFAULT_ADDRESS,
+                conflist: &conflist,
+                plugins: &plugins,
+                csi,
+                max_pods: 110,
+            },
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        let mut me = OneNode {
+            sidecars: Vec::new(),
+            node,
+            cp,
+            host,
+            stores,
+        };
+        if csi {
+            me.start_sidecars();
+        }
+        me
+    }
+
+    fn start_sidecars(&mut self) {
+        let sa = self.stores.path().join("berth-csi.kubeconfig");
+        self.cp
+            .service_account_kubeconfig("berth-system", "berth-csi", &sa)
+            .unwrap();
+        for name in SIDECARS {
+            let mut cmd = sidecar_command(
+                name,
+                &self.node.csi_socket(),
+                &sa,
+                &self.cp.admin,
+                &self.node.name,
+            )
+            .unwrap();
+            let log = fs::File::create(self.stores.path().join(format!("{name}.log"))).unwrap();
+            cmd.stdin(Stdio::null())
+                .stdout(log.try_clone().unwrap())
+                .stderr(log);
+            let child = spawn_in_netns(self.host.ns.path(), cmd)
+                .unwrap_or_else(|e| panic!("cannot start {name}: {e}"));
+            self.sidecars.push(ChildGuard::new(child));
+        }
+        eprintln!(
+            "sidecars: {}",
+            SIDECARS
+                .map(|s| format!("{s} {}", tool_version(s)))
+                .join(", ")
+        );
+    }
+
+    fn kubectl(&self, args: &[&str]) -> String {
+        self.cp
+            .kubectl(args)
+            .unwrap_or_else(|e| panic!("{e}\n{}", self.logs()))
+    }
+
+    fn apply(&self, obj: &Value) {
+        self.cp
+            .kubectl_stdin(&["apply", "-f", "-"], &obj.to_string())
+            .unwrap_or_else(|e| panic!("apply {obj}: {e}"));
+    }
+
+    fn get(&self, args: &[&str]) -> Option<Value> {
+        let mut a = vec!["get"];
+        a.extend_from_slice(args);
+        a.push("-o=json");
+        self.cp
+            .kubectl(&a)
+            .ok()
+            .and_then(|s| serde_json::from_str(&s).ok())
+    }
+
+    fn exec(&self, pod: &str, script: &str) -> Result<String, String> {
+        self.cp
+            .kubectl(&["exec", pod, "--", "/bin/sh", "-c", script])
+    }
+
+    fn events(&self, object: &str) -> String {
+        self.cp
+            .kubectl(&[
+                "get",
+                "events",
+                "--field-selector",
+                &format!("involvedObject.name={object}"),
+                "-o",
+                "custom-columns=REASON:.reason,MESSAGE:.message",
+                "--no-headers",
+            ])
+            .unwrap_or_default()
+    }
+
+    fn logs(&self) -> String {
+        let keep = std::env::temp_dir().join(format!("berth-kubelet-logs-{}", std::process::id()));
+        self.node.keep_logs(&keep);
+        for e in fs::read_dir(self.stores.path())
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            if e.path().extension().is_some_and(|x| x == "log") {
+                let _ = fs::copy(e.path(), keep.join(e.file_name()));
+            }
+        }
+        for e in fs::read_dir(&self.cp.dir).into_iter().flatten().flatten() {
+            if e.path().extension().is_some_and(|x| x == "log") {
+                let _ = fs::copy(e.path(), keep.join(e.file_name()));
+            }
+        }
+        format!(
+            "{}\n(all logs kept in {})",
+            self.node.logs(),
+            keep.display()
+        )
+    }
+
+    /// Wait until the pod is Ready; its JSON.
+    fn running(&self, name: &str) -> Value {
+        let ok = wait_until(SETTLE, || {
+            self.get(&["pod", name]).is_some_and(|p| {
+                p["status"]["conditions"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .any(|c| c["type"] == "Ready" && c["status"] == "True")
+            })
+        });
+        assert!(
+            ok,
+            "pod {name} not Ready after {SETTLE:?}: {}\nevents: {}\n{}",
+            self.get(&["pod", name]).unwrap_or_default()["status"],
+            self.events(name),
+            self.logs()
+        );
+        self.get(&["pod", name]).unwrap()
+    }
+
+    /// Wait until the pod ended with `phase` (Succeeded or Failed).
+    fn finished(&self, name: &str) -> String {
+        let mut phase = String::new();
+        wait_until(SETTLE, || {
+            phase = self
+                .get(&["pod", name])
+                .and_then(|p| p["status"]["phase"].as_str().map(String::from))
+                .unwrap_or_default();
+            phase == "Succeeded" || phase == "Failed"
+        });
+        phase
+    }
+
+    fn pod_ip(&self, name: &str) -> IpAddr {
+        let p = self.get(&["pod", name]).unwrap();
+        p["status"]["podIP"]
+            .as_str()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| panic!("pod {name} has no podIP: {}", p["status"]))
+    }
+
+    fn claim(&self, name: &str, class: &str, block: bool) {
+        let mut pvc = json!({
+            "apiVersion": "v1", "kind": "PersistentVolumeClaim",
+            "metadata": { "name": name },
+            "spec": {
+                "accessModes": ["ReadWriteOnce"],
+                "storageClassName": class,
+                "resources": { "requests": { "storage": "64Mi" } },
+            },
+        });
+        if block {
+            pvc["spec"]["volumeMode"] = json!("Block");
+        }
+        self.apply(&pvc);
+    }
+
+    fn delete(&self, what: &[&str]) {
+        let mut a = vec!["delete", "--wait=true", "--timeout=120s"];
+        a.extend_from_slice(what);
+        self.kubectl(&a);
+    }
+
+    fn ipam_db(&self) -> PathBuf {
+        store_path(&self.stores.path().join("ipam-data"), NETWORK)
+    }
+
+    fn records(&self) -> PathBuf {
+        records_path(&self.stores.path().join("bridge-data"), NETWORK)
+    }
+
+    fn pool_files(&self) -> Vec<String> {
+        let mut v = Vec::new();
+        for sub in ["volumes", "snapshots"] {
+            for e in fs::read_dir(self.node.pool().join(sub))
+                .into_iter()
+                .flatten()
+                .flatten()
+            {
+                let n = e.file_name().to_string_lossy().into_owned();
+                if !n.starts_with('.') {
+                    v.push(format!("{sub}/{n}"));
+                }
+            }
+        }
+        v
+    }
+
+    fn state_rows(&self, table: &str) -> i64 {
+        let db = self.node.csi_db();
+        let conn =
+            rusqlite::Connection::open_with_flags(&db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+                .unwrap_or_else(|e| panic!("{}: {e}", db.display()));
+        conn.query_row(&format!("SELECT count(*) FROM {table}"), [], |r| r.get(0))
+            .unwrap_or_else(|e| panic!("{table}: {e}"))
+    }
+
+    /// Everything the pods and volumes could leave: veths, NAT elements, allocations,
+    /// attachment records, pod netns files, sandboxes (the CRI harness's list), mounts under
+    /// the node's directories, loop devices, image files and berth-csi rows.
+    fn leftovers(&self) -> Vec<String> {
+        let ipam = self.ipam_db();
+        let records = self.records();
+        let stores = Stores {
+            ipam_db: Some(&ipam),
+            records: Some(&records),
+            reference_ipam: None,
+            uplinks: &[],
+        };
+        let mut out = self.node.cri().leftovers(&self.host, &stores);
+        match self.node.mounts() {
+            Ok(m) if !m.is_empty() => out.push(format!("mounts: {m:?}")),
+            Ok(_) => {}
+            Err(e) => out.push(e),
+        }
+        let loops = self.node.loop_devices();
+        if !loops.is_empty() {
+            out.push(format!("loop devices: {loops:?}"));
+        }
+        if self.node.csi_db().exists() {
+            let files = self.pool_files();
+            if !files.is_empty() {
+                out.push(format!("image files: {files:?}"));
+            }
+            for t in ["volumes", "snapshots", "controller_publications"] {
+                let n = self.state_rows(t);
+                if n != 0 {
+                    out.push(format!("{n} row(s) in berth-csi's {t}"));
+                }
+            }
+        }
+        out
+    }
+
+    fn assert_clean(&self, context: &str) {
+        let mut last = Vec::new();
+        let clean = wait_until(Duration::from_secs(60), || {
+            last = self.leftovers();
+            last.is_empty()
+        });
+        assert!(
+            clean,
+            "{context}: left behind:\n- {}\n{}",
+            last.join("\n- "),
+            self.logs()
+        );
+    }
+}
+
+/// The CRDs, namespace, CSIDriver, RBAC and StorageClasses of deploy/kubernetes.
+fn install_storage(cp: &ControlPlane) {
+    let crds = test_peer("files/snapshot-crds");
+    let k = |args: &[&str]| cp.kubectl(args).unwrap_or_else(|e| panic!("{e}"));
+    k(&["apply", "--server-side", "-k", &crds.to_string_lossy()]);
+    k(&[
+        "wait",
+        "--for=condition=Established",
+        "--timeout=60s",
+        "crd/volumesnapshots.snapshot.storage.k8s.io",
+    ]);
+    let m = root().join("deploy/kubernetes");
+    for f in [
+        "00-namespace.yaml",
+        "01-csidriver.yaml",
+        "02-rbac.yaml",
+        "04-storageclasses.yaml",
+    ] {
+        k(&["apply", "-f", &m.join(f).to_string_lossy()]);
+    }
+}
+
+fn volume(claim: &str) -> Value {
+    json!([{ "name": "vol", "persistentVolumeClaim": { "claimName": claim } }])
+}
+
+#[test]
+fn one_node_pods_get_berth_networks_and_volumes() {
+    let mut c = OneNode::start(true);
+    let node = c.get(&["node", "node1"]).unwrap();
+    assert_eq!(
+        node["metadata"]["labels"]["topology.csi.berth.dev/node"], "node1",
+        "kubelet put berth-csi's topology on the Node: {}",
+        node["metadata"]["labels"]
+    );
+
+    // A pod with an ext4 claim writes on its volume.
+    c.claim("data", "berth-local-ext4", false);
+    let mounts = json!([{ "name": "vol", "mountPath": "/data" }]);
+    c.apply(&pod(
+        "writer",
+        "node1",
+        "echo berth-was-here > /data/f && sync && exec sleep 3600",
+        json!({ "volumes": volume("data"), "volumeMounts": mounts }),
+    ));
+    let writer = c.running("writer");
+    let writer_ip = c.pod_ip("writer");
+    assert!(
+        subnet_contains(SUBNET, writer_ip),
+        "writer got {writer_ip}, outside {SUBNET}: {}",
+        writer["status"]
+    );
+    let held = read_allocations(&c.ipam_db()).unwrap();
+    assert!(
+        held.iter().any(|a| a.ip() == writer_ip.to_string()),
+        "berth-host-local holds no allocation for {writer_ip}: {held:?}"
+    );
+    let df = c
+        .exec("writer", "cat /data/f; grep ' /data ' /proc/mounts")
+        .unwrap();
+    assert!(
+        df.contains("berth-was-here") && df.contains("ext4"),
+        "the claim is an ext4 mount with the file on it: {df}"
+    );
+
+    // A second pod pings the first, through the bridge.
+    c.apply(&pod(
+        "pinger",
+        "node1",
+        &format!("ping -c 3 -W 2 {writer_ip}"),
+        json!({ "restartPolicy": "Never" }),
+    ));
+    assert_eq!(
+        c.finished("pinger"),
+        "Succeeded",
+        "pinger -> writer ({writer_ip}): {}\n{}",
+        c.cp.kubectl(&["logs", "pinger"]).unwrap_or_else(|e| e),
+        c.events("pinger")
+    );
+
+    // A raw block claim is a block device in its pod.
+    c.claim("raw", "berth-local-block", true);
+    c.apply(&pod(
+        "blk",
+        "node1",
+        "exec sleep 3600",
+        json!({
+            "volumes": volume("raw"),
+            "volumeDevices": [{ "name": "vol", "devicePath": "/dev/berth-raw" }],
+        }),
+    ));
+    c.running("blk");
+    let blk = c
+        .exec("blk", "test -b /dev/berth-raw && echo is-block; dd if=/dev/berth-raw of=/dev/null bs=1M count=1 2>&1")
+        .unwrap();
+    assert!(blk.contains("is-block"), "/dev/berth-raw in the pod: {blk}");
+    let blk_ip = c.pod_ip("blk");
+
+    // kubelet restarted while the pods run: they keep their network and volumes.
+    let restarts = |c: &OneNode, name: &str| {
+        c.get(&["pod", name]).unwrap()["status"]["containerStatuses"][0]["restartCount"].clone()
+    };
+    c.node.stop_kubelet();
+    let running = c
+        .node
+        .cri()
+        .crictl_ok(&["ps", "-q", "--state", "Running"])
+        .unwrap();
+    assert_eq!(
+        running.lines().count(),
+        2,
+        "both containers run while kubelet is down: {running}"
+    );
+    c.node.start_kubelet().unwrap();
+    c.node.wait_ready(&c.cp).unwrap();
+    c.running("writer");
+    assert_eq!(c.pod_ip("writer"), writer_ip, "writer keeps its address");
+    let after = c
+        .exec(
+            "writer",
+            &format!("cat /data/f && ping -c 2 -W 2 {blk_ip} >/dev/null && echo ping-ok"),
+        )
+        .unwrap_or_else(|e| panic!("after the kubelet restart: {e}\n{}", c.logs()));
+    assert!(
+        after.contains("berth-was-here") && after.contains("ping-ok"),
+        "after the kubelet restart: {after}"
+    );
+    assert_eq!(restarts(&c, "writer"), json!(0), "writer was not restarted");
+    assert_eq!(restarts(&c, "blk"), json!(0), "blk was not restarted");
+
+    // The pod deleted and created again finds its data.
+    c.delete(&["pod", "writer"]);
+    c.apply(&pod(
+        "reader",
+        "node1",
+        "exec sleep 3600",
+        json!({
+            "volumes": volume("data"),
+            "volumeMounts": [{ "name": "vol", "mountPath": "/data" }],
+        }),
+    ));
+    c.running("reader");
+    let again = c.exec("reader", "cat /data/f").unwrap();
+    assert_eq!(again.trim(), "berth-was-here", "the data survived the pod");
+
+    // Everything deleted: nothing left on the node.
+    c.delete(&["pod", "--all"]);
+    c.delete(&["pvc", "--all"]);
+    let gone = wait_until(SETTLE, || {
+        c.get(&["pv"])
+            .is_some_and(|l| l["items"].as_array().is_some_and(|a| a.is_empty()))
+    });
+    assert!(
+        gone,
+        "PVs left: {}\n{}",
+        c.kubectl(&["get", "pv"]),
+        c.logs()
+    );
+    c.assert_clean("after every pod and claim was deleted");
+    let csinode = c.get(&["csinode", "node1"]).unwrap();
+    assert_eq!(csinode["spec"]["drivers"][0]["name"], CSI_DRIVER);
+}
