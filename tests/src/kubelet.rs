@@ -180,25 +180,58 @@ impl Drop for CgroupRoot {
     }
 }
 
-/// Loop devices whose backing file is under `dir` (`losetup -l`).
+/// Loop devices whose backing file is under `dir` (berth-csi's images), followed by the loop
+/// devices stacked on one of those (kubelet holds each raw block volume it maps with a loop
+/// device over the device node; one killed before it unmapped leaves that loop behind, and it
+/// keeps ours busy). (device, backing file) from `losetup -l`.
 pub fn loop_devices_under(dir: &Path) -> Vec<(String, String)> {
+    use std::os::unix::fs::MetadataExt;
     let out = Command::new("losetup")
-        .args(["-l", "-n", "--raw", "-O", "NAME,BACK-FILE"])
+        .args([
+            "-l",
+            "-n",
+            "--raw",
+            "-O",
+            "NAME,BACK-MAJ:MIN,BACK-INO,BACK-FILE",
+        ])
         .stdin(Stdio::null())
         .output();
     let Ok(out) = out else {
         return Vec::new();
     };
-    let prefix = dir.to_string_lossy().into_owned();
-    String::from_utf8_lossy(&out.stdout)
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let rows: Vec<Vec<&str>> = text
         .lines()
-        .filter_map(|l| l.split_once(' '))
-        .filter(|(_, f)| f.starts_with(&prefix))
-        .map(|(d, f)| (d.to_string(), f.to_string()))
-        .collect()
+        .map(|l| l.splitn(4, ' ').collect::<Vec<_>>())
+        .filter(|r| r.len() == 4)
+        .collect();
+    let prefix = dir.to_string_lossy().into_owned();
+    let ours: Vec<(String, String)> = rows
+        .iter()
+        .filter(|r| r[3].starts_with(&prefix))
+        .map(|r| (r[0].to_string(), r[3].to_string()))
+        .collect();
+    // The device nodes of ours, as a stacked loop's BACK-MAJ:MIN and BACK-INO name them.
+    let nodes: Vec<(String, String, String)> = ours
+        .iter()
+        .filter_map(|(dev, _)| {
+            let m = fs::metadata(dev).ok()?;
+            let d = m.dev();
+            let (maj, min) = (libc::major(d), libc::minor(d));
+            Some((format!("{maj}:{min}"), m.ino().to_string(), dev.clone()))
+        })
+        .collect();
+    let mut all = Vec::new();
+    for r in &rows {
+        if let Some((_, _, under)) = nodes.iter().find(|(mm, ino, _)| r[1] == mm && r[2] == ino) {
+            all.push((r[0].to_string(), format!("stacked on {under}")));
+        }
+    }
+    all.extend(ours);
+    all
 }
 
-/// Detaches, on drop, the loop devices still backed by files under a directory.
+/// Detaches, on drop, the loop devices of [`loop_devices_under`] (stacked ones first).
 struct LoopGuard(PathBuf);
 
 impl Drop for LoopGuard {
@@ -533,16 +566,19 @@ impl Node {
     }
 
     /// Mount points of the node's mount namespace under its tempdir (kubelet's volumes,
-    /// berth-csi's staging), from the namespace holder's mountinfo.
+    /// berth-csi's staging), from the namespace holder's mountinfo; kubelet's own bind mount of
+    /// its root dir is not listed.
     pub fn mounts(&self) -> Result<Vec<String>, String> {
         let pid = self.cri.containerd().holder.pid();
         let p = format!("/proc/{pid}/mountinfo");
         let text = fs::read_to_string(&p).map_err(|e| format!("read {p}: {e}"))?;
         let under = self.dir.path().to_string_lossy().into_owned();
+        // kubelet bind-mounts its root dir onto itself (to make it a shared mount) at start.
+        let root = self.root_dir().to_string_lossy().into_owned();
         Ok(text
             .lines()
             .filter_map(|l| l.split_whitespace().nth(4))
-            .filter(|m| m.starts_with(&under))
+            .filter(|m| m.starts_with(&under) && *m != root)
             .map(str::to_string)
             .collect())
     }

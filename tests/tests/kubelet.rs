@@ -127,6 +127,15 @@ impl OneNode {
         if csi {
             me.start_sidecars();
         }
+        // Pods are admitted once kube-controller-manager made the namespace's ServiceAccount.
+        assert!(
+            wait_until(Duration::from_secs(60), || me
+                .cp
+                .kubectl(&["get", "serviceaccount", "default"])
+                .is_ok()),
+            "no default ServiceAccount\n{}",
+            me.cp.log_tail("kube-controller-manager")
+        );
         me
     }
 
@@ -492,12 +501,14 @@ fn one_node_pods_get_berth_networks_and_volumes() {
     c.node.wait_ready(&c.cp).unwrap();
     c.running("writer");
     assert_eq!(c.pod_ip("writer"), writer_ip, "writer keeps its address");
-    let after = c
-        .exec(
-            "writer",
-            &format!("cat /data/f && ping -c 2 -W 2 {blk_ip} >/dev/null && echo ping-ok"),
-        )
-        .unwrap_or_else(|e| panic!("after the kubelet restart: {e}\n{}", c.logs()));
+    // The Node still says Ready from before; kubelet serves exec once it synced its pods.
+    let script = format!("cat /data/f && ping -c 2 -W 2 {blk_ip} >/dev/null && echo ping-ok");
+    let mut last = Err(String::new());
+    wait_until(Duration::from_secs(60), || {
+        last = c.exec("writer", &script);
+        last.is_ok()
+    });
+    let after = last.unwrap_or_else(|e| panic!("after the kubelet restart: {e}\n{}", c.logs()));
     assert!(
         after.contains("berth-was-here") && after.contains("ping-ok"),
         "after the kubelet restart: {after}"
@@ -536,4 +547,147 @@ fn one_node_pods_get_berth_networks_and_volumes() {
     c.assert_clean("after every pod and claim was deleted");
     let csinode = c.get(&["csinode", "node1"]).unwrap();
     assert_eq!(csinode["spec"]["drivers"][0]["name"], CSI_DRIVER);
+}
+
+/// Events of `object` with `reason`: (count, message) each.
+fn reason_events(c: &OneNode, object: &str, reason: &str) -> Vec<(u64, String)> {
+    let list = c.get(&[
+        "events",
+        "--field-selector",
+        &format!("involvedObject.name={object},reason={reason}"),
+    ]);
+    list.map(|l| {
+        l["items"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|e| {
+                (
+                    e["count"].as_u64().unwrap_or(1),
+                    e["message"].as_str().unwrap_or_default().to_string(),
+                )
+            })
+            .collect()
+    })
+    .unwrap_or_default()
+}
+
+#[test]
+fn broken_conflist_keeps_pods_creating_and_leaks_nothing() {
+    let c = OneNode::start(false);
+    let good = bridge_conflist(c.stores.path());
+    let mut unknown_ipam = good.clone();
+    unknown_ipam["plugins"][0]["ipam"]["type"] = json!("berth-no-such-ipam");
+    let mut overlapping = good.clone();
+    overlapping["plugins"][0]["ipam"]["ranges"] =
+        json!([[{ "subnet": SUBNET }], [{ "subnet": "10.244.0.128/25" }]]);
+    let bad_json =
+        br#"{"cniVersion": "1.0.0", "name": "berthk8s", "plugins": [{"type": "berth-bridge","#
+            .to_vec();
+    let cases: [(&str, Vec<u8>, &str); 2] = [
+        (
+            "unknown IPAM type",
+            serde_json::to_vec(&unknown_ipam).unwrap(),
+            "berth-no-such-ipam",
+        ),
+        (
+            "overlapping ranges",
+            serde_json::to_vec(&overlapping).unwrap(),
+            "overlaps",
+        ),
+    ];
+    for (i, (what, bytes, needle)) in cases.iter().enumerate() {
+        c.node.write_conflist(bytes).unwrap();
+        let name = format!("victim{i}");
+        c.apply(&pod(&name, "node1", "exec sleep 3600", json!({})));
+        let mut seen = Vec::new();
+        let failed_twice = wait_until(SETTLE, || {
+            seen = reason_events(&c, &name, "FailedCreatePodSandBox");
+            seen.iter().map(|(n, _)| n).sum::<u64>() >= 2
+        });
+        let all = c.events(&name);
+        assert!(
+            failed_twice,
+            "{what}: kubelet did not retry the sandbox twice: {all}\n{}",
+            c.logs()
+        );
+        assert!(
+            seen.iter().any(|(_, m)| m.contains(needle)),
+            "{what}: no FailedCreatePodSandBox event names the problem ({needle:?}): {seen:?}"
+        );
+        let p = c.get(&["pod", &name]).unwrap();
+        assert_eq!(p["status"]["phase"], "Pending", "{what}: {}", p["status"]);
+        let leftovers = c.leftovers();
+        assert!(
+            leftovers.is_empty(),
+            "{what}: retries left behind: {leftovers:?}"
+        );
+        println!(
+            "kubelet-broken-conflist case={what:?} event={:?}",
+            seen.last().map(|s| &s.1)
+        );
+        c.delete(&["pod", &name]);
+    }
+    // Bad JSON never reaches a plugin: containerd's CRI plugin drops the network ("cni plugin
+    // not initialized"), the Node turns NotReady, and the parse error is in `crictl info`'s
+    // lastCNILoadStatus (and containerd's log), the place an operator looks next.
+    c.node.write_conflist(&bad_json).unwrap();
+    c.apply(&pod("victim-json", "node1", "exec sleep 3600", json!({})));
+    let mut status = String::new();
+    let reported = wait_until(SETTLE, || {
+        status = c
+            .node
+            .cri()
+            .crictl_json(&["info"])
+            .map(|v| {
+                v["lastCNILoadStatus"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string()
+            })
+            .unwrap_or_else(|e| e);
+        status.contains("unexpected end of JSON input")
+    });
+    assert!(reported, "bad JSON: lastCNILoadStatus = {status:?}");
+    let not_ready = wait_until(SETTLE, || {
+        !reason_events(&c, "victim-json", "NetworkNotReady").is_empty()
+            || !reason_events(&c, "victim-json", "FailedCreatePodSandBox").is_empty()
+    });
+    assert!(
+        not_ready,
+        "bad JSON: no event on the pod: {}",
+        c.events("victim-json")
+    );
+    let node_msg = c.kubectl(&[
+        "get",
+        "node",
+        "node1",
+        "-o=jsonpath={.status.conditions[?(@.type==\"Ready\")].message}",
+    ]);
+    let p = c.get(&["pod", "victim-json"]).unwrap();
+    assert_eq!(p["status"]["phase"], "Pending", "bad JSON: {}", p["status"]);
+    let leftovers: Vec<String> = c
+        .leftovers()
+        .into_iter()
+        // containerd keeps the failed sandbox (state unknown) and its netns file until it can
+        // tear it down; the final check below sees them go.
+        .filter(|l| !l.starts_with("sandboxes still listed") && !l.starts_with("pod netns files"))
+        .collect();
+    assert!(leftovers.is_empty(), "bad JSON: left behind: {leftovers:?}");
+    println!(
+        "kubelet-broken-conflist case=\"bad JSON\" lastCNILoadStatus={status:?} node={node_msg:?} events={:?}",
+        c.events("victim-json")
+    );
+
+    // Fixed: the waiting pod and a new one start.
+    c.node
+        .write_conflist(&serde_json::to_vec(&good).unwrap())
+        .unwrap();
+    c.apply(&pod("healed", "node1", "exec sleep 3600", json!({})));
+    c.running("victim-json");
+    c.running("healed");
+    assert!(subnet_contains(SUBNET, c.pod_ip("healed")));
+    assert!(subnet_contains(SUBNET, c.pod_ip("victim-json")));
+    c.delete(&["pod", "--all"]);
+    c.assert_clean("after the broken conflists and the healed pod");
 }
