@@ -40,6 +40,9 @@ const NETWORK: &str = "berthk8s";
 const SUBNET: &str = "10.244.0.0/24";
 /// How long a pod gets to run, a claim to bind, a deletion to finish.
 const SETTLE: Duration = Duration::from_secs(150);
+/// kubelet removes the stopped sandboxes of deleted pods in its garbage collection, once a
+/// minute.
+const GC_WAIT: Duration = Duration::from_secs(100);
 
 fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -371,7 +374,7 @@ impl OneNode {
 
     fn assert_clean(&self, context: &str) {
         let mut last = Vec::new();
-        let clean = wait_until(Duration::from_secs(60), || {
+        let clean = wait_until(GC_WAIT, || {
             last = self.leftovers();
             last.is_empty()
         });
@@ -690,4 +693,260 @@ fn broken_conflist_keeps_pods_creating_and_leaks_nothing() {
     assert!(subnet_contains(SUBNET, c.pod_ip("victim-json")));
     c.delete(&["pod", "--all"]);
     c.assert_clean("after the broken conflists and the healed pod");
+}
+
+/// The two-node scenario's underlay: the control plane and the overlay's etcd are on the
+/// underlay netns (the bridge's address), each node a host netns plugged into it.
+const UL_PREFIX: &str = "172.31.249";
+const OVERLAY_ETCD: &str = "172.31.249.254:22379";
+
+/// One node of the two-node scenario: its host netns, berth-overlayd, kubelet.
+struct OverlayNode {
+    node: Node,
+    agent: ChildGuard,
+    host: Host,
+    subnet: String,
+}
+
+fn start_overlay_agent(host: &Host, name: &str, dir: &Path) -> (ChildGuard, String) {
+    let subnet_file = dir.join(format!("{name}-subnet.env"));
+    let log = fs::File::create(dir.join(format!("{name}-overlayd.log"))).unwrap();
+    let mut cmd = std::process::Command::new(bin_dir().join("berth-overlayd"));
+    cmd.args([
+        "--node-name",
+        name,
+        "--network",
+        "10.244.0.0/16",
+        "--store",
+        &format!("etcd:http://{OVERLAY_ETCD}"),
+        "--iface",
+        "eth0",
+        "--lease-ttl",
+        "12s",
+        "--resync-interval",
+        "1s",
+    ])
+    .arg("--subnet-file")
+    .arg(&subnet_file)
+    .stdin(Stdio::null())
+    .stdout(Stdio::null())
+    .stderr(log);
+    let agent = ChildGuard::new(host.spawn(cmd).expect("start berth-overlayd"));
+    assert!(
+        wait_until(Duration::from_secs(20), || subnet_file.exists()),
+        "berth-overlayd on {name} wrote no subnet file: {}",
+        fs::read_to_string(dir.join(format!("{name}-overlayd.log"))).unwrap_or_default()
+    );
+    let subnet = fs::read_to_string(&subnet_file)
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("BERTH_SUBNET="))
+        .expect("BERTH_SUBNET in the subnet file")
+        .to_string();
+    (agent, subnet)
+}
+
+#[test]
+fn two_nodes_pods_reach_each_other_over_the_berth_overlay() {
+    need_root();
+    let ul = Underlay::create("bk2", "br-ul", Some(&format!("{UL_PREFIX}.254/24")));
+    let stores = tempfile::Builder::new()
+        .prefix("berth-kubelet-2n-")
+        .tempdir()
+        .unwrap();
+    let cp = ControlPlane::start(ul.ns.path(), &stores.path().join("cp"), DEFAULT_ADDRESS)
+        .unwrap_or_else(|e| panic!("control plane: {e}"));
+    // The overlay's own etcd (deploy/kubernetes runs one for berth-overlayd), on the underlay.
+    let (etcd_host, etcd_port) = OVERLAY_ETCD.split_once(':').unwrap();
+    let mut etcd = std::process::Command::new("etcd");
+    etcd.arg("--data-dir")
+        .arg(stores.path().join("overlay-etcd"))
+        .args([
+            &format!("--listen-client-urls=http://{OVERLAY_ETCD}"),
+            &format!("--advertise-client-urls=http://{OVERLAY_ETCD}"),
+            "--listen-peer-urls=http://127.0.0.1:22380",
+            "--initial-advertise-peer-urls=http://127.0.0.1:22380",
+            "--initial-cluster=default=http://127.0.0.1:22380",
+            "--log-level=warn",
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(fs::File::create(stores.path().join("overlay-etcd.log")).unwrap());
+    let _etcd = ChildGuard::new(spawn_in_netns(ul.ns.path(), etcd).expect("start etcd"));
+    let probe = format!("exec 3<>/dev/tcp/{etcd_host}/{etcd_port}");
+    assert!(
+        wait_until(Duration::from_secs(20), || ul
+            .ns
+            .try_exec(&["bash", "-c", &probe])
+            .is_ok()),
+        "the overlay's etcd did not start"
+    );
+
+    let plugins: Vec<PathBuf> = ["berth-overlay", BRIDGE_BIN, HOST_LOCAL_BIN]
+        .iter()
+        .map(|p| bin_dir().join(p))
+        .collect();
+    let mut nodes: Vec<OverlayNode> = Vec::new();
+    for i in 1..=2u8 {
+        let name = format!("node{i}");
+        let host = Host::new();
+        let ip: std::net::Ipv4Addr = format!("{UL_PREFIX}.{i}").parse().unwrap();
+        ul.attach(&host.ns, &format!("u{i}"), "eth0", &[&format!("{ip}/24")]);
+        host.ns
+            .try_exec(&[
+                "ip",
+                "route",
+                "add",
+                &format!("{DEFAULT_ADDRESS}/32"),
+                "via",
+                &format!("{UL_PREFIX}.254"),
+            ])
+            .unwrap();
+        let (agent, subnet) = start_overlay_agent(&host, &name, stores.path());
+        let conflist = json!({
+            "cniVersion": "1.0.0",
+            "name": "pods",
+            "plugins": [{
+                "type": "berth-overlay",
+                "subnetFile": stores.path().join(format!("{name}-subnet.env")).to_string_lossy(),
+                "dataDir": stores.path().join(format!("{name}-data")).to_string_lossy(),
+            }],
+        });
+        let node = Node::start(
+            &cp,
+            &host,
+            &NodeOptions {
+                name: &name,
+                node_ip: ip,
+                conflist: &conflist,
+                plugins: &plugins,
+                csi: false,
+                max_pods: 110,
+            },
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        nodes.push(OverlayNode {
+            node,
+            agent,
+            host,
+            subnet,
+        });
+    }
+    assert_ne!(
+        nodes[0].subnet, nodes[1].subnet,
+        "each node leased its own subnet"
+    );
+    let k = |args: &[&str]| {
+        cp.kubectl(args)
+            .unwrap_or_else(|e| panic!("{e}\n{}\n{}", nodes[0].node.logs(), nodes[1].node.logs()))
+    };
+    assert!(
+        wait_until(Duration::from_secs(60), || cp
+            .kubectl(&["get", "serviceaccount", "default"])
+            .is_ok()),
+        "no default ServiceAccount"
+    );
+    let apply = |obj: &Value| {
+        cp.kubectl_stdin(&["apply", "-f", "-"], &obj.to_string())
+            .unwrap_or_else(|e| panic!("apply: {e}"))
+    };
+    apply(&pod("a", "node1", "exec sleep 3600", json!({})));
+    apply(&pod(
+        "sink",
+        "node2",
+        // busybox nc stops reading the network once its own stdin ends: keep that open.
+        "sleep 3600 | nc -l -p 5001 > /tmp/recv; exec sleep 3600",
+        json!({}),
+    ));
+    for p in ["a", "sink"] {
+        k(&[
+            "wait",
+            "--for=condition=Ready",
+            "--timeout=150s",
+            &format!("pod/{p}"),
+        ]);
+    }
+    let ip_of = |p: &str| -> IpAddr {
+        k(&["get", "pod", p, "-o=jsonpath={.status.podIP}"])
+            .trim()
+            .parse()
+            .unwrap()
+    };
+    let (a_ip, sink_ip) = (ip_of("a"), ip_of("sink"));
+    assert!(
+        subnet_contains(&nodes[0].subnet, a_ip),
+        "{a_ip} in {}",
+        nodes[0].subnet
+    );
+    assert!(
+        subnet_contains(&nodes[1].subnet, sink_ip),
+        "{sink_ip} in {}",
+        nodes[1].subnet
+    );
+    let exec = |p: &str, script: &str| cp.kubectl(&["exec", p, "--", "/bin/sh", "-c", script]);
+    let ping = exec("a", &format!("ping -c 3 -W 2 {sink_ip}"));
+    assert!(
+        ping.is_ok(),
+        "node1 pod -> node2 pod over the overlay: {ping:?}"
+    );
+    let back = exec("sink", &format!("ping -c 3 -W 2 {a_ip}"));
+    assert!(back.is_ok(), "node2 pod -> node1 pod: {back:?}");
+
+    // A pod-IP TCP transfer between the nodes (no Service): 8 MiB through busybox nc.
+    let sent = exec(
+        "a",
+        &format!("dd if=/dev/zero bs=1M count=8 2>/dev/null | nc -w 5 {sink_ip} 5001; echo sent"),
+    );
+    assert!(sent.is_ok(), "send to {sink_ip}:5001: {sent:?}");
+    let mut got = String::new();
+    let arrived = wait_until(Duration::from_secs(20), || {
+        got = exec("sink", "wc -c < /tmp/recv").unwrap_or_default();
+        got.trim() == "8388608"
+    });
+    assert!(arrived, "the sink received {got:?} bytes of 8388608");
+
+    // node2's kubelet and agent stopped: node1 drops its route to node2's subnet.
+    let route_to = |n: &OverlayNode, subnet: &str| {
+        n.host
+            .ns
+            .try_exec(&["ip", "route", "show", subnet])
+            .unwrap_or_default()
+    };
+    let node2_subnet = nodes[1].subnet.clone();
+    assert!(
+        !route_to(&nodes[0], &node2_subnet).trim().is_empty(),
+        "node1 has a route to node2's {node2_subnet} while node2 runs"
+    );
+    let mut gone = nodes.pop().unwrap();
+    gone.node.stop_kubelet();
+    gone.agent.stop();
+    let dropped = wait_until(Duration::from_secs(60), || {
+        route_to(&nodes[0], &node2_subnet).trim().is_empty()
+    });
+    assert!(
+        dropped,
+        "node1 still routes {node2_subnet} after node2's agent stopped: {}\n{}",
+        route_to(&nodes[0], &node2_subnet),
+        fs::read_to_string(stores.path().join("node1-overlayd.log")).unwrap_or_default()
+    );
+    let ping = exec("a", &format!("ping -c 1 -W 1 {sink_ip}"));
+    assert!(
+        ping.is_err(),
+        "node2's pod is no longer reachable: {ping:?}"
+    );
+    drop(gone);
+    cp.kubectl(&["delete", "pod", "a", "--wait=true", "--timeout=120s"])
+        .unwrap_or_else(|e| panic!("{e}\n{}", nodes[0].node.logs()));
+    let ipam_db = store_path(&stores.path().join("node1-data"), "pods");
+    let records = records_path(&stores.path().join("node1-data"), "pods");
+    let uplinks = ["eth0"];
+    let st = Stores {
+        ipam_db: Some(&ipam_db),
+        records: Some(&records),
+        reference_ipam: None,
+        uplinks: &uplinks,
+    };
+    if let Err(e) = nodes[0].node.cri().wait_clean(&nodes[0].host, &st, GC_WAIT) {
+        panic!("node1 after its pod was deleted: {e}");
+    }
 }
