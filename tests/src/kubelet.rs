@@ -42,7 +42,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use crate::cluster::{tool, tool_version, write_kubeconfig, ControlPlane, Credential};
+use crate::cluster::{
+    sidecar_command, tool, tool_version, write_kubeconfig, ControlPlane, Credential, SIDECARS,
+};
 use crate::cri::Cri;
 use crate::netns::{wait_until, Host};
 use crate::runtime::{remove_cgroup_tree, Daemon};
@@ -626,6 +628,85 @@ impl Drop for Node {
         if let Some(mut c) = self.csi.take() {
             c.stop();
         }
+    }
+}
+
+/// Install what berth-csi needs in the cluster: the VolumeSnapshot CRDs of the pinned
+/// external-snapshotter release, and deploy/kubernetes' namespace, CSIDriver, RBAC and
+/// StorageClasses (`repo` is the repository root).
+pub fn install_storage(cp: &ControlPlane, repo: &Path) -> Result<(), String> {
+    let crds = netns_fixture::test_peer("files/snapshot-crds");
+    cp.kubectl(&["apply", "--server-side", "-k", &crds.to_string_lossy()])?;
+    cp.kubectl(&[
+        "wait",
+        "--for=condition=Established",
+        "--timeout=60s",
+        "crd/volumesnapshots.snapshot.storage.k8s.io",
+    ])?;
+    let m = repo.join("deploy/kubernetes");
+    for f in [
+        "00-namespace.yaml",
+        "01-csidriver.yaml",
+        "02-rbac.yaml",
+        "04-storageclasses.yaml",
+    ] {
+        cp.kubectl(&["apply", "-f", &m.join(f).to_string_lossy()])?;
+    }
+    Ok(())
+}
+
+/// The CSI sidecars ([`SIDECARS`]) of one node's berth-csi, as processes in the node's host
+/// netns authenticated as the berth-csi ServiceAccount; stopped by PID on drop.
+pub struct Sidecars {
+    children: Vec<netns_fixture::ChildGuard>,
+}
+
+impl Sidecars {
+    /// Start every sidecar on `node`'s berth-csi socket; logs are `<dir>/<sidecar>.log`.
+    pub fn start(
+        cp: &ControlPlane,
+        host: &Host,
+        node: &Node,
+        dir: &Path,
+    ) -> Result<Sidecars, String> {
+        let sa = dir.join("berth-csi.kubeconfig");
+        cp.service_account_kubeconfig("berth-system", "berth-csi", &sa)?;
+        let mut me = Sidecars {
+            children: Vec::new(),
+        };
+        for name in SIDECARS {
+            let mut cmd = sidecar_command(name, &node.csi_socket(), &sa, &cp.admin, &node.name)?;
+            let log_path = dir.join(format!("{name}.log"));
+            let log =
+                fs::File::create(&log_path).map_err(|e| format!("{}: {e}", log_path.display()))?;
+            let log2 = log.try_clone().map_err(|e| e.to_string())?;
+            cmd.stdin(Stdio::null()).stdout(log).stderr(log2);
+            let child = netns_fixture::spawn_in_netns(host.ns.path(), cmd)
+                .map_err(|e| format!("cannot start {name}: {e}"))?;
+            me.children.push(netns_fixture::ChildGuard::new(child));
+        }
+        eprintln!(
+            "sidecars: {}",
+            SIDECARS
+                .map(|s| format!("{s} {}", tool_version(s)))
+                .join(", ")
+        );
+        Ok(me)
+    }
+}
+
+/// Wait until kube-controller-manager made the `default` ServiceAccount of `default` (pods are
+/// refused before).
+pub fn wait_default_service_account(cp: &ControlPlane) -> Result<(), String> {
+    if wait_until(Duration::from_secs(60), || {
+        cp.kubectl(&["get", "serviceaccount", "default"]).is_ok()
+    }) {
+        Ok(())
+    } else {
+        Err(format!(
+            "no default ServiceAccount after 60 s\n{}",
+            cp.log_tail("kube-controller-manager")
+        ))
     }
 }
 

@@ -25,14 +25,14 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
-use berth_tests::cluster::{
-    sidecar_command, tool_version, ControlPlane, DEFAULT_ADDRESS, SIDECARS,
-};
+use berth_tests::cluster::{ControlPlane, DEFAULT_ADDRESS};
 use berth_tests::cri::Stores;
-use berth_tests::kubelet::{pod, Node, NodeOptions, CSI_DRIVER};
+use berth_tests::kubelet::{
+    install_storage, pod, wait_default_service_account, Node, NodeOptions, Sidecars, CSI_DRIVER,
+};
 use berth_tests::netns::*;
 use berth_tests::{bin_dir, read_allocations, store_path, subnet_contains, HOST_LOCAL_BIN};
-use netns_fixture::{spawn_in_netns, test_peer, ChildGuard};
+use netns_fixture::{spawn_in_netns, ChildGuard};
 use serde_json::{json, Value};
 
 /// The pods' network (the node's podCIDR from kube-controller-manager is 10.244.0.0/24).
@@ -82,7 +82,7 @@ fn bridge_conflist(dir: &Path) -> Value {
 /// One node with berth-csi and the sidecars, its control plane in the same netns.
 struct OneNode {
     // Dropped in declaration order: sidecars, node, control plane, netns, stores.
-    sidecars: Vec<ChildGuard>,
+    _sidecars: Option<Sidecars>,
     node: Node,
     cp: ControlPlane,
     host: Host,
@@ -105,7 +105,7 @@ impl OneNode {
             .map(|p| bin_dir().join(p))
             .collect();
         if csi {
-            install_storage(&cp);
+            install_storage(&cp, &root()).unwrap_or_else(|e| panic!("{e}"));
         }
         let node = Node::start(
             &cp,
@@ -120,56 +120,17 @@ impl OneNode {
             },
         )
         .unwrap_or_else(|e| panic!("{e}"));
-        let mut me = OneNode {
-            sidecars: Vec::new(),
+        let sidecars = csi.then(|| {
+            Sidecars::start(&cp, &host, &node, stores.path()).unwrap_or_else(|e| panic!("{e}"))
+        });
+        wait_default_service_account(&cp).unwrap_or_else(|e| panic!("{e}"));
+        OneNode {
+            _sidecars: sidecars,
             node,
             cp,
             host,
             stores,
-        };
-        if csi {
-            me.start_sidecars();
         }
-        // Pods are admitted once kube-controller-manager made the namespace's ServiceAccount.
-        assert!(
-            wait_until(Duration::from_secs(60), || me
-                .cp
-                .kubectl(&["get", "serviceaccount", "default"])
-                .is_ok()),
-            "no default ServiceAccount\n{}",
-            me.cp.log_tail("kube-controller-manager")
-        );
-        me
-    }
-
-    fn start_sidecars(&mut self) {
-        let sa = self.stores.path().join("berth-csi.kubeconfig");
-        self.cp
-            .service_account_kubeconfig("berth-system", "berth-csi", &sa)
-            .unwrap();
-        for name in SIDECARS {
-            let mut cmd = sidecar_command(
-                name,
-                &self.node.csi_socket(),
-                &sa,
-                &self.cp.admin,
-                &self.node.name,
-            )
-            .unwrap();
-            let log = fs::File::create(self.stores.path().join(format!("{name}.log"))).unwrap();
-            cmd.stdin(Stdio::null())
-                .stdout(log.try_clone().unwrap())
-                .stderr(log);
-            let child = spawn_in_netns(self.host.ns.path(), cmd)
-                .unwrap_or_else(|e| panic!("cannot start {name}: {e}"));
-            self.sidecars.push(ChildGuard::new(child));
-        }
-        eprintln!(
-            "sidecars: {}",
-            SIDECARS
-                .map(|s| format!("{s} {}", tool_version(s)))
-                .join(", ")
-        );
     }
 
     fn kubectl(&self, args: &[&str]) -> String {
@@ -384,28 +345,6 @@ impl OneNode {
             last.join("\n- "),
             self.logs()
         );
-    }
-}
-
-/// The CRDs, namespace, CSIDriver, RBAC and StorageClasses of deploy/kubernetes.
-fn install_storage(cp: &ControlPlane) {
-    let crds = test_peer("files/snapshot-crds");
-    let k = |args: &[&str]| cp.kubectl(args).unwrap_or_else(|e| panic!("{e}"));
-    k(&["apply", "--server-side", "-k", &crds.to_string_lossy()]);
-    k(&[
-        "wait",
-        "--for=condition=Established",
-        "--timeout=60s",
-        "crd/volumesnapshots.snapshot.storage.k8s.io",
-    ]);
-    let m = root().join("deploy/kubernetes");
-    for f in [
-        "00-namespace.yaml",
-        "01-csidriver.yaml",
-        "02-rbac.yaml",
-        "04-storageclasses.yaml",
-    ] {
-        k(&["apply", "-f", &m.join(f).to_string_lossy()]);
     }
 }
 
@@ -840,12 +779,7 @@ fn two_nodes_pods_reach_each_other_over_the_berth_overlay() {
         cp.kubectl(args)
             .unwrap_or_else(|e| panic!("{e}\n{}\n{}", nodes[0].node.logs(), nodes[1].node.logs()))
     };
-    assert!(
-        wait_until(Duration::from_secs(60), || cp
-            .kubectl(&["get", "serviceaccount", "default"])
-            .is_ok()),
-        "no default ServiceAccount"
-    );
+    wait_default_service_account(&cp).unwrap_or_else(|e| panic!("{e}"));
     let apply = |obj: &Value| {
         cp.kubectl_stdin(&["apply", "-f", "-"], &obj.to_string())
             .unwrap_or_else(|e| panic!("apply: {e}"))

@@ -9,6 +9,7 @@
 //!                    [--reference PATH] [--reference-ipam PATH] [--markdown FILE]
 //! berth-bench cri [--sandboxes N] [--ours PATH] [--ours-ipam PATH] [--reference PATH]
 //!                 [--reference-ipam PATH] [--markdown FILE]
+//! berth-bench kubelet [--pods N] [--rounds R] [--markdown FILE]
 //! ```
 //!
 //! A benchmark prints figures and the targets beside them; it never fails because of speed.
@@ -20,13 +21,22 @@ use std::process::ExitCode;
 
 #[path = "bench/cri.rs"]
 mod cri;
+#[path = "bench/kubelet.rs"]
+mod kubelet;
 #[path = "bench/overlay.rs"]
 mod overlay;
 #[path = "bench/report.rs"]
 mod report;
 
 fn run_report(args: &[String]) -> Result<(), String> {
-    report::run(args, ipam::run, bridge::run, overlay::run, cri::run)
+    report::run(
+        args,
+        ipam::run,
+        bridge::run,
+        overlay::run,
+        cri::run,
+        kubelet::run,
+    )
 }
 
 /// A benchmark subcommand: name, one-line description, entry point.
@@ -61,6 +71,11 @@ const SUBCOMMANDS: &[Subcommand] = &[
         name: "cri",
         about: "pod sandboxes through containerd's CRI plugin (crictl runp, stopp + rmp), ours vs reference bridge + host-local (root)",
         run: cri::run,
+    },
+    Subcommand {
+        name: "kubelet",
+        about: "pods with a PVC each through a real kubelet, created at once: time to all Ready, per-pod p50/p99, ours vs reference bridge + host-local (root)",
+        run: kubelet::run,
     },
 ];
 
