@@ -597,6 +597,40 @@ impl ControlPlane {
         Ok(out)
     }
 
+    /// `kubectl apply -f -` of one object (or a `List`), as the admin.
+    pub fn apply(&self, obj: &serde_json::Value) -> Result<String, String> {
+        self.kubectl_stdin(&["apply", "-f", "-"], &obj.to_string())
+            .map_err(|e| format!("apply {obj}: {e}"))
+    }
+
+    /// `kubectl get <args> -o json`, parsed; `None` when kubectl fails (e.g. not found) or
+    /// prints no JSON.
+    pub fn get_json(&self, args: &[&str]) -> Option<serde_json::Value> {
+        let mut a = vec!["get"];
+        a.extend_from_slice(args);
+        a.extend_from_slice(&["-o", "json"]);
+        self.kubectl(&a)
+            .ok()
+            .and_then(|s| serde_json::from_str(&s).ok())
+    }
+
+    /// The events of `object` in `namespace`, one `REASON  MESSAGE` line each (empty when
+    /// kubectl fails), for assertions and failure messages.
+    pub fn events(&self, namespace: &str, object: &str) -> String {
+        self.kubectl(&[
+            "get",
+            "events",
+            "-n",
+            namespace,
+            "--field-selector",
+            &format!("involvedObject.name={object}"),
+            "-o",
+            "custom-columns=REASON:.reason,MESSAGE:.message",
+            "--no-headers",
+        ])
+        .unwrap_or_default()
+    }
+
     /// A kubeconfig at `path` authenticating as the ServiceAccount `namespace/name`, with a
     /// token from the TokenRequest API (what a pod of that account gets mounted).
     pub fn service_account_kubeconfig(

@@ -710,6 +710,15 @@ pub fn wait_default_service_account(cp: &ControlPlane) -> Result<(), String> {
     }
 }
 
+/// Rows of a table of berth-csi's state database (opened read-only beside the running driver).
+pub fn csi_state_rows(db: &Path, table: &str) -> Result<i64, String> {
+    let conn =
+        rusqlite::Connection::open_with_flags(db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+            .map_err(|e| format!("{}: {e}", db.display()))?;
+    conn.query_row(&format!("SELECT count(*) FROM {table}"), [], |r| r.get(0))
+        .map_err(|e| format!("{} table {table}: {e}", db.display()))
+}
+
 /// The busybox image every pod of the cluster tests runs (imported, never pulled).
 pub const POD_IMAGE: &str = crate::cri::IMAGE;
 

@@ -31,6 +31,7 @@ use std::time::{Duration, Instant};
 use berth_tests::cluster::{
     log_tail, sidecar_command, tool_version, ControlPlane, DEFAULT_ADDRESS,
 };
+use berth_tests::kubelet::csi_state_rows;
 use netns_fixture::{spawn_in_netns, test_peer, wait_until, ChildGuard, Netns};
 use serde_json::{json, Value};
 
@@ -48,10 +49,6 @@ fn root() -> PathBuf {
         .parent()
         .unwrap()
         .to_path_buf()
-}
-
-fn json_of(s: &str) -> Value {
-    serde_json::from_str(s).unwrap_or_else(|e| panic!("kubectl gave no JSON ({e}): {s}"))
 }
 
 /// A process of the test (berth-csi or a sidecar) with its log.
@@ -290,16 +287,11 @@ impl Cluster {
     }
 
     fn apply(&self, obj: &Value) {
-        self.cp
-            .kubectl_stdin(&["apply", "-f", "-"], &obj.to_string())
-            .unwrap_or_else(|e| panic!("apply {obj}: {e}"));
+        self.cp.apply(obj).unwrap_or_else(|e| panic!("{e}"));
     }
 
     fn get(&self, args: &[&str]) -> Option<Value> {
-        let mut a = vec!["get"];
-        a.extend_from_slice(args);
-        a.extend_from_slice(&["-o", "json"]);
-        self.cp.kubectl(&a).ok().map(|s| json_of(&s))
+        self.cp.get_json(args)
     }
 
     fn pvc(&self, name: &str) -> Value {
@@ -360,19 +352,7 @@ impl Cluster {
     }
 
     fn events(&self, object: &str) -> String {
-        self.cp
-            .kubectl(&[
-                "get",
-                "events",
-                "-n",
-                NS,
-                "--field-selector",
-                &format!("involvedObject.name={object}"),
-                "-o",
-                "custom-columns=REASON:.reason,MESSAGE:.message",
-                "--no-headers",
-            ])
-            .unwrap_or_default()
+        self.cp.events(NS, object)
     }
 
     /// The image files in berth-csi's pool (`volumes/` or `snapshots/`).
@@ -391,12 +371,8 @@ impl Cluster {
 
     /// Rows of a table of berth-csi's state (read-only, beside the running driver).
     fn state_rows(&self, table: &str) -> i64 {
-        let db = self.dir.path().join("state/berth-csi.db");
-        let conn =
-            rusqlite::Connection::open_with_flags(&db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
-                .unwrap_or_else(|e| panic!("{}: {e}", db.display()));
-        conn.query_row(&format!("SELECT count(*) FROM {table}"), [], |r| r.get(0))
-            .unwrap_or_else(|e| panic!("{table}: {e}"))
+        csi_state_rows(&self.dir.path().join("state/berth-csi.db"), table)
+            .unwrap_or_else(|e| panic!("{e}"))
     }
 
     fn pv_names(&self) -> Vec<String> {

@@ -28,7 +28,8 @@ use std::time::Duration;
 use berth_tests::cluster::{ControlPlane, DEFAULT_ADDRESS};
 use berth_tests::cri::Stores;
 use berth_tests::kubelet::{
-    install_storage, pod, wait_default_service_account, Node, NodeOptions, Sidecars, CSI_DRIVER,
+    csi_state_rows, install_storage, pod, wait_default_service_account, Node, NodeOptions,
+    Sidecars, CSI_DRIVER,
 };
 use berth_tests::netns::*;
 use berth_tests::{bin_dir, read_allocations, store_path, subnet_contains, HOST_LOCAL_BIN};
@@ -140,19 +141,11 @@ impl OneNode {
     }
 
     fn apply(&self, obj: &Value) {
-        self.cp
-            .kubectl_stdin(&["apply", "-f", "-"], &obj.to_string())
-            .unwrap_or_else(|e| panic!("apply {obj}: {e}"));
+        self.cp.apply(obj).unwrap_or_else(|e| panic!("{e}"));
     }
 
     fn get(&self, args: &[&str]) -> Option<Value> {
-        let mut a = vec!["get"];
-        a.extend_from_slice(args);
-        a.push("-o=json");
-        self.cp
-            .kubectl(&a)
-            .ok()
-            .and_then(|s| serde_json::from_str(&s).ok())
+        self.cp.get_json(args)
     }
 
     fn exec(&self, pod: &str, script: &str) -> Result<String, String> {
@@ -161,17 +154,7 @@ impl OneNode {
     }
 
     fn events(&self, object: &str) -> String {
-        self.cp
-            .kubectl(&[
-                "get",
-                "events",
-                "--field-selector",
-                &format!("involvedObject.name={object}"),
-                "-o",
-                "custom-columns=REASON:.reason,MESSAGE:.message",
-                "--no-headers",
-            ])
-            .unwrap_or_default()
+        self.cp.events("default", object)
     }
 
     fn logs(&self) -> String {
@@ -288,12 +271,7 @@ impl OneNode {
     }
 
     fn state_rows(&self, table: &str) -> i64 {
-        let db = self.node.csi_db();
-        let conn =
-            rusqlite::Connection::open_with_flags(&db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
-                .unwrap_or_else(|e| panic!("{}: {e}", db.display()));
-        conn.query_row(&format!("SELECT count(*) FROM {table}"), [], |r| r.get(0))
-            .unwrap_or_else(|e| panic!("{table}: {e}"))
+        csi_state_rows(&self.node.csi_db(), table).unwrap_or_else(|e| panic!("{e}"))
     }
 
     /// Everything the pods and volumes could leave: veths, NAT elements, allocations,
