@@ -1,7 +1,18 @@
 # Every Berth binary in one small image: build with the Rust toolchain, run on
-# Debian slim with the tools the plugins and the driver call (nft for ipMasq,
+# Debian with the tools the plugins and the driver call (nft for ipMasq,
 # mkfs/blkid for volumes).
-FROM rust:1.89-bookworm AS build
+#
+# The base images are build arguments, so the same file builds from public
+# images (the defaults) and from local ones where no registry can be reached
+# (scripts/image.sh: a debootstrapped Debian as RUNTIME_IMAGE, binaries built
+# on the host with BINARIES=prebuilt, packages already in the base with
+# INSTALL_PACKAGES=false).
+ARG BUILD_IMAGE=docker.io/library/rust:1.89-bookworm
+ARG RUNTIME_IMAGE=docker.io/library/debian:bookworm-slim
+# build: compile in BUILD_IMAGE; prebuilt: take ./prebuilt/* from the context.
+ARG BINARIES=build
+
+FROM ${BUILD_IMAGE} AS build
 RUN apt-get update && apt-get install -y --no-install-recommends protobuf-compiler && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY . .
@@ -11,10 +22,18 @@ RUN cargo build --release --workspace --bins \
       cp target/release/$b /out/; \
     done
 
-FROM debian:bookworm-slim
-RUN apt-get update \
- && apt-get install -y --no-install-recommends nftables iptables iproute2 e2fsprogs xfsprogs util-linux ca-certificates \
- && rm -rf /var/lib/apt/lists/*
-COPY --from=build /out/ /usr/local/bin/
+FROM scratch AS prebuilt
+COPY prebuilt/ /out/
+
+FROM ${BINARIES} AS binaries
+
+FROM ${RUNTIME_IMAGE}
+ARG INSTALL_PACKAGES=true
+RUN if [ "$INSTALL_PACKAGES" = true ]; then \
+      apt-get update \
+      && apt-get install -y --no-install-recommends nftables iptables iproute2 e2fsprogs xfsprogs util-linux ca-certificates \
+      && rm -rf /var/lib/apt/lists/*; \
+    fi
+COPY --from=binaries /out/ /usr/local/bin/
 USER 0
 ENTRYPOINT ["/usr/local/bin/berth-overlayd"]
