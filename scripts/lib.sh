@@ -9,14 +9,15 @@ export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
 # sqlite3 to inspect stores, a C compiler for the bundled SQLite, podman and
 # containerd for the runtime tests, etcd for the overlay's etcd store, protoc
 # for the etcd client's build script, iperf3 for the overlay benchmark.
-# openssl makes the test control plane's certificates; curl probes its health.
+# openssl makes the test control plane's certificates; curl probes its health;
+# debootstrap makes the image's base (scripts/image.sh).
 PACKAGES=(ca-certificates gcc libc6-dev pkg-config make
           containernetworking-plugins iproute2 nftables iptables iputils-ping
           sqlite3 procps util-linux e2fsprogs xfsprogs jq
           podman containerd runc conmon busybox-static
           etcd-server protobuf-compiler iperf3 bash
           nfs-ganesha nfs-ganesha-vfs rpcbind cpio tar python3 python3-venv
-          openssl curl)
+          openssl curl debootstrap)
 
 # Installed without their recommended packages (QEMU would otherwise pull in
 # a desktop stack): the emulator that boots the NFS client guests.

@@ -26,6 +26,11 @@ if [ "$peers_ok" != 0 ]; then
     echo "error: scripts/test-peers.sh failed (exit $peers_ok)" >&2
     exit 1
 fi
+# Berth's image and the sidecar images, for the install test (no registry:
+# a debootstrapped base, cached after the first run).
+echo "==> building the images (scripts/image.sh)"
+export BERTH_IMAGE_ARCHIVES="${BERTH_IMAGE_ARCHIVES:-/var/cache/berth-image/archives}"
+"$ROOT/scripts/image.sh" --sidecars --archive-dir "$BERTH_IMAGE_ARCHIVES" | { grep -v '^Copying\|^Writing\|^Storing\|^Getting' || true; }
 echo "==> running every test"
 cd "$ROOT"
 export BERTH_BIN_DIR="$ROOT/target/release"

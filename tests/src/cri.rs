@@ -232,6 +232,16 @@ impl Cri {
     /// what the conflist's `type` must say) plus the reference `loopback`; import the image;
     /// wait until CRI reports the runtime and the network ready.
     pub fn start(host: &Host, conflist: &Value, plugins: &[PathBuf]) -> Result<Cri, String> {
+        Cri::start_with(host, Some(conflist), plugins)
+    }
+
+    /// [`Cri::start`], or with `conflist` `None` an empty CNI `conf_dir` (a node whose CNI a
+    /// DaemonSet installs later): then only RuntimeReady is waited for.
+    pub fn start_with(
+        host: &Host,
+        conflist: Option<&Value>,
+        plugins: &[PathBuf],
+    ) -> Result<Cri, String> {
         let crictl = crictl_bin()?;
         for (tool, pkg) in [
             ("containerd", "containerd"),
@@ -276,7 +286,9 @@ impl Cri {
             ));
         }
         link(&lo, std::ffi::OsStr::new("loopback"))?;
-        write(&cni_conf.join("10-berth.conflist"), to_json(conflist)?)?;
+        if let Some(conflist) = conflist {
+            write(&cni_conf.join("10-berth.conflist"), to_json(conflist)?)?;
+        }
         let s = |p: &Path| p.to_string_lossy().into_owned();
         write(
             &dir.join("crictl.yaml"),
@@ -320,7 +332,11 @@ impl Cri {
             "native",
             &archive.to_string_lossy(),
         ])?;
-        cri.wait_ready()?;
+        cri.wait_conditions(if conflist.is_some() {
+            &["RuntimeReady", "NetworkReady"]
+        } else {
+            &["RuntimeReady"]
+        })?;
         let images = cri.crictl_ok(&["images"])?;
         if !images.contains("localhost/berth-busybox") {
             return Err(format!(
@@ -339,6 +355,11 @@ impl Cri {
         let tmp = self.dir.join("cni-conf/.10-berth.conflist.new");
         write(&tmp, bytes)?;
         fs::rename(&tmp, &path).map_err(|e| format!("rename onto {}: {e}", path.display()))
+    }
+
+    /// The CNI `bin_dir` and `conf_dir` the CRI plugin uses.
+    pub fn cni_dirs(&self) -> (PathBuf, PathBuf) {
+        (self.dir.join("cni-bin"), self.dir.join("cni-conf"))
     }
 
     /// The containerd instance (its private mount namespace, `ctr`, the log).
@@ -410,6 +431,11 @@ impl Cri {
     /// Wait until `crictl info` reports RuntimeReady and NetworkReady (the CRI plugin loaded
     /// the conflist); `Err` with its exact output otherwise.
     pub fn wait_ready(&self) -> Result<(), String> {
+        self.wait_conditions(&["RuntimeReady", "NetworkReady"])
+    }
+
+    /// Wait until `crictl info` reports every condition of `types` true.
+    fn wait_conditions(&self, types: &[&str]) -> Result<(), String> {
         let mut last = String::new();
         let mut failed = None;
         let ok = wait_until(READY_TIMEOUT, || {
@@ -429,7 +455,7 @@ impl Cri {
                 .as_array()
                 .cloned()
                 .unwrap_or_default();
-            ["RuntimeReady", "NetworkReady"].iter().all(|t| {
+            types.iter().all(|t| {
                 conds
                     .iter()
                     .any(|c| c["type"] == json!(t) && c["status"] == json!(true))

@@ -254,8 +254,10 @@ pub struct NodeOptions<'a> {
     /// The address kubelet serves on and reports as the Node's InternalIP; it must be an
     /// address of `host` the control plane can reach.
     pub node_ip: Ipv4Addr,
-    /// The CNI configuration list containerd's CRI plugin loads.
-    pub conflist: &'a Value,
+    /// The CNI configuration list containerd's CRI plugin loads; `None` leaves its `conf_dir`
+    /// empty (the CNI DaemonSet installs one): the Node is then only waited for to register,
+    /// since it is NotReady until a network is configured.
+    pub conflist: Option<&'a Value>,
     /// The CNI plugins, linked into the CRI plugin's `bin_dir` by file name.
     pub plugins: &'a [PathBuf],
     /// Run berth-csi (all services) in the node, registered with kubelet by its built-in
@@ -305,7 +307,7 @@ impl Node {
         let cgroup_name = unique_name("berth-kubelet");
         let cgroup = CgroupRoot::create(&cgroup_name)?;
         let loops = LoopGuard(d.clone());
-        let cri = Cri::start(host, o.conflist, o.plugins)?;
+        let cri = Cri::start_with(host, o.conflist, o.plugins)?;
         for sub in ["root", "certs", "pod-logs", "csi", "csi-state"] {
             fs::create_dir_all(d.join(sub)).map_err(|e| format!("mkdir {sub}: {e}"))?;
         }
@@ -423,12 +425,16 @@ impl Node {
             node.start_csi()?;
         }
         node.start_kubelet()?;
-        node.wait_ready(cp)?;
+        if o.conflist.is_some() {
+            node.wait_ready(cp)?;
+        } else {
+            node.wait_registered(cp)?;
+        }
         if o.csi {
             node.wait_csi_registered(cp)?;
         }
         eprintln!(
-            "node {} Ready in {:.1} s ({}, containerd in {})",
+            "node {} up in {:.1} s ({}, containerd in {})",
             o.name,
             started.elapsed().as_secs_f64(),
             tool_version("kubelet"),
@@ -507,7 +513,23 @@ impl Node {
         }
     }
 
-    fn wait_csi_registered(&self, cp: &ControlPlane) -> Result<(), String> {
+    /// Wait until the Node object exists (kubelet registered it).
+    pub fn wait_registered(&self, cp: &ControlPlane) -> Result<(), String> {
+        if wait_until(READY_TIMEOUT, || {
+            cp.kubectl(&["get", "node", &self.name]).is_ok()
+        }) {
+            Ok(())
+        } else {
+            Err(format!(
+                "node {} did not register within {READY_TIMEOUT:?}\nkubelet:\n{}",
+                self.name,
+                self.log_tail("kubelet.log", 40)
+            ))
+        }
+    }
+
+    /// Wait until kubelet lists berth-csi in the Node's CSINode.
+    pub fn wait_csi_registered(&self, cp: &ControlPlane) -> Result<(), String> {
         let mut last = String::new();
         let ok = wait_until(Duration::from_secs(60), || {
             last = cp

@@ -236,6 +236,12 @@ impl NsHolder {
         Ok(holder)
     }
 
+    /// `path` as seen inside the namespace (through `/proc/<holder>/root`), e.g. a file in its
+    /// private /run.
+    pub fn path_inside(&self, path: &str) -> PathBuf {
+        PathBuf::from(format!("/proc/{}/root{path}", self.pid))
+    }
+
     /// PID of the process holding the namespace (`/proc/<pid>/ns/mnt` is the namespace).
     pub fn pid(&self) -> u32 {
         self.pid

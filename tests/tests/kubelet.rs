@@ -114,7 +114,7 @@ impl OneNode {
             &NodeOptions {
                 name: "node1",
                 node_ip: DEFAULT_ADDRESS,
-                conflist: &conflist,
+                conflist: Some(&conflist),
                 plugins: &plugins,
                 csi,
                 max_pods: 110,
@@ -735,7 +735,7 @@ fn two_nodes_pods_reach_each_other_over_the_berth_overlay() {
             &NodeOptions {
                 name: &name,
                 node_ip: ip,
-                conflist: &conflist,
+                conflist: Some(&conflist),
                 plugins: &plugins,
                 csi: false,
                 max_pods: 110,

@@ -129,7 +129,7 @@ fn measure(side: &Side, pods: usize) -> Result<Round, String> {
         &NodeOptions {
             name: "node1",
             node_ip: DEFAULT_ADDRESS,
-            conflist: &conflist,
+            conflist: Some(&conflist),
             plugins: &side.plugins,
             csi: true,
             max_pods: (pods + 10) as u32,
