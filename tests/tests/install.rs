@@ -174,6 +174,27 @@ fn write_overlay(dir: &Path, node: &Node, version: &str) {
     .unwrap();
 }
 
+/// Rows (first column) of `sql` on the SQLite database at `db` inside the node's mount
+/// namespace, by sqlite3 run there (read-only).
+fn sql_inside(node: &Node, db: &str, sql: &str) -> Result<Vec<String>, String> {
+    let holder = &node.cri().containerd().holder;
+    let mut cmd = holder.command("sqlite3");
+    cmd.args(["-readonly", db, sql]);
+    let (out, timed_out) = holder
+        .output(cmd, Duration::from_secs(20))
+        .map_err(|e| format!("sqlite3 {db}: {e}"))?;
+    if timed_out || !out.status.success() {
+        return Err(format!(
+            "sqlite3 {db} {sql:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_string)
+        .collect())
+}
+
 #[test]
 fn shipped_manifests_and_image_run_berth_on_a_node() {
     assert!(netns_fixture::is_root(), "run as root");
@@ -191,7 +212,17 @@ fn shipped_manifests_and_image_run_berth_on_a_node() {
     // points into a veth pair whose other end is in the same netns (no dummy links in this
     // kernel) and has no address: what is sent there goes nowhere, and never leaves the netns.
     for cmd in [
-        vec!["ip", "link", "add", "eth0", "type", "veth", "peer", "name", "eth0-sink"],
+        vec![
+            "ip",
+            "link",
+            "add",
+            "eth0",
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "eth0-sink",
+        ],
         vec!["ip", "link", "set", "eth0-sink", "up"],
         vec!["ip", "addr", "add", "192.0.2.10/24", "dev", "eth0"],
         vec!["ip", "link", "set", "eth0", "up"],
@@ -434,4 +465,173 @@ fn shipped_manifests_and_image_run_berth_on_a_node() {
         "the restored claim has the data"
     );
     println!("install: CSIDriver {CSI_DRIVER} registered, pods on {subnet}, snapshot restored");
+
+    // Day two: both DaemonSets rolled to a new image tag.
+    let vxlan = || -> (Value, Value) {
+        let text = host
+            .ns
+            .try_exec(&["ip", "-j", "link", "show", "berth.1"])
+            .unwrap_or_else(|e| fail(&e));
+        let v: Value = serde_json::from_str(&text).unwrap();
+        (v[0]["ifindex"].clone(), v[0]["address"].clone())
+    };
+    let vxlan_before = vxlan();
+    let next = format!("{version}-day2");
+    node.cri()
+        .ctr_ok(&[
+            "images",
+            "tag",
+            &format!("localhost/berth:{version}"),
+            &format!("localhost/berth:{next}"),
+        ])
+        .unwrap_or_else(|e| fail(&e));
+    write_overlay(overlay.path(), &node, &next);
+    if let Err(e) = cp.kubectl(&["apply", "-k", &overlay.path().to_string_lossy()]) {
+        fail(&format!("kubectl apply -k (day two): {e}"));
+    }
+    for ds in ["berth-cni", "berth-csi-node"] {
+        if let Err(e) = cp.kubectl(&[
+            "rollout",
+            "status",
+            "-n",
+            "berth-system",
+            &format!("ds/{ds}"),
+            "--timeout=240s",
+        ]) {
+            fail(&format!("DaemonSet {ds} did not roll to {next}: {e}"));
+        }
+    }
+    let images = k(&[
+        "get",
+        "pods",
+        "-n",
+        "berth-system",
+        "-o=jsonpath={.items[*].spec.containers[0].image}",
+    ]);
+    assert!(
+        images
+            .split_whitespace()
+            .all(|i| i == format!("localhost/berth:{next}")),
+        "every Berth pod runs the new tag: {images}"
+    );
+    node.wait_csi_registered(&cp).unwrap_or_else(|e| fail(&e));
+    assert_eq!(
+        ip("writer"),
+        writer_ip,
+        "writer keeps its address over the rollout"
+    );
+    let restarts = k(&[
+        "get",
+        "pod",
+        "writer",
+        "-o=jsonpath={.status.containerStatuses[0].restartCount}",
+    ]);
+    assert_eq!(restarts.trim(), "0", "writer was not restarted");
+    exec("peer", &format!("ping -c 2 -W 2 {writer_ip}"))
+        .unwrap_or_else(|e| fail(&format!("peer -> writer after the rollout: {e}")));
+    let after = exec("writer", "cat /data/f").unwrap_or_else(|e| fail(&e));
+    assert_eq!(after.trim(), "shipped", "the volume is still mounted");
+    let subnet_after = fs::read_to_string(
+        node.cri()
+            .containerd()
+            .holder
+            .path_inside("/run/berth/subnet.env"),
+    )
+    .unwrap_or_default();
+    assert!(
+        subnet_after.contains(&format!("BERTH_SUBNET={subnet}")),
+        "the new agent kept the subnet {subnet}: {subnet_after}"
+    );
+    assert_eq!(
+        vxlan(),
+        vxlan_before,
+        "the new agent adopted the VXLAN device (same ifindex and MAC)"
+    );
+    // One allocation per pod on the pod network, no more: the replaced berth-csi pod's went.
+    let pods = cp.get_json(&["pods", "-A"]).unwrap();
+    let on_pod_network = pods["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|p| p["spec"]["hostNetwork"] != true && p["status"]["phase"] == "Running")
+        .count();
+    // SQLite resolves /proc/<pid>/root to "/" (it follows symlinks in the path), so the stores
+    // inside the node's mount namespace are read by sqlite3 run there.
+    let ipam_db = "/var/lib/cni/berth/berth/ipam.db";
+    let held = sql_inside(
+        &node,
+        ipam_db,
+        "SELECT CAST(address AS TEXT) FROM allocations",
+    )
+    .unwrap_or_else(|e| fail(&e));
+    assert_eq!(
+        held.len(),
+        on_pod_network,
+        "allocations held after the rollout: {held:?}"
+    );
+
+    // Uninstall: workloads first, then `kubectl delete -k`.
+    for what in [
+        vec!["pod", "writer", "reader", "peer"],
+        vec!["volumesnapshot", "snap"],
+        vec!["pvc", "data", "restored"],
+    ] {
+        let mut a = vec!["delete", "--wait=true", "--timeout=120s"];
+        a.extend(what);
+        if let Err(e) = cp.kubectl(&a) {
+            fail(&e);
+        }
+    }
+    let no_pvs = wait_until(SETTLE, || {
+        cp.get_json(&["pv"])
+            .is_some_and(|l| l["items"].as_array().is_some_and(|a| a.is_empty()))
+    });
+    assert!(no_pvs, "PVs left before the uninstall");
+    if let Err(e) = cp.kubectl(&[
+        "delete",
+        "-k",
+        &overlay.path().to_string_lossy(),
+        "--wait=true",
+        "--timeout=180s",
+    ]) {
+        fail(&format!("kubectl delete -k: {e}"));
+    }
+    let gone = wait_until(SETTLE, || {
+        node.cri()
+            .crictl_ok(&["ps", "-q"])
+            .is_ok_and(|s| s.trim().is_empty())
+    });
+    assert!(gone, "containers left after the uninstall");
+    // What the README's Uninstall says stays on the node.
+    for b in ["berth-bridge", "berth-host-local", "berth-overlay"] {
+        assert!(cni_bin.join(b).is_file(), "{b} stays in the CNI bin dir");
+    }
+    assert!(
+        cni_conf.join("10-berth.conflist").is_file(),
+        "the conflist stays"
+    );
+    assert!(
+        host.ns.try_exec(&["ip", "link", "show", "berth.1"]).is_ok(),
+        "the VXLAN device stays"
+    );
+    let rows = sql_inside(
+        &node,
+        "/var/lib/berth-csi/berth-csi.db",
+        "SELECT id FROM volumes",
+    )
+    .unwrap_or_else(|e| fail(&format!("berth-csi's state stays: {e}")));
+    assert!(
+        rows.is_empty(),
+        "no volume is recorded once the claims are gone: {rows:?}"
+    );
+    let held = sql_inside(
+        &node,
+        ipam_db,
+        "SELECT CAST(address AS TEXT) FROM allocations",
+    )
+    .unwrap_or_else(|e| fail(&e));
+    assert!(held.is_empty(), "no allocation left: {held:?}");
+    println!(
+        "install: rolled to {next} (same subnet, VXLAN device, no leaked allocation), uninstalled"
+    );
 }
