@@ -53,8 +53,19 @@ if [ -f "$ROOT/csi-driver/tests/sanity.rs" ]; then
 fi
 echo "==> the demo, short mode"
 "$ROOT/target/release/berth-demo" --short
-left=$(ip netns list | grep -c -E '^(bd(ul|h|pod|probe)|bnfs|bcp|bsc)-' || true)
+left=$(ip netns list | grep -c -E '^(bd(ul|h|pod|probe)|bnfs|bcp|bsc|bth|bk2)-' || true)
 if [ "$left" != "0" ]; then
     echo "error: the tests or the demo left $left network namespaces behind" >&2
+    exit 1
+fi
+# The kubelet tests restore the kernel settings kubelet changes and detach
+# the loop devices of their nodes.
+if [ -e /run/berth-tests-kubelet-sysctls ]; then
+    echo "error: kernel settings kubelet changed were not restored (see /run/berth-tests-kubelet-sysctls)" >&2
+    exit 1
+fi
+loops=$(losetup -l -n -O BACK-FILE | grep -c '/berth-kubelet-' || true)
+if [ "$loops" != "0" ]; then
+    echo "error: the kubelet tests left $loops loop devices attached" >&2
     exit 1
 fi

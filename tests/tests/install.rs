@@ -611,6 +611,30 @@ fn shipped_manifests_and_image_run_berth_on_a_node() {
         "the conflist stays"
     );
     assert!(
+        host.ns.try_exec(&["ip", "link", "show", "berth0"]).is_ok(),
+        "the bridge stays"
+    );
+    // The agent released its lease when it stopped (`berth-overlayd status` reads the store).
+    let status = host
+        .ns
+        .try_exec(&[
+            &berth_tests::bin_dir()
+                .join("berth-overlayd")
+                .to_string_lossy(),
+            "status",
+            "--node-name=node1",
+            "--network=10.244.0.0/16",
+            &format!("--store=etcd:http://{OVERLAY_ETCD}"),
+            "--json",
+        ])
+        .unwrap_or_else(|e| fail(&e));
+    let status: Value =
+        serde_json::from_str(&status).unwrap_or_else(|e| fail(&format!("{e}: {status}")));
+    assert!(
+        status["lease"].is_null(),
+        "no lease left in the overlay's etcd: {status}"
+    );
+    assert!(
         host.ns.try_exec(&["ip", "link", "show", "berth.1"]).is_ok(),
         "the VXLAN device stays"
     );
