@@ -732,6 +732,30 @@ pub fn wait_default_service_account(cp: &ControlPlane) -> Result<(), String> {
     }
 }
 
+/// An etcd for berth-overlayd's leases (deploy/kubernetes expects one beside the cluster's),
+/// serving clients on `client` (`host:port`) with its peer port on 127.0.0.1:22380, its data
+/// in `dir/overlay-etcd` and its log in `dir/overlay-etcd.log`; spawn it in the netns it
+/// serves.
+pub fn overlay_etcd_command(client: &str, dir: &Path) -> Result<Command, String> {
+    let log = dir.join("overlay-etcd.log");
+    let log = fs::File::create(&log).map_err(|e| format!("{}: {e}", log.display()))?;
+    let mut etcd = Command::new("etcd");
+    etcd.arg("--data-dir")
+        .arg(dir.join("overlay-etcd"))
+        .args([
+            &format!("--listen-client-urls=http://{client}"),
+            &format!("--advertise-client-urls=http://{client}"),
+            "--listen-peer-urls=http://127.0.0.1:22380",
+            "--initial-advertise-peer-urls=http://127.0.0.1:22380",
+            "--initial-cluster=default=http://127.0.0.1:22380",
+            "--log-level=warn",
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(log);
+    Ok(etcd)
+}
+
 /// Rows of a table of berth-csi's state database (opened read-only beside the running driver).
 pub fn csi_state_rows(db: &Path, table: &str) -> Result<i64, String> {
     let conn =

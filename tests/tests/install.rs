@@ -235,20 +235,7 @@ fn shipped_manifests_and_image_run_berth_on_a_node() {
         .tempdir()
         .unwrap();
     // The overlay's etcd, on the host netns' loopback (hostNetwork pods reach it).
-    let mut etcd = std::process::Command::new("etcd");
-    etcd.arg("--data-dir")
-        .arg(stores.path().join("overlay-etcd"))
-        .args([
-            &format!("--listen-client-urls=http://{OVERLAY_ETCD}"),
-            &format!("--advertise-client-urls=http://{OVERLAY_ETCD}"),
-            "--listen-peer-urls=http://127.0.0.1:22380",
-            "--initial-advertise-peer-urls=http://127.0.0.1:22380",
-            "--initial-cluster=default=http://127.0.0.1:22380",
-            "--log-level=warn",
-        ])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(fs::File::create(stores.path().join("overlay-etcd.log")).unwrap());
+    let etcd = berth_tests::kubelet::overlay_etcd_command(OVERLAY_ETCD, stores.path()).unwrap();
     let cp = ControlPlane::start(host.ns.path(), &stores.path().join("cp"), DEFAULT_ADDRESS)
         .unwrap_or_else(|e| panic!("control plane: {e}"));
     let _etcd = ChildGuard::new(spawn_in_netns(host.ns.path(), etcd).expect("start etcd"));
@@ -320,22 +307,26 @@ fn shipped_manifests_and_image_run_berth_on_a_node() {
         .prefix("berth-install-overlay-")
         .tempdir()
         .unwrap();
-    write_overlay(overlay.path(), &node, version);
-    if let Err(e) = cp.kubectl(&["apply", "-k", &overlay.path().to_string_lossy()]) {
-        fail(&format!("kubectl apply -k: {e}"));
-    }
-    for ds in ["berth-cni", "berth-csi-node"] {
-        if let Err(e) = cp.kubectl(&[
-            "rollout",
-            "status",
-            "-n",
-            "berth-system",
-            &format!("ds/{ds}"),
-            "--timeout=240s",
-        ]) {
-            fail(&format!("DaemonSet {ds} did not roll out: {e}"));
+    // `kubectl apply -k` of the overlay for the image tag `tag`, then both DaemonSets rolled out.
+    let install = |tag: &str| {
+        write_overlay(overlay.path(), &node, tag);
+        if let Err(e) = cp.kubectl(&["apply", "-k", &overlay.path().to_string_lossy()]) {
+            fail(&format!("kubectl apply -k ({tag}): {e}"));
         }
-    }
+        for ds in ["berth-cni", "berth-csi-node"] {
+            if let Err(e) = cp.kubectl(&[
+                "rollout",
+                "status",
+                "-n",
+                "berth-system",
+                &format!("ds/{ds}"),
+                "--timeout=240s",
+            ]) {
+                fail(&format!("DaemonSet {ds} did not roll out to {tag}: {e}"));
+            }
+        }
+    };
+    install(version);
     if let Err(e) = node.wait_ready(&cp) {
         fail(&e);
     }
@@ -485,22 +476,7 @@ fn shipped_manifests_and_image_run_berth_on_a_node() {
             &format!("localhost/berth:{next}"),
         ])
         .unwrap_or_else(|e| fail(&e));
-    write_overlay(overlay.path(), &node, &next);
-    if let Err(e) = cp.kubectl(&["apply", "-k", &overlay.path().to_string_lossy()]) {
-        fail(&format!("kubectl apply -k (day two): {e}"));
-    }
-    for ds in ["berth-cni", "berth-csi-node"] {
-        if let Err(e) = cp.kubectl(&[
-            "rollout",
-            "status",
-            "-n",
-            "berth-system",
-            &format!("ds/{ds}"),
-            "--timeout=240s",
-        ]) {
-            fail(&format!("DaemonSet {ds} did not roll to {next}: {e}"));
-        }
-    }
+    install(&next);
     let images = k(&[
         "get",
         "pods",

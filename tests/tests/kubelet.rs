@@ -675,20 +675,7 @@ fn two_nodes_pods_reach_each_other_over_the_berth_overlay() {
         .unwrap_or_else(|e| panic!("control plane: {e}"));
     // The overlay's own etcd (deploy/kubernetes runs one for berth-overlayd), on the underlay.
     let (etcd_host, etcd_port) = OVERLAY_ETCD.split_once(':').unwrap();
-    let mut etcd = std::process::Command::new("etcd");
-    etcd.arg("--data-dir")
-        .arg(stores.path().join("overlay-etcd"))
-        .args([
-            &format!("--listen-client-urls=http://{OVERLAY_ETCD}"),
-            &format!("--advertise-client-urls=http://{OVERLAY_ETCD}"),
-            "--listen-peer-urls=http://127.0.0.1:22380",
-            "--initial-advertise-peer-urls=http://127.0.0.1:22380",
-            "--initial-cluster=default=http://127.0.0.1:22380",
-            "--log-level=warn",
-        ])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(fs::File::create(stores.path().join("overlay-etcd.log")).unwrap());
+    let etcd = berth_tests::kubelet::overlay_etcd_command(OVERLAY_ETCD, stores.path()).unwrap();
     let _etcd = ChildGuard::new(spawn_in_netns(ul.ns.path(), etcd).expect("start etcd"));
     let probe = format!("exec 3<>/dev/tcp/{etcd_host}/{etcd_port}");
     assert!(
