@@ -447,10 +447,8 @@ impl Node {
         let holder = &self.cri.containerd().holder;
         let (prog, args) = argv.split_first().ok_or("empty command")?;
         let mut cmd = holder.command(prog);
-        cmd.args(args);
-        if log == "berth-csi.log" {
-            cmd.env("BERTH_CSI_LOG", "info");
-        }
+        // berth-csi's log level; kubelet ignores it.
+        cmd.args(args).env("BERTH_CSI_LOG", "info");
         Daemon::start(holder, cmd, &self.dir.path().join(log))
     }
 
