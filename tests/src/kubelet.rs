@@ -187,6 +187,14 @@ impl Drop for CgroupRoot {
 /// device over the device node; one killed before it unmapped leaves that loop behind, and it
 /// keeps ours busy). (device, backing file) from `losetup -l`.
 pub fn loop_devices_under(dir: &Path) -> Vec<(String, String)> {
+    loop_devices_of(dir, None)
+}
+
+/// [`loop_devices_under`], also counting as ours every loop device backed by a file of the
+/// filesystem `fs` (`major:minor`): the node's private /var/lib, where a berth-csi run as a
+/// DaemonSet keeps its pool (its loop devices show a backing path relative to that mount, which
+/// no path prefix matches).
+pub fn loop_devices_of(dir: &Path, fs: Option<&str>) -> Vec<(String, String)> {
     use std::os::unix::fs::MetadataExt;
     let out = Command::new("losetup")
         .args([
@@ -210,7 +218,7 @@ pub fn loop_devices_under(dir: &Path) -> Vec<(String, String)> {
     let prefix = dir.to_string_lossy().into_owned();
     let ours: Vec<(String, String)> = rows
         .iter()
-        .filter(|r| r[3].starts_with(&prefix))
+        .filter(|r| r[3].starts_with(&prefix) || fs.is_some_and(|f| r[1] == f))
         .map(|r| (r[0].to_string(), r[3].to_string()))
         .collect();
     // The device nodes of ours, as a stacked loop's BACK-MAJ:MIN and BACK-INO name them.
@@ -234,15 +242,24 @@ pub fn loop_devices_under(dir: &Path) -> Vec<(String, String)> {
 }
 
 /// Detaches, on drop, the loop devices of [`loop_devices_under`] (stacked ones first).
-struct LoopGuard(PathBuf);
+struct LoopGuard(PathBuf, Option<String>);
 
 impl Drop for LoopGuard {
     fn drop(&mut self) {
-        for (dev, _) in loop_devices_under(&self.0) {
-            let _ = Command::new("losetup")
-                .args(["-d", &dev])
-                .stdin(Stdio::null())
-                .output();
+        // The namespace's mounts go a moment after its last process: a device still busy is
+        // tried again.
+        for _ in 0..20 {
+            let left = loop_devices_of(&self.0, self.1.as_deref());
+            if left.is_empty() {
+                break;
+            }
+            for (dev, _) in left {
+                let _ = Command::new("losetup")
+                    .args(["-d", &dev])
+                    .stdin(Stdio::null())
+                    .output();
+            }
+            std::thread::sleep(std::time::Duration::from_millis(250));
         }
     }
 }
@@ -306,8 +323,16 @@ impl Node {
         let settings = KernelSettings::hold()?;
         let cgroup_name = unique_name("berth-kubelet");
         let cgroup = CgroupRoot::create(&cgroup_name)?;
-        let loops = LoopGuard(d.clone());
+        let mut loops = LoopGuard(d.clone(), None);
         let cri = Cri::start_with(host, o.conflist, o.plugins)?;
+        {
+            use std::os::unix::fs::MetadataExt;
+            let var_lib = cri.containerd().holder.path_inside("/var/lib");
+            if let Ok(m) = fs::metadata(&var_lib) {
+                let d = m.dev();
+                loops.1 = Some(format!("{}:{}", libc::major(d), libc::minor(d)));
+            }
+        }
         for sub in ["root", "certs", "pod-logs", "csi", "csi-state"] {
             fs::create_dir_all(d.join(sub)).map_err(|e| format!("mkdir {sub}: {e}"))?;
         }
@@ -607,7 +632,7 @@ impl Node {
 
     /// Loop devices backed by the node's image files.
     pub fn loop_devices(&self) -> Vec<(String, String)> {
-        loop_devices_under(self.dir.path())
+        loop_devices_of(self.dir.path(), self._loops.1.as_deref())
     }
 
     /// The last `n` lines of one of the node's logs (`kubelet.log`, `berth-csi.log`).
