@@ -52,13 +52,13 @@ options:
 
 /// A main plugin and its IPAM; the conflist's `type`s are their file names (the harness links
 /// them by file name into containerd's CNI bin_dir).
-struct Plugin {
-    label: &'static str,
-    bin: PathBuf,
-    ipam: PathBuf,
+pub(crate) struct Plugin {
+    pub(crate) label: &'static str,
+    pub(crate) bin: PathBuf,
+    pub(crate) ipam: PathBuf,
     /// Ours: berth-bridge's `dataDir` and berth-host-local's SQLite store are checked after
     /// the teardown; reference: host-local's reservation files.
-    berth: bool,
+    pub(crate) berth: bool,
 }
 
 impl Plugin {
@@ -70,7 +70,8 @@ impl Plugin {
 
     /// The conflist: the same keys for both, plus berth-bridge's `dataDir` for ours (the
     /// reference bridge keeps no state files).
-    fn conflist(&self, stores: &Path) -> Value {
+    /// The conflist on the IPv4 range `subnet`, stores under `stores`.
+    pub(crate) fn conflist(&self, stores: &Path, subnet: &str) -> Value {
         let mut main = json!({
             "type": Plugin::type_of(&self.bin),
             "bridge": "berth0",
@@ -79,7 +80,7 @@ impl Plugin {
             "ipam": {
                 "type": Plugin::type_of(&self.ipam),
                 "dataDir": stores.join("ipam-data").to_string_lossy(),
-                "ranges": [[{ "subnet": SUBNET }]],
+                "ranges": [[{ "subnet": subnet }]],
                 "routes": [{ "dst": "0.0.0.0/0" }],
             },
         });
@@ -190,7 +191,7 @@ impl<'a> Side<'a> {
             .map_err(|e| format!("tempdir: {e}"))?;
         let cri = Cri::start(
             &host,
-            &plugin.conflist(stores.path()),
+            &plugin.conflist(stores.path(), SUBNET),
             &[plugin.bin.clone(), plugin.ipam.clone()],
         )
         .map_err(|e| format!("{}: {e}", plugin.label))?;

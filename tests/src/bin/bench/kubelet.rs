@@ -23,10 +23,9 @@ use berth_tests::netns::{Host, BRIDGE_BIN, REFERENCE_BRIDGE};
 use berth_tests::{bin_dir, HOST_LOCAL_BIN, REFERENCE_HOST_LOCAL};
 use serde_json::{json, Value};
 
-const NETWORK: &str = "berth-bench";
+use crate::cri::Plugin;
+
 const SUBNET: &str = "10.244.0.0/24";
-/// containerd 1.6's libcni fails every ADD whose result is 1.1.0.
-const CNI_VERSION: &str = "1.0.0";
 /// How long all pods get to become Ready.
 const READY_TIMEOUT: Duration = Duration::from_secs(600);
 
@@ -47,38 +46,6 @@ options:
   --rounds R        measure each side R times, alternating (default 1)
   --markdown FILE   also append a markdown section (machine, date, command, tables) to FILE
 ";
-
-struct Side {
-    label: &'static str,
-    plugins: Vec<PathBuf>,
-    berth: bool,
-}
-
-impl Side {
-    fn conflist(&self, stores: &Path) -> Value {
-        let name = |p: &Path| {
-            p.file_name()
-                .map(|n| n.to_string_lossy().into_owned())
-                .unwrap_or_default()
-        };
-        let mut main = json!({
-            "type": name(&self.plugins[0]),
-            "bridge": "berth0",
-            "isGateway": true,
-            "ipMasq": true,
-            "ipam": {
-                "type": name(&self.plugins[1]),
-                "dataDir": stores.join("ipam-data").to_string_lossy(),
-                "ranges": [[{ "subnet": SUBNET }]],
-                "routes": [{ "dst": "0.0.0.0/0" }],
-            },
-        });
-        if self.berth {
-            main["dataDir"] = json!(stores.join("bridge-data").to_string_lossy());
-        }
-        json!({ "cniVersion": CNI_VERSION, "name": NETWORK, "plugins": [main] })
-    }
-}
 
 /// One measured round of one side.
 struct Round {
@@ -114,7 +81,7 @@ fn ready_pods(cp: &ControlPlane) -> Result<Vec<String>, String> {
         .collect())
 }
 
-fn measure(side: &Side, pods: usize) -> Result<Round, String> {
+fn measure(side: &Plugin, pods: usize) -> Result<Round, String> {
     let host = Host::new();
     let stores = tempfile::Builder::new()
         .prefix("berth-bench-kubelet-")
@@ -122,7 +89,8 @@ fn measure(side: &Side, pods: usize) -> Result<Round, String> {
         .map_err(|e| format!("tempdir: {e}"))?;
     let cp = ControlPlane::start(host.ns.path(), &stores.path().join("cp"), DEFAULT_ADDRESS)?;
     install_storage(&cp, &repo_root())?;
-    let conflist = side.conflist(stores.path());
+    let conflist = side.conflist(stores.path(), SUBNET);
+    let plugins = [side.bin.clone(), side.ipam.clone()];
     let node = Node::start(
         &cp,
         &host,
@@ -130,7 +98,7 @@ fn measure(side: &Side, pods: usize) -> Result<Round, String> {
             name: "node1",
             node_ip: DEFAULT_ADDRESS,
             conflist: Some(&conflist),
-            plugins: &side.plugins,
+            plugins: &plugins,
             csi: true,
             max_pods: (pods + 10) as u32,
         },
@@ -207,20 +175,19 @@ pub fn run(args: &[String]) -> Result<(), String> {
     let pods = num("pods", 30)?;
     let rounds = num("rounds", 1)?;
     let markdown = flags.get("markdown").map(PathBuf::from);
-    let ours = Side {
+    let ours = Plugin {
         label: "ours",
-        plugins: vec![bin_dir().join(BRIDGE_BIN), bin_dir().join(HOST_LOCAL_BIN)],
+        bin: bin_dir().join(BRIDGE_BIN),
+        ipam: bin_dir().join(HOST_LOCAL_BIN),
         berth: true,
     };
-    let reference = Side {
+    let reference = Plugin {
         label: "reference",
-        plugins: vec![
-            PathBuf::from(REFERENCE_BRIDGE),
-            PathBuf::from(REFERENCE_HOST_LOCAL),
-        ],
+        bin: PathBuf::from(REFERENCE_BRIDGE),
+        ipam: PathBuf::from(REFERENCE_HOST_LOCAL),
         berth: false,
     };
-    for p in ours.plugins.iter().chain(&reference.plugins) {
+    for p in [&ours.bin, &ours.ipam, &reference.bin, &reference.ipam] {
         if !p.is_file() {
             return Err(format!(
                 "{} not found: build with `cargo build --release --workspace`, install containernetworking-plugins",
