@@ -350,3 +350,73 @@ async fn block_volumes_read_and_write_raw() {
         .iter()
         .all(|(_, b)| !b.starts_with(&images)));
 }
+
+/// A driver restarted in a new container sees the pool through a new
+/// mount, and the kernel prints the backing paths of the loops its
+/// predecessor bound as the predecessor saw them. Here the pool moves to a
+/// bind mount at another path between two runs: the restarted driver must
+/// adopt the loop device bound to each image (matched by device and inode),
+/// not bind a second one.
+#[tokio::test]
+async fn restart_through_a_moved_pool_adopts_the_bound_loop() {
+    if !require_root() {
+        return;
+    }
+    let mut h = Harness::start().await;
+    let v = h.create("moved", 64 * MIB, mount_cap("")).await;
+    let id = v.volume_id.clone();
+    let (staging, a) = (h.path_s("staging"), h.path_s("a"));
+    h.stage(&id, &staging, mount_cap("")).await.unwrap();
+    h.publish(&id, &staging, &a, mount_cap(""), false)
+        .await
+        .unwrap();
+    write_synced(&Path::new(&a).join("kept.txt"), b"before the move");
+    let image = fs::read_dir(h.pool.join("volumes"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.extension().is_some_and(|x| x == "img"))
+        .expect("the volume's image");
+    let image_id = loopdev::FileId::of(&image).unwrap();
+    let bound = || -> Vec<std::path::PathBuf> {
+        loopdev::all_attached()
+            .into_iter()
+            .map(|(d, _)| d)
+            .filter(|d| loopdev::backing_id(d) == Some(image_id))
+            .collect()
+    };
+    let before = bound();
+    assert_eq!(before.len(), 1, "{before:?}");
+
+    h.crash();
+    let moved = h.path("pool-moved");
+    fs::create_dir_all(&moved).unwrap();
+    mount::bind(&h.pool, &moved, false).unwrap();
+    let moved_image = moved.join("volumes").join(image.file_name().unwrap());
+    assert_ne!(
+        loopdev::backing_file(&before[0]).as_deref(),
+        Some(moved_image.as_path()),
+        "the kernel must still print the old path, or this test tests nothing"
+    );
+    assert_eq!(loopdev::find_for(&moved_image), before);
+    assert!(loopdev::is_bound_to(&before[0], &moved_image));
+    h.pool = moved.clone();
+    h.restart().await;
+    assert_eq!(bound(), before, "a second loop was bound: {}", h.log());
+    assert_eq!(
+        fs::read(Path::new(&a).join("kept.txt")).unwrap(),
+        b"before the move"
+    );
+    // A second publish and the teardown go through the adopted device.
+    let b = h.path_s("b");
+    h.publish(&id, &staging, &b, mount_cap(""), false)
+        .await
+        .unwrap();
+    assert_eq!(bound(), before);
+    h.unpublish(&id, &a).await.unwrap();
+    h.unpublish(&id, &b).await.unwrap();
+    h.unstage(&id, &staging).await.unwrap();
+    assert!(bound().is_empty(), "unstage left {:?}", bound());
+    h.delete(&id).await.unwrap();
+    assert!(loopdev::attached_under(&moved).is_empty());
+}

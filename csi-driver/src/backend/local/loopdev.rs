@@ -1,8 +1,12 @@
 //! Loop devices through the kernel's ioctls on `/dev/loop-control` and
 //! `/dev/loopN`: find a free device, bind an image file to it, refresh its
 //! size after the file grew, and release it. The device that backs a given
-//! image is found through sysfs (`/sys/block/loopN/loop/backing_file`), so
-//! the kernel, not our records, is the source of truth.
+//! image is found by asking the kernel (LOOP_GET_STATUS64) for the device and
+//! inode of each bound file, so the kernel, not our records, is the source of
+//! truth. Paths are not compared: the path sysfs prints for a backing file is
+//! resolved from the mount namespace that bound it, so a driver restarted in
+//! a new container (the pool bind-mounted afresh) would not recognise the
+//! devices its predecessor bound.
 
 use std::fs::{File, OpenOptions};
 use std::os::fd::AsRawFd;
@@ -13,6 +17,7 @@ use crate::error::{Error, Result};
 const LOOP_SET_FD: u32 = 0x4C00;
 const LOOP_CLR_FD: u32 = 0x4C01;
 const LOOP_SET_STATUS64: u32 = 0x4C04;
+const LOOP_GET_STATUS64: u32 = 0x4C05;
 const LOOP_SET_CAPACITY: u32 = 0x4C07;
 const LOOP_CONFIGURE: u32 = 0x4C0A;
 const LOOP_CTL_GET_FREE: u32 = 0x4C82;
@@ -51,6 +56,7 @@ nix::ioctl_none_bad!(ctl_get_free, LOOP_CTL_GET_FREE);
 nix::ioctl_write_ptr_bad!(loop_configure, LOOP_CONFIGURE, LoopConfig);
 nix::ioctl_write_int_bad!(loop_set_fd, LOOP_SET_FD);
 nix::ioctl_write_ptr_bad!(loop_set_status64, LOOP_SET_STATUS64, LoopInfo64);
+nix::ioctl_read_bad!(loop_get_status64, LOOP_GET_STATUS64, LoopInfo64);
 nix::ioctl_none_bad!(loop_clr_fd, LOOP_CLR_FD);
 nix::ioctl_none_bad!(loop_set_capacity, LOOP_SET_CAPACITY);
 
@@ -155,13 +161,60 @@ fn open_dev(dev: &Path, read_only: bool) -> std::io::Result<File> {
     }
 }
 
+/// A file's identity: the device it lives on and its inode number.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct FileId {
+    pub dev: u64,
+    pub ino: u64,
+}
+
+impl FileId {
+    /// The identity of the file at `path` (following symlinks).
+    pub fn of(path: &Path) -> Option<FileId> {
+        use std::os::unix::fs::MetadataExt;
+        let m = std::fs::metadata(path).ok()?;
+        Some(FileId {
+            dev: m.dev(),
+            ino: m.ino(),
+        })
+    }
+}
+
+/// The identity of the file bound to a loop device, from the kernel. None
+/// when the device is unbound or cannot be opened.
+pub fn backing_id(dev: &Path) -> Option<FileId> {
+    let file = open_dev(dev, true).ok()?;
+    // SAFETY: LoopInfo64 is plain old data; all-zero is a valid value.
+    let mut info: LoopInfo64 = unsafe { std::mem::zeroed() };
+    // SAFETY: info is a valid, writable loop_info64 that outlives the call.
+    unsafe { loop_get_status64(file.as_raw_fd(), &mut info) }.ok()?;
+    // The kernel encodes lo_device the way stat(2) encodes st_dev.
+    Some(FileId {
+        dev: info.lo_device,
+        ino: info.lo_inode,
+    })
+}
+
+/// Whether `dev` is bound to the file identified by `image` (or, when the
+/// kernel cannot be asked, to a file at the same path).
+fn bound_to(dev: &Path, image: &Path, id: Option<FileId>) -> bool {
+    match (id, backing_id(dev)) {
+        (Some(want), Some(got)) => want == got,
+        _ => backing_file(dev).as_deref() == Some(image),
+    }
+}
+
+/// Whether the loop device `dev` is bound to `image`.
+pub fn is_bound_to(dev: &Path, image: &Path) -> bool {
+    bound_to(dev, image, FileId::of(image))
+}
+
 /// Releases a loop device, but only if it is still bound to `image` (never
 /// someone else's device). A device still in use is released by the kernel
 /// when its last user closes it.
 pub fn detach(dev: &Path, image: &Path) -> Result<()> {
-    match backing_file(dev) {
-        Some(b) if b == image => {}
-        _ => return Ok(()),
+    if !is_bound_to(dev, image) {
+        return Ok(());
     }
     let file =
         open_dev(dev, true).map_err(|e| Error::io(format!("opening {}", dev.display()), e))?;
@@ -223,13 +276,48 @@ pub fn all_attached() -> Vec<(PathBuf, PathBuf)> {
 
 /// Loop devices bound to `image`, read-write ones first.
 pub fn find_for(image: &Path) -> Vec<PathBuf> {
+    let id = FileId::of(image);
     let mut v: Vec<PathBuf> = all_attached()
         .into_iter()
-        .filter(|(_, b)| b == image)
         .map(|(d, _)| d)
+        .filter(|d| bound_to(d, image, id))
         .collect();
     v.sort_by_key(|d| is_read_only(d));
     v
+}
+
+/// Every loop device bound to a regular file under `dir` (searched to a
+/// depth of two), with that file's path under `dir`.
+pub fn attached_under(dir: &Path) -> Vec<(PathBuf, PathBuf)> {
+    let mut files: Vec<(FileId, PathBuf)> = Vec::new();
+    let mut dirs = vec![(dir.to_path_buf(), 0)];
+    while let Some((d, depth)) = dirs.pop() {
+        let Ok(rd) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in rd.flatten() {
+            let Ok(t) = e.file_type() else { continue };
+            let p = e.path();
+            if t.is_dir() && depth < 2 {
+                dirs.push((p, depth + 1));
+            } else if t.is_file() {
+                if let Some(id) = FileId::of(&p) {
+                    files.push((id, p));
+                }
+            }
+        }
+    }
+    let mut out = Vec::new();
+    for (dev, backing) in all_attached() {
+        let found = match backing_id(&dev) {
+            Some(id) => files.iter().find(|(f, _)| *f == id).map(|(_, p)| p.clone()),
+            None => backing.starts_with(dir).then_some(backing),
+        };
+        if let Some(p) = found {
+            out.push((dev, p));
+        }
+    }
+    out
 }
 
 /// Size of a block device in bytes (from sysfs, 512-byte sectors).

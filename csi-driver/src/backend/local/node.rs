@@ -282,9 +282,7 @@ pub(super) fn bind_publication(
         mount::bind(Path::new(&stg.path), &target, p.readonly)
     } else {
         let src = if p.readonly {
-            if p.ro_loop.is_empty()
-                || loopdev::backing_file(Path::new(&p.ro_loop)).as_deref() != Some(image)
-            {
+            if p.ro_loop.is_empty() || !loopdev::is_bound_to(Path::new(&p.ro_loop), image) {
                 p.ro_loop = loopdev::attach(image, true)?.to_string_lossy().into();
                 d.state.put_publication(p)?;
             }

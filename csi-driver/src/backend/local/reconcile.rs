@@ -119,9 +119,8 @@ fn release_stray_loops(d: &LocalBackend) -> Result<()> {
         .collect();
     used.extend(d.state.all_publications()?.into_iter().map(|p| p.ro_loop));
     let mounted: Vec<String> = mount::mounts().into_iter().map(|m| m.dev).collect();
-    let pool = d.pool.root().to_path_buf();
-    for (dev, backing) in loopdev::all_attached() {
-        if !backing.starts_with(&pool) || used.iter().any(|u| Path::new(u) == dev) {
+    for (dev, backing) in loopdev::attached_under(d.pool.root()) {
+        if used.iter().any(|u| Path::new(u) == dev) {
             continue;
         }
         if mount::dev_numbers(&dev).is_some_and(|n| mounted.contains(&n)) {
