@@ -33,6 +33,12 @@ export BERTH_IMAGE_ARCHIVES="${BERTH_IMAGE_ARCHIVES:-/var/cache/berth-image/arch
 "$ROOT/scripts/image.sh" --sidecars --archive-dir "$BERTH_IMAGE_ARCHIVES" | { grep -v '^Copying\|^Writing\|^Storing\|^Getting' || true; }
 echo "==> running every test"
 cd "$ROOT"
+# What the tests must leave as they found it: the loop devices and the kernel
+# settings kubelet changes (compared after the last step).
+kernel_settings="vm.overcommit_memory vm.panic_on_oom kernel.panic kernel.panic_on_oops kernel.keys.root_maxkeys kernel.keys.root_maxbytes"
+# shellcheck disable=SC2086
+settings_before=$(sysctl $kernel_settings)
+loops_before=$(losetup -l -n -O NAME,BACK-FILE | sort)
 export BERTH_BIN_DIR="$ROOT/target/release"
 cargo test --release --workspace --no-fail-fast -- --test-threads="${TEST_THREADS:-4}"
 # Conformance as the ecosystem runs it, each its own step (these tests are
@@ -53,7 +59,7 @@ if [ -f "$ROOT/csi-driver/tests/sanity.rs" ]; then
 fi
 echo "==> the demo, short mode"
 "$ROOT/target/release/berth-demo" --short
-left=$(ip netns list | grep -c -E '^(bd(ul|h|pod|probe)|bnfs|bcp|bsc|bth|bk2)-' || true)
+left=$(ip netns list | grep -c -E '^(bd(ul|h|pod|probe)|bnfs|bcp|bsc|bth|bk2|bi2)-' || true)
 if [ "$left" != "0" ]; then
     echo "error: the tests or the demo left $left network namespaces behind" >&2
     exit 1
@@ -64,8 +70,16 @@ if [ -e /run/berth-tests-kubelet-sysctls ]; then
     echo "error: kernel settings kubelet changed were not restored (see /run/berth-tests-kubelet-sysctls)" >&2
     exit 1
 fi
-loops=$(losetup -l -n -O BACK-FILE | grep -c '/berth-kubelet-' || true)
-if [ "$loops" != "0" ]; then
-    echo "error: the kubelet tests left $loops loop devices attached" >&2
+# shellcheck disable=SC2086
+settings_after=$(sysctl $kernel_settings)
+if [ "$settings_after" != "$settings_before" ]; then
+    echo "error: kernel settings changed by the tests:" >&2
+    diff <(echo "$settings_before") <(echo "$settings_after") >&2 || true
+    exit 1
+fi
+new_loops=$(comm -13 <(echo "$loops_before") <(losetup -l -n -O NAME,BACK-FILE | sort))
+if [ -n "$new_loops" ]; then
+    echo "error: the tests left loop devices attached:" >&2
+    echo "$new_loops" >&2
     exit 1
 fi

@@ -282,7 +282,17 @@ pub struct NodeOptions<'a> {
     pub csi: bool,
     /// kubelet's `maxPods`.
     pub max_pods: u32,
+    /// Give kubelet and the CRI plugin a real node's paths inside the node's mount namespace:
+    /// kubelet's root dir is `/var/lib/kubelet`, the CNI dirs are `/opt/cni/bin` and
+    /// `/etc/cni/net.d` (each a bind mount of the node's tempdir, so the files stay where
+    /// [`Node::root_dir`] and [`Cri::cni_dirs`] say). Then the shipped DaemonSets' host paths fit
+    /// every node unchanged, however many nodes share this machine.
+    pub fhs_paths: bool,
 }
+
+/// Where a node's kubelet keeps its root dir inside the node's mount namespace with
+/// [`NodeOptions::fhs_paths`].
+pub const FHS_KUBELET_DIR: &str = "/var/lib/kubelet";
 
 /// A kubelet, its containerd and (optionally) berth-csi in a host netns; see the module doc.
 ///
@@ -292,6 +302,7 @@ pub struct Node {
     pub name: String,
     /// The node's address (kubelet's `--node-ip`).
     pub node_ip: Ipv4Addr,
+    root_inside: PathBuf,
     kubelet: Option<Daemon>,
     csi: Option<Daemon>,
     cri: Cri,
@@ -336,6 +347,21 @@ impl Node {
         for sub in ["root", "certs", "pod-logs", "csi", "csi-state"] {
             fs::create_dir_all(d.join(sub)).map_err(|e| format!("mkdir {sub}: {e}"))?;
         }
+        let root_inside = if o.fhs_paths {
+            let (cni_bin, cni_conf) = cri.cni_dirs();
+            // /var/lib and /opt are the namespace's own tmpfs, so these mount points are made
+            // there, never on the machine's filesystem.
+            bind_inside(&cri, &d.join("root"), Path::new(FHS_KUBELET_DIR))?;
+            // Bidirectional propagation (berth-csi's volume mounts reaching kubelet and the
+            // pods) needs the root dir shared; kubelet only arranges that when its root dir is
+            // not a mount point yet. The peer group is new and lives in this namespace.
+            run_inside(&cri, &["mount", "-n", "--make-rshared", FHS_KUBELET_DIR])?;
+            bind_inside(&cri, &cni_bin, Path::new("/opt/cni/bin"))?;
+            bind_inside(&cri, &cni_conf, Path::new("/etc/cni/net.d"))?;
+            PathBuf::from(FHS_KUBELET_DIR)
+        } else {
+            d.join("root")
+        };
         let s = |p: &Path| p.to_string_lossy().into_owned();
         let cert = format!("kubelet-{}", o.name);
         cp.pki
@@ -403,7 +429,7 @@ impl Node {
             s(&kubelet),
             format!("--config={}", s(&config_path)),
             format!("--kubeconfig={}", s(&kubeconfig)),
-            format!("--root-dir={}", s(&d.join("root"))),
+            format!("--root-dir={}", s(&root_inside)),
             format!("--cert-dir={}", s(&d.join("certs"))),
             format!("--hostname-override={}", o.name),
             format!("--node-ip={}", o.node_ip),
@@ -436,6 +462,7 @@ impl Node {
         let mut node = Node {
             name: o.name.to_string(),
             node_ip: o.node_ip,
+            root_inside,
             kubelet: None,
             csi: None,
             cri,
@@ -592,9 +619,15 @@ impl Node {
         self.dir.path().join("pool")
     }
 
-    /// kubelet's root dir.
+    /// kubelet's root dir (where its files are; see [`Node::kubelet_dir`]).
     pub fn root_dir(&self) -> PathBuf {
         self.dir.path().join("root")
+    }
+
+    /// kubelet's `--root-dir` as kubelet and the pods' host paths see it: [`FHS_KUBELET_DIR`]
+    /// with [`NodeOptions::fhs_paths`], else [`Node::root_dir`].
+    pub fn kubelet_dir(&self) -> &Path {
+        &self.root_inside
     }
 
     /// The node's tempdir (logs are `<dir>/<name>.log`).
@@ -621,11 +654,12 @@ impl Node {
         let text = fs::read_to_string(&p).map_err(|e| format!("read {p}: {e}"))?;
         let under = self.dir.path().to_string_lossy().into_owned();
         // kubelet bind-mounts its root dir onto itself (to make it a shared mount) at start.
-        let root = self.root_dir().to_string_lossy().into_owned();
+        let root = self.root_inside.to_string_lossy().into_owned();
+        let in_root = format!("{root}/");
         Ok(text
             .lines()
             .filter_map(|l| l.split_whitespace().nth(4))
-            .filter(|m| m.starts_with(&under) && *m != root)
+            .filter(|m| (m.starts_with(&under) || m.starts_with(&in_root)) && *m != root)
             .map(str::to_string)
             .collect())
     }
@@ -665,6 +699,31 @@ impl Node {
             self.cri.logs(),
         );
     }
+}
+
+/// Run `argv` inside the node's mount namespace; an error carries its stderr.
+fn run_inside(cri: &Cri, argv: &[&str]) -> Result<(), String> {
+    let holder = &cri.containerd().holder;
+    let (prog, args) = argv.split_first().ok_or("empty command")?;
+    let mut cmd = holder.command(prog);
+    cmd.args(args);
+    let (out, timed_out) = holder
+        .output(cmd, Duration::from_secs(20))
+        .map_err(|e| format!("{argv:?} in the node's mount namespace: {e}"))?;
+    if timed_out || !out.status.success() {
+        return Err(format!(
+            "{argv:?} in the node's mount namespace: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        ));
+    }
+    Ok(())
+}
+
+/// Bind-mount `src` over `target` (created first) inside the node's mount namespace.
+fn bind_inside(cri: &Cri, src: &Path, target: &Path) -> Result<(), String> {
+    let (src, target) = (src.to_string_lossy(), target.to_string_lossy());
+    run_inside(cri, &["mkdir", "-p", &target])?;
+    run_inside(cri, &["mount", "-n", "--bind", &src, &target])
 }
 
 impl Drop for Node {

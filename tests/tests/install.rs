@@ -1,13 +1,16 @@
 //! Scenario "installed as shipped": Berth's image (built by scripts/image.sh from the
 //! Dockerfile on a debootstrapped Debian base, no registry) and `kubectl apply -k` of a test
-//! overlay of deploy/kubernetes on a one-node cluster of [`berth_tests::kubelet`]. The overlay
-//! changes only image names and endpoints: the images are the locally built ones, the overlay's
-//! etcd is the test's, and the host paths are the node's (its kubelet root dir and the CRI
-//! plugin's CNI dirs live in the test's tempdirs, not under /var/lib/kubelet and /opt/cni).
+//! overlay of deploy/kubernetes on the one-node and two-node clusters of
+//! [`berth_tests::kubelet`]. The overlay changes only image names and endpoints: the images are
+//! the locally built ones, the overlay's etcd is the test's, and the API server's address is
+//! given to the pods that call it (no kube-proxy runs here). The host paths are the shipped ones:
+//! each node runs with [`NodeOptions::fhs_paths`], so inside its mount namespace kubelet's root
+//! dir is /var/lib/kubelet and the CNI dirs are /opt/cni/bin and /etc/cni/net.d (bind mounts of
+//! the node's tempdirs), and one DaemonSet template fits every node.
 //!
 //! The images come as docker-archives from `scripts/image.sh --sidecars --archive-dir DIR`
 //! (scripts/test.sh runs it; DIR is `$BERTH_IMAGE_ARCHIVES`, default
-//! /var/cache/berth-image/archives) and are imported into the node's containerd (`k8s.io`).
+//! /var/cache/berth-image/archives) and are imported into each node's containerd (`k8s.io`).
 //! The snapshot-controller, a cluster prerequisite deploy/kubernetes does not ship, runs as a
 //! process as in the sidecar tests.
 //!
@@ -19,8 +22,9 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::fs;
+use std::net::Ipv4Addr;
 use std::path::{Component, Path, PathBuf};
-use std::process::Stdio;
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use berth_tests::cluster::{sidecar_command, ControlPlane, API_PORT, DEFAULT_ADDRESS};
@@ -61,83 +65,33 @@ fn relative(from: &Path, to: &Path) -> PathBuf {
     p
 }
 
-/// The index of the element of `list` whose `key` is `value`.
-fn index_of(list: &Value, key: &str, value: &str) -> usize {
-    list.as_array()
-        .and_then(|a| a.iter().position(|e| e[key] == value))
-        .unwrap_or_else(|| panic!("no element with {key} = {value} in {list}"))
-}
-
 /// The shipped DaemonSet of `file` (one document).
 fn shipped(file: &str) -> Value {
     let text = fs::read_to_string(root().join("deploy/kubernetes").join(file)).unwrap();
     serde_yaml_ng::from_str(&text).unwrap()
 }
 
-/// The test overlay: the images built here, the test's etcd, the node's paths.
-fn write_overlay(dir: &Path, node: &Node, version: &str) {
-    let (cni_bin, cni_conf) = node.cri().cni_dirs();
-    let kubelet = node.root_dir();
-    let k = kubelet.to_string_lossy();
+/// The test overlay: the images built here (tag `version`), the overlay's etcd at `etcd`
+/// (`host:port`), and the API server's address for the pods that call it.
+fn write_overlay(dir: &Path, etcd: &str, version: &str) {
     let csi = shipped("03-node-daemonset.yaml");
     let spec = &csi["spec"]["template"]["spec"];
-    let c = index_of(&spec["containers"], "name", "berth-csi");
-    let args = spec["containers"][c]["args"].as_array().unwrap();
-    let reg = args
-        .iter()
-        .position(|a| {
-            a.as_str()
-                .is_some_and(|s| s.starts_with("--kubelet-registration-endpoint="))
-        })
-        .expect("the DaemonSet passes --kubelet-registration-endpoint");
-    let mount = index_of(
-        &spec["containers"][c]["volumeMounts"],
-        "name",
-        "kubelet-dir",
-    );
-    let vol = |name: &str| index_of(&spec["volumes"], "name", name);
-    let csi_patch = json!([
-        { "op": "replace", "path": format!("/spec/template/spec/containers/{c}/args/{reg}"),
-          "value": format!("--kubelet-registration-endpoint={k}/plugins/csi.berth.dev/csi.sock") },
-        { "op": "replace", "path": format!("/spec/template/spec/containers/{c}/volumeMounts/{mount}/mountPath"),
-          "value": k },
-        { "op": "replace", "path": format!("/spec/template/spec/volumes/{}/hostPath/path", vol("kubelet-dir")),
-          "value": k },
-        { "op": "replace", "path": format!("/spec/template/spec/volumes/{}/hostPath/path", vol("socket-dir")),
-          "value": format!("{k}/plugins/csi.berth.dev") },
-        { "op": "replace", "path": format!("/spec/template/spec/volumes/{}/hostPath/path", vol("registration-dir")),
-          "value": format!("{k}/plugins_registry") },
-    ]);
     // No kube-proxy runs here, so the `kubernetes` Service's IP leads nowhere: the sidecars'
     // in-cluster configuration gets the API server's own address (an endpoint, as a cluster
     // without kube-proxy would set it).
-    let mut csi_patch = csi_patch;
+    let mut csi_patch = Vec::new();
     for (i, container) in spec["containers"].as_array().unwrap().iter().enumerate() {
         assert!(container["env"].is_array(), "container {i} has env");
         for (name, value) in [
             ("KUBERNETES_SERVICE_HOST", DEFAULT_ADDRESS.to_string()),
             ("KUBERNETES_SERVICE_PORT", API_PORT.to_string()),
         ] {
-            csi_patch.as_array_mut().unwrap().push(json!({
+            csi_patch.push(json!({
                 "op": "add", "path": format!("/spec/template/spec/containers/{i}/env/-"),
                 "value": { "name": name, "value": value },
             }));
         }
     }
-    let docs: Vec<Value> = serde_yaml_ng::Deserializer::from_str(
-        &fs::read_to_string(root().join("deploy/kubernetes/11-cni-daemonset.yaml")).unwrap(),
-    )
-    .map(|d| serde::Deserialize::deserialize(d).unwrap())
-    .collect();
-    let ds = docs.iter().find(|d| d["kind"] == "DaemonSet").unwrap();
-    let cspec = &ds["spec"]["template"]["spec"];
-    let cvol = |name: &str| index_of(&cspec["volumes"], "name", name);
-    let cni_patch = json!([
-        { "op": "replace", "path": format!("/spec/template/spec/volumes/{}/hostPath/path", cvol("cni-bin")),
-          "value": cni_bin.to_string_lossy() },
-        { "op": "replace", "path": format!("/spec/template/spec/volumes/{}/hostPath/path", cvol("cni-conf")),
-          "value": cni_conf.to_string_lossy() },
-    ]);
     let image = |shipped: &str, local: &str| json!({ "name": shipped, "newName": local });
     let mut images = vec![json!({
         "name": "ghcr.io/berth-dev/berth", "newName": "localhost/berth", "newTag": version,
@@ -159,10 +113,9 @@ fn write_overlay(dir: &Path, node: &Node, version: &str) {
         "resources": [relative(dir, &root().join("deploy/kubernetes")).to_string_lossy()],
         "images": images,
         "patches": [
-            { "target": { "kind": "DaemonSet", "name": "berth-csi-node" }, "patch": csi_patch.to_string() },
-            { "target": { "kind": "DaemonSet", "name": "berth-cni" }, "patch": cni_patch.to_string() },
+            { "target": { "kind": "DaemonSet", "name": "berth-csi-node" }, "patch": Value::Array(csi_patch).to_string() },
             { "target": { "kind": "ConfigMap", "name": "berth-cni" }, "patch": json!([
-                { "op": "replace", "path": "/data/store", "value": format!("etcd:http://{OVERLAY_ETCD}") },
+                { "op": "replace", "path": "/data/store", "value": format!("etcd:http://{etcd}") },
             ]).to_string() },
         ],
     });
@@ -172,6 +125,182 @@ fn write_overlay(dir: &Path, node: &Node, version: &str) {
         serde_json::to_string_pretty(&kustomization).unwrap(),
     )
     .unwrap();
+}
+
+/// A node of these tests: shipped paths, no CNI configuration (the DaemonSet installs it), no
+/// berth-csi of the harness (the DaemonSet runs it).
+fn node_options(name: &str, node_ip: Ipv4Addr) -> NodeOptions<'_> {
+    NodeOptions {
+        name,
+        node_ip,
+        conflist: None,
+        plugins: &[],
+        csi: false,
+        max_pods: 110,
+        fhs_paths: true,
+    }
+}
+
+/// Import every docker-archive of `arch` into the node's containerd.
+fn import_images(node: &Node, arch: &Path) -> Result<(), String> {
+    for e in fs::read_dir(arch).map_err(|e| e.to_string())?.flatten() {
+        let p = e.path();
+        if p.extension().is_some_and(|x| x == "tar") {
+            node.cri()
+                .ctr_ok(&[
+                    "images",
+                    "import",
+                    "--snapshotter",
+                    "native",
+                    &p.to_string_lossy(),
+                ])
+                .map_err(|e| format!("import {}: {e}", p.display()))?;
+        }
+    }
+    Ok(())
+}
+
+/// The berth-system containers' logs (current and previous), for failure messages.
+fn berth_container_logs(cp: &ControlPlane) -> String {
+    let mut out = String::new();
+    for (ds, c) in [
+        ("berth-cni", "berth-overlayd"),
+        ("berth-cni", "install-cni"),
+        ("berth-csi-node", "berth-csi"),
+    ] {
+        for prev in ["--previous=false", "--previous=true"] {
+            let text = cp
+                .kubectl(&[
+                    "logs",
+                    "-n",
+                    "berth-system",
+                    &format!("ds/{ds}"),
+                    "-c",
+                    c,
+                    prev,
+                    "--tail=15",
+                ])
+                .unwrap_or_else(|e| e);
+            out.push_str(&format!("--- {ds}/{c} {prev}:\n{text}\n"));
+        }
+    }
+    out
+}
+
+/// Panic with `what` and everything that explains it; the nodes' logs are kept.
+fn failure(cp: &ControlPlane, nodes: &[&Node], what: &str) -> ! {
+    let keep = std::env::temp_dir().join(format!("berth-install-logs-{}", std::process::id()));
+    let mut logs = String::new();
+    for n in nodes {
+        n.keep_logs(&keep);
+        logs.push_str(&n.logs());
+        logs.push('\n');
+    }
+    panic!(
+        "{what}\n{logs}\n{}\npods: {}\nevents: {}\n(logs kept in {})",
+        berth_container_logs(cp),
+        cp.kubectl(&["get", "pods", "-A", "-o", "wide"])
+            .unwrap_or_default(),
+        cp.kubectl(&["get", "events", "-A"]).unwrap_or_default(),
+        keep.display()
+    )
+}
+
+/// `kubectl apply -k` of the overlay in `dir`, then both DaemonSets rolled out.
+fn apply_and_roll_out(cp: &ControlPlane, dir: &Path) -> Result<(), String> {
+    cp.kubectl(&["apply", "-k", &dir.to_string_lossy()])
+        .map_err(|e| format!("kubectl apply -k: {e}"))?;
+    for ds in ["berth-cni", "berth-csi-node"] {
+        cp.kubectl(&[
+            "rollout",
+            "status",
+            "-n",
+            "berth-system",
+            &format!("ds/{ds}"),
+            "--timeout=240s",
+        ])
+        .map_err(|e| format!("DaemonSet {ds} did not roll out: {e}"))?;
+    }
+    Ok(())
+}
+
+/// The node's overlay subnet, from the `BERTH_SUBNET` berth-overlayd wrote.
+fn node_subnet(node: &Node) -> Option<String> {
+    let text = fs::read_to_string(
+        node.cri()
+            .containerd()
+            .holder
+            .path_inside("/run/berth/subnet.env"),
+    )
+    .ok()?;
+    text.lines()
+        .find_map(|l| l.strip_prefix("BERTH_SUBNET="))
+        .map(str::to_string)
+}
+
+/// The snapshot-controller (a cluster prerequisite), as the sidecar tests run it, in `netns`.
+fn snapshot_controller(cp: &ControlPlane, netns: &Path, log: &Path) -> ChildGuard {
+    let mut sc = sidecar_command(
+        "snapshot-controller",
+        Path::new("/nonexistent"),
+        Path::new("/nonexistent"),
+        &cp.admin,
+        "node1",
+    )
+    .unwrap();
+    sc.stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(fs::File::create(log).unwrap());
+    ChildGuard::new(spawn_in_netns(netns, sc).unwrap())
+}
+
+/// `berth-overlayd status --json` for `node` against the overlay's etcd, from `ns`.
+fn overlay_status(ns: &Netns, node: &str, etcd: &str) -> Result<Value, String> {
+    let text = ns.try_exec(&[
+        &berth_tests::bin_dir()
+            .join("berth-overlayd")
+            .to_string_lossy(),
+        "status",
+        &format!("--node-name={node}"),
+        "--network=10.244.0.0/16",
+        &format!("--store=etcd:http://{etcd}"),
+        "--json",
+    ])?;
+    serde_json::from_str(&text).map_err(|e| format!("{e}: {text}"))
+}
+
+/// Loop devices bound to each of berth-csi's images in the node's pool (matched by device and
+/// inode, as the kernel records them), by image.
+fn loops_per_image(node: &Node) -> Vec<(String, usize)> {
+    use std::os::unix::fs::MetadataExt;
+    let pool = node
+        .cri()
+        .containerd()
+        .holder
+        .path_inside("/var/lib/berth-csi/pool/volumes");
+    let listing = Command::new("losetup")
+        .args(["-l", "-n", "-O", "BACK-MAJ:MIN,BACK-INO"])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default();
+    let bound: Vec<(String, u64)> = listing
+        .lines()
+        .filter_map(|l| {
+            let mut w = l.split_whitespace();
+            Some((w.next()?.to_string(), w.next()?.parse().ok()?))
+        })
+        .collect();
+    let mut out = Vec::new();
+    for e in fs::read_dir(&pool).into_iter().flatten().flatten() {
+        let Ok(m) = e.metadata() else { continue };
+        let dev = format!("{}:{}", libc::major(m.dev()), libc::minor(m.dev()));
+        let n = bound
+            .iter()
+            .filter(|(d, i)| *d == dev && *i == m.ino())
+            .count();
+        out.push((e.file_name().to_string_lossy().into_owned(), n));
+    }
+    out
 }
 
 /// Rows (first column) of `sql` on the SQLite database at `db` inside the node's mount
@@ -242,89 +371,18 @@ fn shipped_manifests_and_image_run_berth_on_a_node() {
     let k = |args: &[&str]| cp.kubectl(args).unwrap_or_else(|e| panic!("{e}"));
     let crds = test_peer("files/snapshot-crds");
     k(&["apply", "--server-side", "-k", &crds.to_string_lossy()]);
-    let node = Node::start(
-        &cp,
-        &host,
-        &NodeOptions {
-            name: "node1",
-            node_ip: DEFAULT_ADDRESS,
-            conflist: None,
-            plugins: &[],
-            csi: false,
-            max_pods: 110,
-        },
-    )
-    .unwrap_or_else(|e| panic!("{e}"));
-    let fail = |what: &str| -> ! {
-        let keep = std::env::temp_dir().join(format!("berth-install-logs-{}", std::process::id()));
-        node.keep_logs(&keep);
-        let mut containers = String::new();
-        for (ds, c) in [
-            ("berth-cni", "berth-overlayd"),
-            ("berth-cni", "install-cni"),
-            ("berth-csi-node", "berth-csi"),
-        ] {
-            for prev in ["--previous=false", "--previous=true"] {
-                let out = cp
-                    .kubectl(&[
-                        "logs",
-                        "-n",
-                        "berth-system",
-                        &format!("ds/{ds}"),
-                        "-c",
-                        c,
-                        prev,
-                        "--tail=15",
-                    ])
-                    .unwrap_or_else(|e| e);
-                containers.push_str(&format!("--- {ds}/{c} {prev}:\n{out}\n"));
-            }
-        }
-        panic!(
-            "{what}\n{}\n{containers}\npods: {}\nevents: {}\n(logs kept in {})",
-            node.logs(),
-            cp.kubectl(&["get", "pods", "-A", "-o", "wide"])
-                .unwrap_or_default(),
-            cp.kubectl(&["get", "events", "-A"]).unwrap_or_default(),
-            keep.display()
-        )
-    };
-    for e in fs::read_dir(&arch).unwrap().flatten() {
-        let p = e.path();
-        if p.extension().is_some_and(|x| x == "tar") {
-            node.cri()
-                .ctr_ok(&[
-                    "images",
-                    "import",
-                    "--snapshotter",
-                    "native",
-                    &p.to_string_lossy(),
-                ])
-                .unwrap_or_else(|e| fail(&format!("import {}: {e}", p.display())));
-        }
-    }
+    let node = Node::start(&cp, &host, &node_options("node1", DEFAULT_ADDRESS))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let fail = |what: &str| -> ! { failure(&cp, &[&node], what) };
+    import_images(&node, &arch).unwrap_or_else(|e| fail(&e));
     let overlay = tempfile::Builder::new()
         .prefix("berth-install-overlay-")
         .tempdir()
         .unwrap();
     // `kubectl apply -k` of the overlay for the image tag `tag`, then both DaemonSets rolled out.
     let install = |tag: &str| {
-        write_overlay(overlay.path(), &node, tag);
-        if let Err(e) = cp.kubectl(&["apply", "-k", &overlay.path().to_string_lossy()]) {
-            fail(&format!("kubectl apply -k ({tag}): {e}"));
-        }
-        for ds in ["berth-cni", "berth-csi-node"] {
-            if let Err(e) = cp.kubectl(&[
-                "rollout",
-                "status",
-                "-n",
-                "berth-system",
-                &format!("ds/{ds}"),
-                "--timeout=240s",
-            ]) {
-                fail(&format!("DaemonSet {ds} did not roll out to {tag}: {e}"));
-            }
-        }
+        write_overlay(overlay.path(), OVERLAY_ETCD, tag);
+        apply_and_roll_out(&cp, overlay.path()).unwrap_or_else(|e| fail(&format!("{tag}: {e}")));
     };
     install(version);
     if let Err(e) = node.wait_ready(&cp) {
@@ -344,19 +402,11 @@ fn shipped_manifests_and_image_run_berth_on_a_node() {
     }
     assert!(cni_conf.join("10-berth.conflist").is_file());
 
-    // The snapshot-controller (a cluster prerequisite), as the sidecar tests run it.
-    let mut sc = sidecar_command(
-        "snapshot-controller",
-        Path::new("/nonexistent"),
-        Path::new("/nonexistent"),
-        &cp.admin,
-        "node1",
-    )
-    .unwrap();
-    sc.stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(fs::File::create(stores.path().join("snapshot-controller.log")).unwrap());
-    let _snapshot_controller = ChildGuard::new(spawn_in_netns(host.ns.path(), sc).unwrap());
+    let _snapshot_controller = snapshot_controller(
+        &cp,
+        host.ns.path(),
+        &stores.path().join("snapshot-controller.log"),
+    );
     wait_default_service_account(&cp).unwrap_or_else(|e| fail(&e));
 
     // The workloads of the kubelet tests, unchanged.
@@ -395,18 +445,8 @@ fn shipped_manifests_and_image_run_berth_on_a_node() {
     }
     let ip = |p: &str| k(&["get", "pod", p, "-o=jsonpath={.status.podIP}"]);
     let writer_ip = ip("writer");
-    let subnet = fs::read_to_string(
-        node.cri()
-            .containerd()
-            .holder
-            .path_inside("/run/berth/subnet.env"),
-    )
-    .unwrap_or_default();
-    let subnet = subnet
-        .lines()
-        .find_map(|l| l.strip_prefix("BERTH_SUBNET="))
-        .unwrap_or_else(|| fail("berth-overlayd wrote no /run/berth/subnet.env"))
-        .to_string();
+    let subnet =
+        node_subnet(&node).unwrap_or_else(|| fail("berth-overlayd wrote no /run/berth/subnet.env"));
     assert!(
         subnet_contains(&subnet, writer_ip.parse().unwrap()),
         "writer {writer_ip} is in the overlay's node subnet {subnet}"
@@ -507,16 +547,16 @@ fn shipped_manifests_and_image_run_berth_on_a_node() {
         .unwrap_or_else(|e| fail(&format!("peer -> writer after the rollout: {e}")));
     let after = exec("writer", "cat /data/f").unwrap_or_else(|e| fail(&e));
     assert_eq!(after.trim(), "shipped", "the volume is still mounted");
-    let subnet_after = fs::read_to_string(
-        node.cri()
-            .containerd()
-            .holder
-            .path_inside("/run/berth/subnet.env"),
-    )
-    .unwrap_or_default();
+    assert_eq!(
+        node_subnet(&node).as_deref(),
+        Some(subnet.as_str()),
+        "the new agent kept the subnet"
+    );
+    // The new berth-csi adopted the loop device of the staged volume (one per image, not two).
+    let loops = loops_per_image(&node);
     assert!(
-        subnet_after.contains(&format!("BERTH_SUBNET={subnet}")),
-        "the new agent kept the subnet {subnet}: {subnet_after}"
+        !loops.is_empty() && loops.iter().all(|(_, n)| *n == 1),
+        "loop devices per pool image after the rollout: {loops:?}"
     );
     assert_eq!(
         vxlan(),
@@ -591,21 +631,7 @@ fn shipped_manifests_and_image_run_berth_on_a_node() {
         "the bridge stays"
     );
     // The agent released its lease when it stopped (`berth-overlayd status` reads the store).
-    let status = host
-        .ns
-        .try_exec(&[
-            &berth_tests::bin_dir()
-                .join("berth-overlayd")
-                .to_string_lossy(),
-            "status",
-            "--node-name=node1",
-            "--network=10.244.0.0/16",
-            &format!("--store=etcd:http://{OVERLAY_ETCD}"),
-            "--json",
-        ])
-        .unwrap_or_else(|e| fail(&e));
-    let status: Value =
-        serde_json::from_str(&status).unwrap_or_else(|e| fail(&format!("{e}: {status}")));
+    let status = overlay_status(&host.ns, "node1", OVERLAY_ETCD).unwrap_or_else(|e| fail(&e));
     assert!(
         status["lease"].is_null(),
         "no lease left in the overlay's etcd: {status}"
@@ -634,4 +660,267 @@ fn shipped_manifests_and_image_run_berth_on_a_node() {
     println!(
         "install: rolled to {next} (same subnet, VXLAN device, no leaked allocation), uninstalled"
     );
+}
+
+/// The underlay of the two-node install: the control plane, the overlay's etcd and the
+/// snapshot-controller on the router end, a node behind each port.
+const UL_PREFIX: &str = "172.31.248";
+
+#[test]
+fn shipped_manifests_run_berth_on_two_nodes() {
+    assert!(netns_fixture::is_root(), "run as root");
+    let version = env!("CARGO_PKG_VERSION");
+    let arch = archives();
+    assert!(
+        arch.join(format!("berth_{version}.tar")).is_file(),
+        "no images in {}: build them with `scripts/image.sh --sidecars --archive-dir {0}` (scripts/test.sh does)",
+        arch.display()
+    );
+    let ul = Underlay::create("bi2", "br-ul", Some(&format!("{UL_PREFIX}.254/24")));
+    let etcd_addr = format!("{UL_PREFIX}.254:22379");
+    let stores = tempfile::Builder::new()
+        .prefix("berth-install-2n-")
+        .tempdir()
+        .unwrap();
+    let cp = ControlPlane::start(ul.ns.path(), &stores.path().join("cp"), DEFAULT_ADDRESS)
+        .unwrap_or_else(|e| panic!("control plane: {e}"));
+    let etcd = berth_tests::kubelet::overlay_etcd_command(&etcd_addr, stores.path()).unwrap();
+    let _etcd = ChildGuard::new(spawn_in_netns(ul.ns.path(), etcd).expect("start etcd"));
+    let k = |args: &[&str]| cp.kubectl(args).unwrap_or_else(|e| panic!("{e}"));
+    let crds = test_peer("files/snapshot-crds");
+    k(&["apply", "--server-side", "-k", &crds.to_string_lossy()]);
+    let mut hosts = Vec::new();
+    let mut nodes = Vec::new();
+    for i in 1..=2u8 {
+        let host = Host::new();
+        let ip: Ipv4Addr = format!("{UL_PREFIX}.{i}").parse().unwrap();
+        ul.attach(&host.ns, &format!("u{i}"), "eth0", &[&format!("{ip}/24")]);
+        // The default route (berth-overlayd finds its underlay interface by it) ends in the
+        // underlay netns, which routes nowhere else.
+        host.ns
+            .try_exec(&[
+                "ip",
+                "route",
+                "add",
+                "default",
+                "via",
+                &format!("{UL_PREFIX}.254"),
+            ])
+            .unwrap();
+        let name = format!("node{i}");
+        let node =
+            Node::start(&cp, &host, &node_options(&name, ip)).unwrap_or_else(|e| panic!("{e}"));
+        hosts.push(host);
+        nodes.push(node);
+    }
+    let all: Vec<&Node> = nodes.iter().collect();
+    let fail = |what: &str| -> ! { failure(&cp, &all, what) };
+    for n in &nodes {
+        import_images(n, &arch).unwrap_or_else(|e| fail(&e));
+    }
+    let overlay = tempfile::Builder::new()
+        .prefix("berth-install-overlay-")
+        .tempdir()
+        .unwrap();
+    // One overlay, one template per DaemonSet, both nodes: the shipped host paths fit each.
+    write_overlay(overlay.path(), &etcd_addr, version);
+    apply_and_roll_out(&cp, overlay.path()).unwrap_or_else(|e| fail(&e));
+    let scheduled = k(&[
+        "get",
+        "ds",
+        "-n",
+        "berth-system",
+        "-o=jsonpath={.items[*].status.numberReady}",
+    ]);
+    assert_eq!(scheduled.trim(), "2 2", "each DaemonSet runs on both nodes");
+    for n in &nodes {
+        n.wait_ready(&cp).unwrap_or_else(|e| fail(&e));
+        n.wait_csi_registered(&cp).unwrap_or_else(|e| fail(&e));
+        let (cni_bin, cni_conf) = n.cri().cni_dirs();
+        assert!(
+            cni_bin.join("berth-overlay").is_file(),
+            "{}: plugins installed",
+            n.name
+        );
+        assert!(
+            cni_conf.join("10-berth.conflist").is_file(),
+            "{}: conflist installed",
+            n.name
+        );
+    }
+    let subnets: Vec<String> = nodes
+        .iter()
+        .map(|n| {
+            node_subnet(n).unwrap_or_else(|| fail(&format!("{}: no /run/berth/subnet.env", n.name)))
+        })
+        .collect();
+    assert_ne!(subnets[0], subnets[1], "each node leased its own subnet");
+    let _snapshot_controller = snapshot_controller(
+        &cp,
+        ul.ns.path(),
+        &stores.path().join("snapshot-controller.log"),
+    );
+    wait_default_service_account(&cp).unwrap_or_else(|e| fail(&e));
+
+    // The kubelet tests' workloads, unchanged: a claim and a writer on each node.
+    let apply = |obj: &Value| cp.apply(obj).unwrap_or_else(|e| fail(&e));
+    let claim = |name: &str, source: Option<&str>| {
+        let mut c = json!({
+            "apiVersion": "v1", "kind": "PersistentVolumeClaim",
+            "metadata": { "name": name },
+            "spec": {
+                "accessModes": ["ReadWriteOnce"],
+                "storageClassName": "berth-local-ext4",
+                "resources": { "requests": { "storage": "64Mi" } },
+            },
+        });
+        if let Some(snap) = source {
+            c["spec"]["dataSource"] = json!({
+                "apiGroup": "snapshot.storage.k8s.io", "kind": "VolumeSnapshot", "name": snap,
+            });
+        }
+        c
+    };
+    let vol = |claim: &str| {
+        json!({
+            "volumes": [{ "name": "vol", "persistentVolumeClaim": { "claimName": claim } }],
+            "volumeMounts": [{ "name": "vol", "mountPath": "/data" }],
+        })
+    };
+    for n in &nodes {
+        let c = format!("data-{}", n.name);
+        apply(&claim(&c, None));
+        apply(&pod(
+            &format!("writer-{}", n.name),
+            &n.name,
+            &format!("echo {} > /data/f && sync && exec sleep 3600", n.name),
+            vol(&c),
+        ));
+    }
+    let wait_pod = |p: &str| {
+        if let Err(e) = cp.kubectl(&[
+            "wait",
+            "--for=condition=Ready",
+            "--timeout=180s",
+            &format!("pod/{p}"),
+        ]) {
+            fail(&format!("pod {p}: {e}"));
+        }
+    };
+    for n in &nodes {
+        wait_pod(&format!("writer-{}", n.name));
+    }
+    let ip = |p: &str| -> std::net::IpAddr {
+        k(&["get", "pod", p, "-o=jsonpath={.status.podIP}"])
+            .trim()
+            .parse()
+            .unwrap()
+    };
+    let exec = |p: &str, script: &str| cp.kubectl(&["exec", p, "--", "/bin/sh", "-c", script]);
+    let ips: Vec<std::net::IpAddr> = nodes
+        .iter()
+        .map(|n| ip(&format!("writer-{}", n.name)))
+        .collect();
+    for (i, n) in nodes.iter().enumerate() {
+        assert!(
+            subnet_contains(&subnets[i], ips[i]),
+            "writer-{} {} is in its node's subnet {}",
+            n.name,
+            ips[i],
+            subnets[i]
+        );
+        let pv = k(&[
+            "get",
+            "pvc",
+            &format!("data-{}", n.name),
+            "-o=jsonpath={.spec.volumeName}",
+        ]);
+        let pinned = k(&["get", "pv", pv.trim(), "-o=jsonpath={.spec.nodeAffinity.required.nodeSelectorTerms[0].matchExpressions[0].values[0]}"]);
+        assert_eq!(
+            pinned.trim(),
+            n.name,
+            "the claim's volume is on the writer's node"
+        );
+        let text = exec(&format!("writer-{}", n.name), "cat /data/f").unwrap_or_else(|e| fail(&e));
+        assert_eq!(text.trim(), n.name);
+    }
+    // Across the overlay, both ways.
+    exec("writer-node1", &format!("ping -c 2 -W 2 {}", ips[1]))
+        .unwrap_or_else(|e| fail(&format!("node1 pod -> node2 pod: {e}")));
+    exec("writer-node2", &format!("ping -c 2 -W 2 {}", ips[0]))
+        .unwrap_or_else(|e| fail(&format!("node2 pod -> node1 pod: {e}")));
+
+    // A snapshot of node2's claim, restored for a reader on node2 (snapshots of a local volume
+    // live in that node's pool: node2's csi-snapshotter takes it).
+    apply(&json!({
+        "apiVersion": "snapshot.storage.k8s.io/v1", "kind": "VolumeSnapshot",
+        "metadata": { "name": "snap" },
+        "spec": { "volumeSnapshotClassName": "berth-local",
+                  "source": { "persistentVolumeClaimName": "data-node2" } },
+    }));
+    let ready = wait_until(SETTLE, || {
+        cp.get_json(&["volumesnapshot", "snap"])
+            .is_some_and(|s| s["status"]["readyToUse"] == true)
+    });
+    if !ready {
+        fail("VolumeSnapshot snap not readyToUse");
+    }
+    apply(&claim("restored", Some("snap")));
+    apply(&pod("reader", "node2", "exec sleep 3600", vol("restored")));
+    wait_pod("reader");
+    let restored = exec("reader", "cat /data/f").unwrap_or_else(|e| fail(&e));
+    assert_eq!(
+        restored.trim(),
+        "node2",
+        "the restored claim has node2's data"
+    );
+    println!("install (2 nodes): subnets {subnets:?}, pods {ips:?} reach each other, snapshot restored on node2");
+
+    // Uninstall.
+    for what in [
+        vec!["pod", "writer-node1", "writer-node2", "reader"],
+        vec!["volumesnapshot", "snap"],
+        vec!["pvc", "data-node1", "data-node2", "restored"],
+    ] {
+        let mut a = vec!["delete", "--wait=true", "--timeout=120s"];
+        a.extend(what);
+        if let Err(e) = cp.kubectl(&a) {
+            fail(&e);
+        }
+    }
+    let no_pvs = wait_until(SETTLE, || {
+        cp.get_json(&["pv"])
+            .is_some_and(|l| l["items"].as_array().is_some_and(|a| a.is_empty()))
+    });
+    if !no_pvs {
+        fail("PVs left before the uninstall");
+    }
+    if let Err(e) = cp.kubectl(&[
+        "delete",
+        "-k",
+        &overlay.path().to_string_lossy(),
+        "--wait=true",
+        "--timeout=180s",
+    ]) {
+        fail(&format!("kubectl delete -k: {e}"));
+    }
+    for (n, host) in nodes.iter().zip(&hosts) {
+        let gone = wait_until(SETTLE, || {
+            n.cri()
+                .crictl_ok(&["ps", "-q"])
+                .is_ok_and(|s| s.trim().is_empty())
+        });
+        assert!(gone, "{}: containers left after the uninstall", n.name);
+        let status = overlay_status(&host.ns, &n.name, &etcd_addr).unwrap_or_else(|e| fail(&e));
+        assert!(
+            status["lease"].is_null(),
+            "{}: lease released: {status}",
+            n.name
+        );
+        assert!(
+            loops_per_image(n).is_empty(),
+            "{}: pool images left",
+            n.name
+        );
+    }
 }

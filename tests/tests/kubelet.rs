@@ -118,6 +118,7 @@ impl OneNode {
                 plugins: &plugins,
                 csi,
                 max_pods: 110,
+                fhs_paths: false,
             },
         )
         .unwrap_or_else(|e| panic!("{e}"));
@@ -726,6 +727,7 @@ fn two_nodes_pods_reach_each_other_over_the_berth_overlay() {
                 plugins: &plugins,
                 csi: false,
                 max_pods: 110,
+                fhs_paths: false,
             },
         )
         .unwrap_or_else(|e| panic!("{e}"));

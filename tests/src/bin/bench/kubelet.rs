@@ -101,6 +101,7 @@ fn measure(side: &Plugin, pods: usize) -> Result<Round, String> {
             plugins: &plugins,
             csi: true,
             max_pods: (pods + 10) as u32,
+            fhs_paths: false,
         },
     )?;
     let _sidecars = Sidecars::start(&cp, &host, &node, stores.path())?;
