@@ -59,7 +59,7 @@ if [ -f "$ROOT/csi-driver/tests/sanity.rs" ]; then
 fi
 echo "==> the demo, short mode"
 "$ROOT/target/release/berth-demo" --short
-left=$(ip netns list | grep -c -E '^(bd(ul|h|pod|probe)|bnfs|bcp|bsc|bth|bk2|bi2)-' || true)
+left=$(ip netns list | grep -c -E '^(bd(ul|h|pod|probe)|bnfs|bcp|bsc|bth|bk2|bi2|bks|bkp|bku|bkv)-' || true)
 if [ "$left" != "0" ]; then
     echo "error: the tests or the demo left $left network namespaces behind" >&2
     exit 1

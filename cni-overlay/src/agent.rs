@@ -381,6 +381,9 @@ pub fn acquire(
             expires_at: now() + cfg.lease_ttl.as_secs() as i64,
         })
     };
+    if let Some((v4, v6)) = store.assigned_subnets(&cfg.node)? {
+        return acquire_assigned(cfg, store, local, mac, v4, v6);
+    }
     let (leases, _) = store.list()?;
     let mut preferred = Vec::new();
     if let Some(l) = leases.iter().find(|l| l.node == cfg.node) {
@@ -409,4 +412,55 @@ pub fn acquire(
         network: plan.network.to_string(),
         len: plan.subnet_len,
     })
+}
+
+/// Takes the subnets the store assigned (the kube store: the Node's pod
+/// CIDRs, chosen by kube-controller-manager), which must lie in the cluster
+/// network this agent was given.
+fn acquire_assigned(
+    cfg: &AgentConfig,
+    store: &mut dyn LeaseStore,
+    local: IpAddr,
+    mac: &[u8; 6],
+    v4: ipnetwork::Ipv4Network,
+    v6: Option<ipnetwork::Ipv6Network>,
+) -> Result<Lease, OverlayError> {
+    let plan = &cfg.plan;
+    if !(plan.network.contains(v4.network()) && v4.prefix() >= plan.network.prefix()) {
+        return Err(OverlayError::config(
+            "--network",
+            format!(
+                "node {}'s pod CIDR {v4} is outside the cluster network {}: give berth-overlayd \
+                 kube-controller-manager's --cluster-cidr",
+                cfg.node, plan.network
+            ),
+        ));
+    }
+    let subnet6 = match (v6, plan.network6) {
+        (Some(s), Some(n)) if n.contains(s.network()) => Some(s),
+        (Some(s), Some(n)) => {
+            return Err(OverlayError::config(
+                "--network",
+                format!("node {}'s IPv6 pod CIDR {s} is outside {n}", cfg.node),
+            ))
+        }
+        // Single-stack overlay on a dual-stack node: IPv6 pods are not ours.
+        (Some(_), None) | (None, _) => None,
+    };
+    let lease = Lease {
+        node: cfg.node.clone(),
+        subnet: v4,
+        subnet6,
+        public_ip: local,
+        vtep_mac: mac_to_string(mac),
+        expires_at: now() + cfg.lease_ttl.as_secs() as i64,
+    };
+    if store.try_acquire(&lease)? {
+        Ok(lease)
+    } else {
+        Err(OverlayError::LeaseLost {
+            subnet: v4.to_string(),
+            holder: format!("node {}'s spec.podCIDRs changed", cfg.node),
+        })
+    }
 }

@@ -21,9 +21,18 @@ pub struct Target {
     pub node_name: Option<String>,
     /// The cluster networks: one IPv4 (required), at most one IPv6.
     pub networks: Vec<IpNetwork>,
-    /// `dir:PATH` or `etcd:URL[,URL]`.
+    /// `kube`, `dir:PATH` or `etcd:URL[,URL]`.
     pub store: String,
+    /// The kube store's kubeconfig (outside a pod).
+    pub kubeconfig: Option<PathBuf>,
     pub vni: u32,
+}
+
+fn open_options(t: &Target) -> crate::store::OpenOptions {
+    crate::store::OpenOptions {
+        node: node_name(t),
+        kubeconfig: t.kubeconfig.clone(),
+    }
 }
 
 /// Everything the running agent is told.
@@ -127,7 +136,11 @@ pub fn check_overlap(plan: &NetworkPlan, vni: u32) -> Result<(), OverlayError> {
 pub fn run(o: RunOptions) -> Result<(), OverlayError> {
     let plan = plan(&o.target, o.subnet_len, o.subnet_len6)?;
     check_overlap(&plan, o.target.vni)?;
-    let store = crate::store::open(&o.target.store, &plan.network.to_string())?;
+    let store = crate::store::open(
+        &o.target.store,
+        &plan.network.to_string(),
+        &open_options(&o.target),
+    )?;
     let cfg = AgentConfig {
         node: node_name(&o.target),
         plan,
@@ -152,7 +165,7 @@ pub fn run(o: RunOptions) -> Result<(), OverlayError> {
 /// This node's lease and every peer with its programming state, as text or JSON.
 pub fn status(t: &Target, json: bool) -> Result<String, OverlayError> {
     let p = plan(t, STATUS_SUBNET_LEN.0, STATUS_SUBNET_LEN.1)?;
-    let mut store = crate::store::open(&t.store, &p.network.to_string())?;
+    let mut store = crate::store::open(&t.store, &p.network.to_string(), &open_options(t))?;
     crate::status::render(store.as_mut(), &node_name(t), t.vni, json)
 }
 
@@ -165,6 +178,7 @@ mod tests {
             node_name: Some("n1".into()),
             networks: nets.iter().map(|n| n.parse().unwrap()).collect(),
             store: "dir:/nonexistent".into(),
+            kubeconfig: None,
             vni: 1,
         }
     }

@@ -408,7 +408,9 @@ impl ControlPlane {
         self.spawn("etcd", cmd)
     }
 
-    fn start_apiserver(&mut self) -> Result<(), String> {
+    /// Start kube-apiserver (again, after [`ControlPlane::stop_apiserver`]) and wait until it
+    /// is ready.
+    pub fn start_apiserver(&mut self) -> Result<(), String> {
         let p = |n: &str| self.pki.path(n).to_string_lossy().into_owned();
         let mut cmd = Command::new(tool("kube-apiserver"));
         cmd.args([
@@ -646,6 +648,18 @@ impl ControlPlane {
             &self.pki.path("ca.crt"),
             Credential::Token(token.trim()),
         )
+    }
+
+    /// Stop kube-apiserver only (an API server outage; etcd and the controllers keep running).
+    pub fn stop_apiserver(&mut self) {
+        if let Some(i) = self
+            .components
+            .iter()
+            .position(|c| c.name == "kube-apiserver")
+        {
+            let mut c = self.components.remove(i);
+            c.child.stop();
+        }
     }
 
     /// Stop every component (reverse start order).

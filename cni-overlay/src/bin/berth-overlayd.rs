@@ -42,9 +42,14 @@ struct Common {
     /// The cluster pod network; give it once for IPv4 (required) and once more for IPv6 (optional).
     #[arg(long = "network", required = false)]
     networks: Vec<IpNetwork>,
-    /// Where leases live: dir:PATH (one machine) or etcd:http://HOST:PORT[,...] (clusters).
+    /// Where leases live: kube (the Kubernetes API: Nodes' spec.podCIDRs, VTEPs as Node
+    /// annotations), dir:PATH (one machine) or etcd:http://HOST:PORT[,...].
     #[arg(long, default_value = "dir:/var/lib/berth/overlay")]
     store: String,
+    /// kubeconfig for --store=kube on a host outside the cluster (default: $KUBECONFIG, else
+    /// the pod's ServiceAccount).
+    #[arg(long)]
+    kubeconfig: Option<PathBuf>,
     /// VXLAN network identifier; the device is berth.<vni>.
     #[arg(long, default_value_t = 1)]
     vni: u32,
@@ -89,6 +94,7 @@ impl From<Common> for Target {
             node_name: c.node_name,
             networks: c.networks,
             store: c.store,
+            kubeconfig: c.kubeconfig,
             vni: c.vni,
         }
     }

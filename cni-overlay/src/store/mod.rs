@@ -1,9 +1,10 @@
-//! Where leases live. Two backends behind one trait: a directory holding a
-//! SQLite database (the embedded default, for the nodes of one machine) and
-//! etcd v3 (real clusters).
+//! Where leases live. Three backends behind one trait: a directory holding a
+//! SQLite database (the embedded default, for the nodes of one machine),
+//! etcd v3, and the Kubernetes API (Nodes' pod CIDRs and annotations).
 
 pub mod dir;
 pub mod etcd;
+pub mod kube;
 
 use std::time::Duration;
 
@@ -25,10 +26,46 @@ pub trait LeaseStore: Send {
     fn wait_change(&mut self, since: u64, timeout: Duration) -> Result<u64, OverlayError>;
     /// A name for messages.
     fn describe(&self) -> String;
+    /// The subnets something else assigned to `node` (the kube store: the
+    /// Node's `spec.podCIDRs`), waiting until they exist; None when this
+    /// store lets the agent choose.
+    fn assigned_subnets(
+        &mut self,
+        _node: &str,
+    ) -> Result<Option<(ipnetwork::Ipv4Network, Option<ipnetwork::Ipv6Network>)>, OverlayError>
+    {
+        Ok(None)
+    }
 }
 
-/// Opens a store from its `--store` value: `dir:PATH` or `etcd:URL[,URL]`.
-pub fn open(spec: &str, key_prefix: &str) -> Result<Box<dyn LeaseStore>, OverlayError> {
+/// What opening a store may need besides its `--store` value.
+#[derive(Debug, Clone, Default)]
+pub struct OpenOptions {
+    /// This node's name (the kube store writes its Node's annotations).
+    pub node: String,
+    /// `--kubeconfig` (the kube store, outside a pod).
+    pub kubeconfig: Option<std::path::PathBuf>,
+}
+
+/// Opens a store from its `--store` value: `kube`, `dir:PATH` or
+/// `etcd:URL[,URL]`.
+pub fn open(
+    spec: &str,
+    key_prefix: &str,
+    o: &OpenOptions,
+) -> Result<Box<dyn LeaseStore>, OverlayError> {
+    if spec == "kube" {
+        return Ok(Box::new(kube::KubeStore::open(&kube::KubeOptions {
+            kubeconfig: o.kubeconfig.clone(),
+            node: o.node.clone(),
+        })?));
+    }
+    if o.kubeconfig.is_some() {
+        return Err(OverlayError::config(
+            "--kubeconfig",
+            format!("only the kube store uses a kubeconfig, and --store is {spec:?}"),
+        ));
+    }
     if let Some(path) = spec.strip_prefix("dir:") {
         if path.is_empty() {
             return Err(OverlayError::config(
@@ -65,6 +102,6 @@ pub fn open(spec: &str, key_prefix: &str) -> Result<Box<dyn LeaseStore>, Overlay
     }
     Err(OverlayError::config(
         "--store",
-        format!("{spec:?} is neither dir:PATH nor etcd:URL"),
+        format!("{spec:?} is none of kube, dir:PATH, etcd:URL"),
     ))
 }
