@@ -2,8 +2,9 @@
 //! Dockerfile on a debootstrapped Debian base, no registry) and `kubectl apply -k` of a test
 //! overlay of deploy/kubernetes on the one-node and two-node clusters of
 //! [`berth_tests::kubelet`]. The overlay changes only image names and endpoints: the images are
-//! the locally built ones, the overlay's etcd is the test's, and the API server's address is
-//! given to the pods that call it (no kube-proxy runs here). The host paths are the shipped ones:
+//! the locally built ones, and the API server's address is given to the pods that call it (no
+//! kube-proxy runs here). The overlay runs on the shipped default store, `kube`: each node's
+//! subnet is its Node's podCIDR from the harness's kube-controller-manager, no etcd of its own. The host paths are the shipped ones:
 //! each node runs with [`NodeOptions::fhs_paths`], so inside its mount namespace kubelet's root
 //! dir is /var/lib/kubelet and the CNI dirs are /opt/cni/bin and /etc/cni/net.d (bind mounts of
 //! the node's tempdirs), and one DaemonSet template fits every node.
@@ -35,7 +36,6 @@ use netns_fixture::{spawn_in_netns, test_peer, ChildGuard};
 use serde_json::{json, Value};
 
 const SETTLE: Duration = Duration::from_secs(180);
-const OVERLAY_ETCD: &str = "127.0.0.1:22379";
 
 fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -71,27 +71,37 @@ fn shipped(file: &str) -> Value {
     serde_yaml_ng::from_str(&text).unwrap()
 }
 
-/// The test overlay: the images built here (tag `version`), the overlay's etcd at `etcd`
-/// (`host:port`), and the API server's address for the pods that call it.
-fn write_overlay(dir: &Path, etcd: &str, version: &str) {
-    let csi = shipped("03-node-daemonset.yaml");
-    let spec = &csi["spec"]["template"]["spec"];
-    // No kube-proxy runs here, so the `kubernetes` Service's IP leads nowhere: the sidecars'
-    // in-cluster configuration gets the API server's own address (an endpoint, as a cluster
-    // without kube-proxy would set it).
-    let mut csi_patch = Vec::new();
-    for (i, container) in spec["containers"].as_array().unwrap().iter().enumerate() {
-        assert!(container["env"].is_array(), "container {i} has env");
-        for (name, value) in [
-            ("KUBERNETES_SERVICE_HOST", DEFAULT_ADDRESS.to_string()),
-            ("KUBERNETES_SERVICE_PORT", API_PORT.to_string()),
-        ] {
-            csi_patch.push(json!({
-                "op": "add", "path": format!("/spec/template/spec/containers/{i}/env/-"),
-                "value": { "name": name, "value": value },
-            }));
+/// The test overlay: the images built here (tag `version`) and the API server's address for
+/// the pods that call it.
+fn write_overlay(dir: &Path, version: &str) {
+    // No kube-proxy runs here, so the `kubernetes` Service's IP leads nowhere: the containers
+    // that call the API server (the CSI sidecars, berth-overlayd's kube store) get its own
+    // address (an endpoint, as a cluster without kube-proxy would set it).
+    let api_env = |containers: &Value| -> Value {
+        let mut patch = Vec::new();
+        for (i, container) in containers.as_array().unwrap().iter().enumerate() {
+            assert!(container["env"].is_array(), "container {i} has env");
+            for (name, value) in [
+                ("KUBERNETES_SERVICE_HOST", DEFAULT_ADDRESS.to_string()),
+                ("KUBERNETES_SERVICE_PORT", API_PORT.to_string()),
+            ] {
+                patch.push(json!({
+                    "op": "add", "path": format!("/spec/template/spec/containers/{i}/env/-"),
+                    "value": { "name": name, "value": value },
+                }));
+            }
         }
-    }
+        Value::Array(patch)
+    };
+    let csi = shipped("03-node-daemonset.yaml");
+    let csi_patch = api_env(&csi["spec"]["template"]["spec"]["containers"]);
+    let docs: Vec<Value> = serde_yaml_ng::Deserializer::from_str(
+        &fs::read_to_string(root().join("deploy/kubernetes/11-cni-daemonset.yaml")).unwrap(),
+    )
+    .map(|d| serde::Deserialize::deserialize(d).unwrap())
+    .collect();
+    let cni = docs.iter().find(|d| d["kind"] == "DaemonSet").unwrap();
+    let cni_patch = api_env(&cni["spec"]["template"]["spec"]["containers"]);
     let image = |shipped: &str, local: &str| json!({ "name": shipped, "newName": local });
     let mut images = vec![json!({
         "name": "ghcr.io/berth-dev/berth", "newName": "localhost/berth", "newTag": version,
@@ -113,10 +123,8 @@ fn write_overlay(dir: &Path, etcd: &str, version: &str) {
         "resources": [relative(dir, &root().join("deploy/kubernetes")).to_string_lossy()],
         "images": images,
         "patches": [
-            { "target": { "kind": "DaemonSet", "name": "berth-csi-node" }, "patch": Value::Array(csi_patch).to_string() },
-            { "target": { "kind": "ConfigMap", "name": "berth-cni" }, "patch": json!([
-                { "op": "replace", "path": "/data/store", "value": format!("etcd:http://{etcd}") },
-            ]).to_string() },
+            { "target": { "kind": "DaemonSet", "name": "berth-csi-node" }, "patch": csi_patch.to_string() },
+            { "target": { "kind": "DaemonSet", "name": "berth-cni" }, "patch": cni_patch.to_string() },
         ],
     });
     // JSON is YAML: kustomize reads it.
@@ -254,19 +262,23 @@ fn snapshot_controller(cp: &ControlPlane, netns: &Path, log: &Path) -> ChildGuar
     ChildGuard::new(spawn_in_netns(netns, sc).unwrap())
 }
 
-/// `berth-overlayd status --json` for `node` against the overlay's etcd, from `ns`.
-fn overlay_status(ns: &Netns, node: &str, etcd: &str) -> Result<Value, String> {
-    let text = ns.try_exec(&[
-        &berth_tests::bin_dir()
-            .join("berth-overlayd")
-            .to_string_lossy(),
-        "status",
-        &format!("--node-name={node}"),
-        "--network=10.244.0.0/16",
-        &format!("--store=etcd:http://{etcd}"),
-        "--json",
-    ])?;
-    serde_json::from_str(&text).map_err(|e| format!("{e}: {text}"))
+/// The `berth.dev/vtep-mac` annotation berth-overlayd published on `node` (empty if none).
+fn published_vtep(cp: &ControlPlane, node: &str) -> String {
+    cp.get_json(&["node", node])
+        .and_then(|n| {
+            n["metadata"]["annotations"]["berth.dev/vtep-mac"]
+                .as_str()
+                .map(str::to_string)
+        })
+        .unwrap_or_default()
+}
+
+/// The Node's IPv4 pod CIDR (from kube-controller-manager).
+fn pod_cidr(cp: &ControlPlane, node: &str) -> String {
+    cp.kubectl(&["get", "node", node, "-o=jsonpath={.spec.podCIDR}"])
+        .unwrap_or_default()
+        .trim()
+        .to_string()
 }
 
 /// Loop devices bound to each of berth-csi's images in the node's pool (matched by device and
@@ -363,11 +375,8 @@ fn shipped_manifests_and_image_run_berth_on_a_node() {
         .prefix("berth-install-test-")
         .tempdir()
         .unwrap();
-    // The overlay's etcd, on the host netns' loopback (hostNetwork pods reach it).
-    let etcd = berth_tests::kubelet::overlay_etcd_command(OVERLAY_ETCD, stores.path()).unwrap();
     let cp = ControlPlane::start(host.ns.path(), &stores.path().join("cp"), DEFAULT_ADDRESS)
         .unwrap_or_else(|e| panic!("control plane: {e}"));
-    let _etcd = ChildGuard::new(spawn_in_netns(host.ns.path(), etcd).expect("start etcd"));
     let k = |args: &[&str]| cp.kubectl(args).unwrap_or_else(|e| panic!("{e}"));
     let crds = test_peer("files/snapshot-crds");
     k(&["apply", "--server-side", "-k", &crds.to_string_lossy()]);
@@ -381,7 +390,7 @@ fn shipped_manifests_and_image_run_berth_on_a_node() {
         .unwrap();
     // `kubectl apply -k` of the overlay for the image tag `tag`, then both DaemonSets rolled out.
     let install = |tag: &str| {
-        write_overlay(overlay.path(), OVERLAY_ETCD, tag);
+        write_overlay(overlay.path(), tag);
         apply_and_roll_out(&cp, overlay.path()).unwrap_or_else(|e| fail(&format!("{tag}: {e}")));
     };
     install(version);
@@ -630,11 +639,11 @@ fn shipped_manifests_and_image_run_berth_on_a_node() {
         host.ns.try_exec(&["ip", "link", "show", "berth0"]).is_ok(),
         "the bridge stays"
     );
-    // The agent released its lease when it stopped (`berth-overlayd status` reads the store).
-    let status = overlay_status(&host.ns, "node1", OVERLAY_ETCD).unwrap_or_else(|e| fail(&e));
+    // The kube store: the subnet is the Node's, and the Node keeps the VTEP annotations the
+    // agent published (peers keep their routes until the Node goes).
     assert!(
-        status["lease"].is_null(),
-        "no lease left in the overlay's etcd: {status}"
+        !published_vtep(&cp, "node1").is_empty(),
+        "the Node keeps berth.dev/vtep-mac after the uninstall"
     );
     assert!(
         host.ns.try_exec(&["ip", "link", "show", "berth.1"]).is_ok(),
@@ -662,8 +671,8 @@ fn shipped_manifests_and_image_run_berth_on_a_node() {
     );
 }
 
-/// The underlay of the two-node install: the control plane, the overlay's etcd and the
-/// snapshot-controller on the router end, a node behind each port.
+/// The underlay of the two-node install: the control plane and the snapshot-controller on the
+/// router end, a node behind each port.
 const UL_PREFIX: &str = "172.31.248";
 
 #[test]
@@ -677,15 +686,12 @@ fn shipped_manifests_run_berth_on_two_nodes() {
         arch.display()
     );
     let ul = Underlay::create("bi2", "br-ul", Some(&format!("{UL_PREFIX}.254/24")));
-    let etcd_addr = format!("{UL_PREFIX}.254:22379");
     let stores = tempfile::Builder::new()
         .prefix("berth-install-2n-")
         .tempdir()
         .unwrap();
     let cp = ControlPlane::start(ul.ns.path(), &stores.path().join("cp"), DEFAULT_ADDRESS)
         .unwrap_or_else(|e| panic!("control plane: {e}"));
-    let etcd = berth_tests::kubelet::overlay_etcd_command(&etcd_addr, stores.path()).unwrap();
-    let _etcd = ChildGuard::new(spawn_in_netns(ul.ns.path(), etcd).expect("start etcd"));
     let k = |args: &[&str]| cp.kubectl(args).unwrap_or_else(|e| panic!("{e}"));
     let crds = test_peer("files/snapshot-crds");
     k(&["apply", "--server-side", "-k", &crds.to_string_lossy()]);
@@ -723,7 +729,7 @@ fn shipped_manifests_run_berth_on_two_nodes() {
         .tempdir()
         .unwrap();
     // One overlay, one template per DaemonSet, both nodes: the shipped host paths fit each.
-    write_overlay(overlay.path(), &etcd_addr, version);
+    write_overlay(overlay.path(), version);
     apply_and_roll_out(&cp, overlay.path()).unwrap_or_else(|e| fail(&e));
     let scheduled = k(&[
         "get",
@@ -754,7 +760,20 @@ fn shipped_manifests_run_berth_on_two_nodes() {
             node_subnet(n).unwrap_or_else(|| fail(&format!("{}: no /run/berth/subnet.env", n.name)))
         })
         .collect();
-    assert_ne!(subnets[0], subnets[1], "each node leased its own subnet");
+    assert_ne!(subnets[0], subnets[1], "each node has its own subnet");
+    for (n, s) in nodes.iter().zip(&subnets) {
+        assert_eq!(
+            &pod_cidr(&cp, &n.name),
+            s,
+            "{}: the subnet is the Node's podCIDR",
+            n.name
+        );
+        assert!(
+            !published_vtep(&cp, &n.name).is_empty(),
+            "{}: VTEP published",
+            n.name
+        );
+    }
     let _snapshot_controller = snapshot_controller(
         &cp,
         ul.ns.path(),
@@ -904,19 +923,13 @@ fn shipped_manifests_run_berth_on_two_nodes() {
     ]) {
         fail(&format!("kubectl delete -k: {e}"));
     }
-    for (n, host) in nodes.iter().zip(&hosts) {
+    for n in &nodes {
         let gone = wait_until(SETTLE, || {
             n.cri()
                 .crictl_ok(&["ps", "-q"])
                 .is_ok_and(|s| s.trim().is_empty())
         });
         assert!(gone, "{}: containers left after the uninstall", n.name);
-        let status = overlay_status(&host.ns, &n.name, &etcd_addr).unwrap_or_else(|e| fail(&e));
-        assert!(
-            status["lease"].is_null(),
-            "{}: lease released: {status}",
-            n.name
-        );
         assert!(
             loops_per_image(n).is_empty(),
             "{}: pool images left",
