@@ -13,6 +13,7 @@ use crate::config::{BridgeConf, MasqBackend};
 use crate::error::BridgeError;
 use crate::link;
 use crate::masq;
+use crate::nft::{Batch, Nft};
 use crate::pod;
 use crate::records::{Record, Records};
 use crate::spoofchk;
@@ -113,23 +114,28 @@ pub fn teardown_host(
         Some(_) => None,
         None => conf.ip_masq.then_some(conf.masq_backend),
     };
-    if let Some(b) = backend {
-        let chain = masq::iptables_chain(&conf.network, container, ifname);
-        masq::del(
-            b,
-            &unique,
-            &conf.masq_exclude,
-            &chain,
-            &attachment_comment(&conf.network, container, ifname),
-        )?;
+    // One nftables transaction for the NAT and spoof-check elements.
+    let mut nft = Nft::new();
+    let mut batch = Batch::new();
+    match backend {
+        Some(MasqBackend::Nftables) => masq::nft_del(&mut batch, &unique, &conf.masq_exclude),
+        Some(MasqBackend::Iptables) => {
+            let chain = masq::iptables_chain(&conf.network, container, ifname);
+            masq::iptables_del(
+                &unique,
+                &chain,
+                &attachment_comment(&conf.network, container, ifname),
+            )?;
+        }
+        None => {}
     }
     let spoof = record.map(|r| r.spoofchk).unwrap_or(conf.mac_spoof_check);
     if spoof {
         if pod_mac.is_empty() {
-            spoofchk::del_port(host_veth)?;
+            spoofchk::del_port(&mut nft, &mut batch, host_veth)?;
         } else {
-            spoofchk::del(host_veth, pod_mac)?;
+            spoofchk::del(&mut batch, host_veth, pod_mac)?;
         }
     }
-    Ok(())
+    nft.commit(&batch)
 }
