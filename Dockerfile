@@ -1,5 +1,6 @@
 # Every Berth binary in one small image: build with the Rust toolchain, run on
-# Debian with the tools the plugins and the driver call (nft for ipMasq,
+# Debian with the tools the plugins and the driver call (iptables for the
+# iptables ipMasq backend; nftables is programmed over netlink, no nft binary;
 # mkfs/blkid for volumes).
 #
 # The base images are build arguments, so the same file builds from public
@@ -31,7 +32,7 @@ FROM ${RUNTIME_IMAGE}
 ARG INSTALL_PACKAGES=true
 RUN if [ "$INSTALL_PACKAGES" = true ]; then \
       apt-get update \
-      && apt-get install -y --no-install-recommends nftables iptables iproute2 e2fsprogs xfsprogs util-linux ca-certificates \
+      && apt-get install -y --no-install-recommends iptables iproute2 e2fsprogs xfsprogs util-linux ca-certificates \
       && rm -rf /var/lib/apt/lists/*; \
     fi
 COPY --from=binaries /out/ /usr/local/bin/
