@@ -273,3 +273,64 @@ fn bridge_family_concat_of_ifname_and_mac() {
         "{text}"
     );
 }
+
+/// Not a check: how long the kernel takes to commit batches of each shape
+/// (`cargo test --release -p nftables-netlink --test kernel -- --ignored --nocapture`).
+#[test]
+#[ignore]
+fn commit_timing() {
+    if skip() {
+        return;
+    }
+    let ns = Netns::create("nlnft");
+    in_netns(ns.path(), || {
+        let mut s = Socket::new().unwrap();
+        let hook = Hook {
+            chain_type: "nat",
+            hooknum: HOOK_POSTROUTING,
+            priority: PRIORITY_SRCNAT,
+            accept: true,
+        };
+        let el = |i: u8| Element::new(vec![10, 1, 0, i]).with_comment(Some("c"));
+        let full = |i: u8| {
+            let mut b = Batch::new();
+            v4_sets(&mut b);
+            b.add_chain(Family::Inet, T, "post", &hook);
+            b.flush_chain(Family::Inet, T, "post");
+            b.add_rule(Family::Inet, T, "post", &nat_rule());
+            b.add_elements(Family::Inet, T, "a4", &[el(i)]);
+            b
+        };
+        let sets_only = |i: u8| {
+            let mut b = Batch::new();
+            v4_sets(&mut b);
+            b.add_elements(Family::Inet, T, "a4", &[el(i)]);
+            b
+        };
+        let elems_only = |i: u8| {
+            let mut b = Batch::new();
+            b.add_elements(Family::Inet, T, "a4", &[el(i)]);
+            b
+        };
+        s.commit(&full(1)).unwrap();
+        type Shape<'a> = (&'a str, &'a dyn Fn(u8) -> Batch);
+        let shapes: [Shape; 3] = [
+            ("table+sets+chain+flush+rule+element", &full),
+            ("table+sets+element", &sets_only),
+            ("element", &elems_only),
+        ];
+        for (name, f) in shapes {
+            let mut t: Vec<u128> = (0..40u8)
+                .map(|i| {
+                    let b = f(i + 2);
+                    let start = std::time::Instant::now();
+                    s.commit(&b).unwrap();
+                    start.elapsed().as_micros()
+                })
+                .collect();
+            t.sort();
+            println!("{name}: median {} us, min {} us", t[t.len() / 2], t[0]);
+        }
+    })
+    .unwrap();
+}
