@@ -206,6 +206,26 @@ fn add_steps(
     record.pod_mac = pod.mac.clone();
     record.ips = res.ips.iter().map(|c| c.address.to_string()).collect();
 
+    // NAT (nftables backend) and the spoof check: one transaction, as soon as the addresses
+    // and the pod's MAC are known (see `nft::Nft` on why early).
+    let mut batch = Batch::new();
+    if conf.ip_masq && !res.ips.is_empty() {
+        let addrs: Vec<IpNetwork> = res.ips.iter().map(|c| c.address).collect();
+        undo.masq = Some(addrs.clone());
+        match conf.masq_backend {
+            MasqBackend::Nftables => masq::nft_add(&mut batch, &addrs, &conf.masq_exclude, comment),
+            MasqBackend::Iptables => {
+                let chain = masq::iptables_chain(&conf.network, &req.env.container_id, ifname);
+                masq::iptables_add(&addrs, &conf.masq_exclude, &chain, comment)?;
+            }
+        }
+    }
+    if conf.mac_spoof_check {
+        undo.spoof = Some((host.name.clone(), pod.mac.clone()));
+        spoofchk::add(&mut batch, &host.name, &pod.mac, comment)?;
+    }
+    Nft::new().commit(&batch)?;
+
     let mut extra_iface = None;
     if conf.is_gateway {
         let gw_link = if conf.vlan != 0 {
@@ -234,25 +254,6 @@ fn add_steps(
             }
         }
     }
-
-    // NAT (nftables backend) and the spoof check: one transaction.
-    let mut batch = Batch::new();
-    if conf.ip_masq && !res.ips.is_empty() {
-        let addrs: Vec<IpNetwork> = res.ips.iter().map(|c| c.address).collect();
-        undo.masq = Some(addrs.clone());
-        match conf.masq_backend {
-            MasqBackend::Nftables => masq::nft_add(&mut batch, &addrs, &conf.masq_exclude, comment),
-            MasqBackend::Iptables => {
-                let chain = masq::iptables_chain(&conf.network, &req.env.container_id, ifname);
-                masq::iptables_add(&addrs, &conf.masq_exclude, &chain, comment)?;
-            }
-        }
-    }
-    if conf.mac_spoof_check {
-        undo.spoof = Some((host.name.clone(), pod.mac.clone()));
-        spoofchk::add(&mut batch, &host.name, &pod.mac, comment)?;
-    }
-    Nft::new().commit(&batch)?;
 
     if !conf.disable_container_interface {
         link::wait_forwarding(nl, host.index, FORWARD_BOUND)?;

@@ -100,9 +100,6 @@ pub fn teardown_host(
     addrs: &[IpNetwork],
     pod_mac: &str,
 ) -> Result<(), BridgeError> {
-    let mut nl = Netlink::new()?;
-    link::delete_veth(&mut nl, host_veth)?;
-
     let mut unique: Vec<IpNetwork> = Vec::new();
     for a in addrs {
         if !unique.iter().any(|u| u.ip() == a.ip()) {
@@ -137,5 +134,10 @@ pub fn teardown_host(
             spoofchk::del(&mut batch, host_veth, pod_mac)?;
         }
     }
-    nft.commit(&batch)
+    // Before the veth goes: the kernel frees what the transaction removed after an RCU grace
+    // period, which then passes while the veth is deleted (see `nft::Nft`).
+    nft.commit(&batch)?;
+    let mut nl = Netlink::new()?;
+    link::delete_veth(&mut nl, host_veth)?;
+    Ok(())
 }

@@ -4,13 +4,36 @@
 
 pub use nftables_netlink::{Batch, Element, Socket};
 
+use std::sync::Mutex;
+
 use crate::error::BridgeError;
 
 /// A lazily opened nftables socket: commands that turn out to need no
 /// nftables change open none.
+///
+/// Closing a NETLINK_NETFILTER socket waits until the kernel has freed what
+/// earlier transactions removed (rules flushed, elements deleted), which it
+/// does after an RCU grace period: about 10 ms on a busy machine. So the
+/// socket is not closed when the `Nft` is dropped but kept until the process
+/// exits (one at a time: a later one closes the earlier), and the grace
+/// period passes while the command does its remaining work.
 #[derive(Default)]
 pub struct Nft {
     sock: Option<Socket>,
+}
+
+static LINGER: Mutex<Option<Socket>> = Mutex::new(None);
+
+impl Drop for Nft {
+    fn drop(&mut self) {
+        if let Some(s) = self.sock.take() {
+            let old = match LINGER.lock() {
+                Ok(mut l) => l.replace(s),
+                Err(p) => p.into_inner().replace(s),
+            };
+            drop(old);
+        }
+    }
 }
 
 impl Nft {

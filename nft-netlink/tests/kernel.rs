@@ -312,12 +312,28 @@ fn commit_timing() {
             b.add_elements(Family::Inet, T, "a4", &[el(i)]);
             b
         };
+        let with_chain = |i: u8| {
+            let mut b = Batch::new();
+            v4_sets(&mut b);
+            b.add_chain(Family::Inet, T, "post", &hook);
+            b.add_elements(Family::Inet, T, "a4", &[el(i)]);
+            b
+        };
+        let add_del = |i: u8| {
+            let mut b = Batch::new();
+            v4_sets(&mut b);
+            b.add_elements(Family::Inet, T, "a4", &[el(i)]);
+            b.del_elements(Family::Inet, T, "a4", &[el(i)]);
+            b
+        };
         s.commit(&full(1)).unwrap();
         type Shape<'a> = (&'a str, &'a dyn Fn(u8) -> Batch);
-        let shapes: [Shape; 3] = [
+        let shapes: [Shape; 5] = [
             ("table+sets+chain+flush+rule+element", &full),
+            ("table+sets+chain+element", &with_chain),
             ("table+sets+element", &sets_only),
             ("element", &elems_only),
+            ("table+sets+element added and deleted", &add_del),
         ];
         for (name, f) in shapes {
             let mut t: Vec<u128> = (0..40u8)
@@ -329,7 +345,24 @@ fn commit_timing() {
                 })
                 .collect();
             t.sort();
-            println!("{name}: median {} us, min {} us", t[t.len() / 2], t[0]);
+            // The same on a socket of its own, closed afterwards: close waits for the kernel
+            // to free what the transaction removed (an RCU grace period).
+            let mut c: Vec<u128> = (0..20u8)
+                .map(|i| {
+                    let b = f(i + 100);
+                    let start = std::time::Instant::now();
+                    let mut own = Socket::new().unwrap();
+                    own.commit(&b).unwrap();
+                    drop(own);
+                    start.elapsed().as_micros()
+                })
+                .collect();
+            c.sort();
+            println!(
+                "{name}: commit median {} us; open+commit+close median {} us",
+                t[t.len() / 2],
+                c[c.len() / 2]
+            );
         }
     })
     .unwrap();

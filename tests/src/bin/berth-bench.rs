@@ -729,7 +729,7 @@ usage: berth-bench bridge [options]   (root: creates network namespaces, never t
 
 Times berth-bridge + berth-host-local (ours) against the reference bridge + host-local, each in
 its own fresh host netns, cniVersion 1.0.0, isGateway true: median ADD, DEL and ADD+DEL over N
-iterations (ours and reference alternate), 100 pods attached in parallel on a fresh host (wall
+iterations (ours and reference alternate; with --masq both rows run in the same iterations), 100 pods attached in parallel on a fresh host (wall
 time, errors), and the peak RSS of the plugin process of an ADD (VmHWM at its exit, under
 ptrace; wait4's ru_maxrss is printed too).
 
@@ -950,13 +950,20 @@ options:
     /// Untimed ADDs per plugin and row for the VmHWM measurement.
     const RSS_RUNS: usize = 5;
 
-    fn bench_row(opts: &Opts, masq: bool) -> Result<RowResult, String> {
-        let targets = [
-            Target::new(&opts.ours, masq)?,
-            Target::new(&opts.reference, masq)?,
-        ];
+    /// The rows for each of `masqs`, measured together: every iteration runs each row's ADD+DEL
+    /// for ours and the reference (alternating the order), so a slow phase of the machine (a
+    /// namespace torn down in the background, another job) hits every row alike and the
+    /// difference between rows is what ipMasq costs.
+    fn bench_rows(opts: &Opts, masqs: &[bool]) -> Result<Vec<RowResult>, String> {
+        let mut targets = Vec::new();
+        for &m in masqs {
+            targets.push([
+                Target::new(&opts.ours, m)?,
+                Target::new(&opts.reference, m)?,
+            ]);
+        }
         // Untimed warm-up: creates the bridge, NAT tables and stores, fills the page cache.
-        for t in &targets {
+        for t in targets.iter().flatten() {
             for cmd in ["ADD", "DEL"] {
                 let out = t.exec(cmd, "bench-warmup")?;
                 if !out.success() {
@@ -968,25 +975,30 @@ options:
                 }
             }
         }
-        let mut samples = [Samples::default(), Samples::default()];
+        let mut samples: Vec<[Samples; 2]> = masqs
+            .iter()
+            .map(|_| [Samples::default(), Samples::default()])
+            .collect();
         for i in 0..opts.iterations {
             let container = format!("bench-{i}");
             let order = if i % 2 == 0 { [0, 1] } else { [1, 0] };
-            for k in order {
-                let (t, s) = (&targets[k], &mut samples[k]);
-                let add = t.exec("ADD", &container)?;
-                let add_ok = s.record(&add, "ADD");
-                if add_ok {
-                    s.add.push(add.elapsed);
-                    if let Some(kb) = add.max_rss_kb {
-                        s.rss_kb.push(kb);
-                    }
-                }
-                let del = t.exec("DEL", &container)?;
-                if s.record(&del, "DEL") {
-                    s.del.push(del.elapsed);
+            for (ts, ss) in targets.iter().zip(samples.iter_mut()) {
+                for k in order {
+                    let (t, s) = (&ts[k], &mut ss[k]);
+                    let add = t.exec("ADD", &container)?;
+                    let add_ok = s.record(&add, "ADD");
                     if add_ok {
-                        s.pair.push(add.elapsed + del.elapsed);
+                        s.add.push(add.elapsed);
+                        if let Some(kb) = add.max_rss_kb {
+                            s.rss_kb.push(kb);
+                        }
+                    }
+                    let del = t.exec("DEL", &container)?;
+                    if s.record(&del, "DEL") {
+                        s.del.push(del.elapsed);
+                        if add_ok {
+                            s.pair.push(add.elapsed + del.elapsed);
+                        }
                     }
                 }
             }
@@ -994,33 +1006,38 @@ options:
         // Untimed: the plugin's own peak RSS, read at its exit stop under ptrace.
         for i in 0..RSS_RUNS {
             let container = format!("bench-rss-{i}");
-            for (t, s) in targets.iter().zip(samples.iter_mut()) {
-                let (add, hwm) = t
-                    .cmd("ADD", &container, t.pod.path())
-                    .run_peak_rss()
-                    .map_err(|e| format!("cannot run {}: {e}", t.plugin.bin.display()))?;
-                if s.record(&add, "ADD (RSS run)") {
-                    s.hwm_kb.extend(hwm);
+            for (ts, ss) in targets.iter().zip(samples.iter_mut()) {
+                for (t, s) in ts.iter().zip(ss.iter_mut()) {
+                    let (add, hwm) = t
+                        .cmd("ADD", &container, t.pod.path())
+                        .run_peak_rss()
+                        .map_err(|e| format!("cannot run {}: {e}", t.plugin.bin.display()))?;
+                    if s.record(&add, "ADD (RSS run)") {
+                        s.hwm_kb.extend(hwm);
+                    }
+                    let del = t.exec("DEL", &container)?;
+                    s.record(&del, "DEL (RSS run)");
                 }
-                let del = t.exec("DEL", &container)?;
-                s.record(&del, "DEL (RSS run)");
             }
         }
         let floor = {
-            let t = &targets[0];
+            let t = &targets[0][0];
             let out = CniRun::new("/bin/true")
                 .in_netns(t.host.ns.path())
                 .run()
                 .map_err(|e| format!("/bin/true: {e}"))?;
             out.max_rss_kb
         };
-        let [ours, reference] = samples;
-        Ok(RowResult {
-            masq,
-            ours,
-            reference,
-            floor,
-        })
+        Ok(masqs
+            .iter()
+            .zip(samples)
+            .map(|(&masq, [ours, reference])| RowResult {
+                masq,
+                ours,
+                reference,
+                floor,
+            })
+            .collect())
     }
 
     struct ConcResult {
@@ -1206,11 +1223,8 @@ options:
             opts.iterations
         );
 
-        let mut rows = Vec::new();
-        rows.push(bench_row(&opts, false)?);
-        if opts.masq {
-            rows.push(bench_row(&opts, true)?);
-        }
+        let masqs: &[bool] = if opts.masq { &[false, true] } else { &[false] };
+        let rows = bench_rows(&opts, masqs)?;
         for r in &rows {
             for (label, s) in [("ours", &r.ours), ("reference", &r.reference)] {
                 if let Some(e) = &s.first_error {
@@ -1384,7 +1398,7 @@ options:
             );
             md.push_str(&bench::machine_markdown());
             md.push_str(&format!(
-                "- ours: `{}` + `{}`\n- reference: `{}` + `{}`\n- {} iterations; cniVersion {CNI_VERSION}; isGateway true; {SUBNET}; each plugin in its own fresh host netns, entered between fork and exec (the timed process is the plugin); ours and reference alternate each iteration; warm-up ADD+DEL untimed\n- plugin RSS: `VmHWM` of the plugin process itself, read at its ptrace exit stop (max of {RSS_RUNS} untimed ADDs); \"IPAM alone\": the same for the IPAM plugin exec'd by itself\n- ru_maxrss: max `ru_maxrss` from wait4 over the timed ADD execs; it also covers the IPAM child and the address space the child had before exec (Linux folds it in at exec): /bin/true exec'd the same way reports {} MiB\n\n",
+                "- ours: `{}` + `{}`\n- reference: `{}` + `{}`\n- {} iterations; cniVersion {CNI_VERSION}; isGateway true; {SUBNET}; each plugin in its own fresh host netns, entered between fork and exec (the timed process is the plugin); ours and reference alternate each iteration, and the ipMasq rows run in the same iterations; warm-up ADD+DEL untimed\n- plugin RSS: `VmHWM` of the plugin process itself, read at its ptrace exit stop (max of {RSS_RUNS} untimed ADDs); \"IPAM alone\": the same for the IPAM plugin exec'd by itself\n- ru_maxrss: max `ru_maxrss` from wait4 over the timed ADD execs; it also covers the IPAM child and the address space the child had before exec (Linux folds it in at exec): /bin/true exec'd the same way reports {} MiB\n\n",
                 opts.ours.bin.display(),
                 opts.ours.ipam.display(),
                 opts.reference.bin.display(),
