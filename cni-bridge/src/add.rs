@@ -208,12 +208,17 @@ fn add_steps(
 
     // NAT (nftables backend) and the spoof check: one transaction, as soon as the addresses
     // and the pod's MAC are known (see `nft::Nft` on why early).
+    // The rules are re-asserted only when they are not in place (see `masq::nft_add`).
+    let mut nft = Nft::new();
     let mut batch = Batch::new();
     if conf.ip_masq && !res.ips.is_empty() {
         let addrs: Vec<IpNetwork> = res.ips.iter().map(|c| c.address).collect();
         undo.masq = Some(addrs.clone());
         match conf.masq_backend {
-            MasqBackend::Nftables => masq::nft_add(&mut batch, &addrs, &conf.masq_exclude, comment),
+            MasqBackend::Nftables => {
+                let in_place = masq::nft_rules_in_place(&mut nft)?;
+                masq::nft_add(&mut batch, &addrs, &conf.masq_exclude, comment, in_place)
+            }
             MasqBackend::Iptables => {
                 let chain = masq::iptables_chain(&conf.network, &req.env.container_id, ifname);
                 masq::iptables_add(&addrs, &conf.masq_exclude, &chain, comment)?;
@@ -222,9 +227,10 @@ fn add_steps(
     }
     if conf.mac_spoof_check {
         undo.spoof = Some((host.name.clone(), pod.mac.clone()));
-        spoofchk::add(&mut batch, &host.name, &pod.mac, comment)?;
+        let in_place = spoofchk::rule_in_place(&mut nft)?;
+        spoofchk::add(&mut batch, &host.name, &pod.mac, comment, in_place)?;
     }
-    Nft::new().commit(&batch)?;
+    nft.commit(&batch)?;
 
     let mut extra_iface = None;
     if conf.is_gateway {

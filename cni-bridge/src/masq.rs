@@ -17,8 +17,8 @@ use std::process::{Command, Stdio};
 
 use ipnetwork::IpNetwork;
 use nftables_netlink::{
-    datatype, CmpOp, Expr, Family, Hook, MetaKey, PayloadBase, SetSpec, HOOK_POSTROUTING,
-    PRIORITY_SRCNAT, REG32_01, REG_1, REG_2,
+    datatype, rule_matches, CmpOp, Expr, Family, Hook, MetaKey, PayloadBase, SetSpec,
+    HOOK_POSTROUTING, PRIORITY_SRCNAT, REG32_01, REG_1, REG_2,
 };
 
 use crate::error::BridgeError;
@@ -188,12 +188,41 @@ impl LastAddr for IpNetwork {
     }
 }
 
-/// Adds to `b` the (re)assertion of the table, its chain and its two
-/// rules (the chain is flushed and the rules added again, so a deleted
-/// rule repairs itself and concurrent ADDs cannot duplicate rules), and
-/// the elements of `addrs` with `comment`.
-pub fn nft_add(b: &mut Batch, addrs: &[IpNetwork], exclude: &[IpNetwork], comment: &str) {
+/// Whether the chain holds exactly the two rules, as [`nft_add`] makes
+/// them (false when the table or the chain does not exist).
+pub fn nft_rules_in_place(nft: &mut Nft) -> Result<bool, BridgeError> {
+    let Some(rules) = nft.sock()?.dump_rules(FAMILY, NFT_TABLE, POSTROUTING)? else {
+        return Ok(false);
+    };
+    Ok(rules.len() == 2
+        && rule_matches(&masq_rule(true), &rules[0])
+        && rule_matches(&masq_rule(false), &rules[1]))
+}
+
+/// Adds to `b` the (re)assertion of the table and its sets, and the elements of `addrs` with
+/// `comment`. Unless `rules_in_place` (see [`nft_rules_in_place`]) also the chain and its two
+/// rules: the chain is flushed and the rules added again in the same transaction, so a deleted
+/// or changed rule repairs itself and concurrent ADDs cannot duplicate rules. When the rules are
+/// in place they are left alone: a transaction that removes rules makes the kernel free them
+/// after an RCU grace period, which the plugin would wait for when it closes its socket.
+pub fn nft_add(
+    b: &mut Batch,
+    addrs: &[IpNetwork],
+    exclude: &[IpNetwork],
+    comment: &str,
+    rules_in_place: bool,
+) {
     nft_table_header(b);
+    if !rules_in_place {
+        nft_rules(b);
+    }
+    for (set, els) in nft_elements(addrs, exclude, Some(comment)) {
+        b.add_elements(FAMILY, NFT_TABLE, set, &els);
+    }
+}
+
+/// The base chain, flushed, and its two rules.
+fn nft_rules(b: &mut Batch) {
     b.add_chain(
         FAMILY,
         NFT_TABLE,
@@ -208,9 +237,6 @@ pub fn nft_add(b: &mut Batch, addrs: &[IpNetwork], exclude: &[IpNetwork], commen
     b.flush_chain(FAMILY, NFT_TABLE, POSTROUTING);
     b.add_rule(FAMILY, NFT_TABLE, POSTROUTING, &masq_rule(true));
     b.add_rule(FAMILY, NFT_TABLE, POSTROUTING, &masq_rule(false));
-    for (set, els) in nft_elements(addrs, exclude, Some(comment)) {
-        b.add_elements(FAMILY, NFT_TABLE, set, &els);
-    }
 }
 
 /// Adds to `b` the removal of `addrs`' elements; the transaction succeeds
@@ -426,6 +452,7 @@ mod tests {
             &nets(&["10.1.0.5/24", "fd00::5/64"]),
             &[],
             "berth:n:c1:eth0",
+            false,
         );
         let ours: Vec<String> = b
             .render()
@@ -445,7 +472,13 @@ mod tests {
     #[test]
     fn add_asserts_rules_once_and_adds_both_sets() {
         let mut b = Batch::new();
-        nft_add(&mut b, &nets(&["10.1.0.5/24", "fd00::5/64"]), &[], "c");
+        nft_add(
+            &mut b,
+            &nets(&["10.1.0.5/24", "fd00::5/64"]),
+            &[],
+            "c",
+            false,
+        );
         let d = b.describe();
         assert_eq!(d.iter().filter(|w| w.starts_with("flush chain")).count(), 1);
         assert_eq!(d.iter().filter(|w| w.starts_with("add rule")).count(), 2);
@@ -455,6 +488,19 @@ mod tests {
                 "{d:?}"
             );
         }
+    }
+
+    #[test]
+    fn rules_in_place_are_left_alone() {
+        let mut b = Batch::new();
+        nft_add(&mut b, &nets(&["10.1.0.5/24"]), &[], "c", true);
+        let d = b.describe();
+        assert!(
+            !d.iter().any(|w| w.contains("chain") || w.contains("rule")),
+            "{d:?}"
+        );
+        assert_eq!(d[0], "add table inet berth-nat");
+        assert!(d.contains(&"add element inet berth-nat masq4"));
     }
 
     #[test]

@@ -4,8 +4,8 @@
 
 use host_net::netlink::parse_mac;
 use nftables_netlink::{
-    datatype, Expr, Family, Hook, MetaKey, PayloadBase, SetSpec, Verdict, HOOK_PREROUTING, REG_1,
-    REG_2,
+    datatype, rule_matches, Expr, Family, Hook, MetaKey, PayloadBase, SetSpec, Verdict,
+    HOOK_PREROUTING, REG_1, REG_2,
 };
 
 use crate::error::BridgeError;
@@ -86,13 +86,37 @@ fn allowed_key(port: &str, mac: &str) -> Result<Vec<u8>, BridgeError> {
     Ok(k)
 }
 
-/// Adds to `b` the table, its chain and rule (flushed and re-added) and the
-/// two elements of `port` with `mac`.
-pub fn add(b: &mut Batch, port: &str, mac: &str, comment: &str) -> Result<(), BridgeError> {
+/// Whether the chain holds exactly the rule [`add`] makes.
+pub fn rule_in_place(nft: &mut Nft) -> Result<bool, BridgeError> {
+    let Some(rules) = nft.sock()?.dump_rules(FAMILY, TABLE, PREROUTING)? else {
+        return Ok(false);
+    };
+    Ok(rules.len() == 1 && rule_matches(&rule(), &rules[0]))
+}
+
+/// Adds to `b` the table and its sets, unless `rule_in_place` its chain and
+/// rule (flushed and re-added, as `masq::nft_add` does), and the two
+/// elements of `port` with `mac`.
+pub fn add(
+    b: &mut Batch,
+    port: &str,
+    mac: &str,
+    comment: &str,
+    rule_in_place: bool,
+) -> Result<(), BridgeError> {
     let c = nft::comment(comment);
     let ports = [Element::new(port_key(port)?).with_comment(Some(&c))];
     let allowed = [Element::new(allowed_key(port, mac)?).with_comment(Some(&c))];
     header(b);
+    if !rule_in_place {
+        chain_and_rule(b);
+    }
+    b.add_elements(FAMILY, TABLE, "ports", &ports);
+    b.add_elements(FAMILY, TABLE, "allowed", &allowed);
+    Ok(())
+}
+
+fn chain_and_rule(b: &mut Batch) {
     b.add_chain(
         FAMILY,
         TABLE,
@@ -106,9 +130,6 @@ pub fn add(b: &mut Batch, port: &str, mac: &str, comment: &str) -> Result<(), Br
     );
     b.flush_chain(FAMILY, TABLE, PREROUTING);
     b.add_rule(FAMILY, TABLE, PREROUTING, &rule());
-    b.add_elements(FAMILY, TABLE, "ports", &ports);
-    b.add_elements(FAMILY, TABLE, "allowed", &allowed);
-    Ok(())
 }
 
 /// Adds to `b` the removal of the two elements (added, then deleted, so the
@@ -179,7 +200,14 @@ mod tests {
     #[test]
     fn add_batch_is_byte_for_byte_what_nft_sent() {
         let mut b = Batch::new();
-        add(&mut b, "veth123", "02:11:22:33:44:55", "berth:n:c1:eth0").expect("batch");
+        add(
+            &mut b,
+            "veth123",
+            "02:11:22:33:44:55",
+            "berth:n:c1:eth0",
+            false,
+        )
+        .expect("batch");
         let want: Vec<String> = include_str!("../testdata/nft-spoofchk-add.txt")
             .lines()
             .filter(|l| !l.starts_with('#') && !l.trim().is_empty())

@@ -184,3 +184,87 @@ impl Expr {
         ]
     }
 }
+
+/// One expression of a rule as the kernel reports it: its name and the
+/// attributes of its data (type, payload with nested headers canonical).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExprDump {
+    pub name: String,
+    pub leaves: Vec<(Vec<u16>, Vec<u8>)>,
+}
+
+/// A rule's expressions as the kernel reports them.
+pub type RuleDump = Vec<ExprDump>;
+
+/// `data` with the NLA_F_NESTED bit cleared in every attribute header, if it is
+/// a well-formed sequence of attributes; else `data` itself. The kernel
+/// reports nested data attributes (NFTA_CMP_DATA, ...) without the bit that
+/// we set, so both sides are compared in this form.
+fn canon(data: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(data.len());
+    let mut rest = data;
+    while !rest.is_empty() {
+        if rest.len() < 4 {
+            return data.to_vec();
+        }
+        let len = u16::from_ne_bytes([rest[0], rest[1]]) as usize;
+        if len < 4 || len > rest.len() {
+            return data.to_vec();
+        }
+        let ty = u16::from_ne_bytes([rest[2], rest[3]]) & NLA_TYPE_MASK;
+        out.extend_from_slice(&rest[0..2]);
+        out.extend_from_slice(&ty.to_ne_bytes());
+        out.extend(canon(&rest[4..len]));
+        let next = crate::attr::align4(len);
+        if next > rest.len() {
+            if next - rest.len() > 3 {
+                return data.to_vec();
+            }
+            rest = &[];
+        } else {
+            out.extend_from_slice(&rest[len..next]);
+            rest = &rest[next..];
+        }
+    }
+    out
+}
+
+fn leaves(data: &[u8], out: &mut Vec<(Vec<u16>, Vec<u8>)>) {
+    for (ty, payload) in crate::attr::attrs(data) {
+        out.push((vec![ty], canon(payload)));
+    }
+}
+
+/// Parses the content of NFTA_RULE_EXPRESSIONS.
+pub(crate) fn parse_exprs(list: &[u8]) -> RuleDump {
+    crate::attr::attrs(list)
+        .filter(|(t, _)| *t == NFTA_LIST_ELEM)
+        .map(|(_, e)| {
+            let name = crate::attr::find(e, NFTA_EXPR_NAME)
+                .map(crate::attr::as_str)
+                .unwrap_or_default();
+            let mut out = Vec::new();
+            if let Some(d) = crate::attr::find(e, NFTA_EXPR_DATA) {
+                leaves(d, &mut out);
+            }
+            ExprDump { name, leaves: out }
+        })
+        .collect()
+}
+
+/// Whether a rule the kernel reported is `expected`: the same expressions in
+/// the same order, each carrying every attribute we would send with the same
+/// value (the kernel may report more, such as defaults; a set id is a
+/// batch-local name and is not compared).
+pub fn rule_matches(expected: &[Expr], dumped: &[ExprDump]) -> bool {
+    let mut w = AttrWriter::new();
+    for e in expected {
+        e.encode(&mut w, &|_| None);
+    }
+    let want = parse_exprs(&w.buf);
+    want.len() == dumped.len()
+        && want
+            .iter()
+            .zip(dumped)
+            .all(|(w, d)| w.name == d.name && w.leaves.iter().all(|leaf| d.leaves.contains(leaf)))
+}

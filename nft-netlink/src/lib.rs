@@ -8,7 +8,8 @@
 //! - [`Socket`]: commits a batch with every message acknowledged (the
 //!   first failure is reported with its errno and the message it belongs
 //!   to), looks up one element (`nft get element`) and dumps a set's
-//!   elements with their comments (`nft list set`).
+//!   elements with their comments (`nft list set`) and dumps a chain's rules
+//!   ([`rule_matches`] compares one with the expressions that made it).
 //! - [`Expr`]: the rule expressions (meta, payload, cmp, bitwise, lookup,
 //!   masq, verdicts), with the same bytecode nft generates so that
 //!   `nft list ruleset` prints the rules in their usual text form.
@@ -27,7 +28,10 @@ pub use batch::{
     datatype, Batch, Element, Family, Hook, SetSpec, HOOK_POSTROUTING, HOOK_PREROUTING,
     NFT_SET_CONCAT, NFT_SET_INTERVAL, PRIORITY_SRCNAT,
 };
-pub use expr::{CmpOp, Expr, MetaKey, PayloadBase, Reg, Verdict, REG32_01, REG_1, REG_2};
+pub use expr::{
+    rule_matches, CmpOp, Expr, ExprDump, MetaKey, PayloadBase, Reg, RuleDump, Verdict, REG32_01,
+    REG_1, REG_2,
+};
 pub use socket::Socket;
 pub use udata::MAX_COMMENT;
 

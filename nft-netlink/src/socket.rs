@@ -8,6 +8,7 @@ use netlink_sys::{Socket as NlSocket, SocketAddr};
 
 use crate::attr::{self, AttrWriter};
 use crate::batch::{put_msg, Batch, Element, Family};
+use crate::expr::{parse_exprs, RuleDump};
 use crate::sys::*;
 use crate::udata;
 use crate::Error;
@@ -173,6 +174,33 @@ impl Socket {
         let what = format!("list set {} {table} {set}", family.as_str());
         match self.request(family, NFT_MSG_GETSETELEM, NLM_F_DUMP, &w.buf, &what) {
             Ok(msgs) => Ok(Some(msgs.iter().flat_map(|b| parse_elements(b)).collect())),
+            Err(e) if e.is_missing() => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The rules of `chain` in order, each as its expressions
+    /// (`nft list chain`). The kernel answers a dump filtered on a chain or
+    /// table that does not exist with no rules (or ENOENT: `None`).
+    pub fn dump_rules(
+        &mut self,
+        family: Family,
+        table: &str,
+        chain: &str,
+    ) -> Result<Option<Vec<RuleDump>>, Error> {
+        let mut w = AttrWriter::new();
+        w.str(NFTA_RULE_TABLE, table).str(NFTA_RULE_CHAIN, chain);
+        let what = format!("list chain {} {table} {chain}", family.as_str());
+        match self.request(family, NFT_MSG_GETRULE, NLM_F_DUMP, &w.buf, &what) {
+            Ok(msgs) => Ok(Some(
+                msgs.iter()
+                    .map(|b| {
+                        attr::find(b, NFTA_RULE_EXPRESSIONS)
+                            .map(parse_exprs)
+                            .unwrap_or_default()
+                    })
+                    .collect(),
+            )),
             Err(e) if e.is_missing() => Ok(None),
             Err(e) => Err(e),
         }

@@ -140,6 +140,29 @@ fn batch_applies_and_reads_back() {
         // Again: idempotent, and still one rule (flushed and re-added).
         s.commit(&b).unwrap();
 
+        // The rule reads back as the expressions that made it.
+        let rules = s
+            .dump_rules(Family::Inet, T, "post")
+            .unwrap()
+            .expect("chain");
+        assert_eq!(rules.len(), 1, "flushed and re-added: one rule");
+        assert!(rule_matches(&nat_rule(), &rules[0]), "{:#?}", rules[0]);
+        let mut other = nat_rule();
+        other.pop();
+        assert!(!rule_matches(&other, &rules[0]));
+        let mut other = nat_rule();
+        other[1] = Expr::Cmp {
+            sreg: REG_1,
+            op: CmpOp::Eq,
+            data: vec![10],
+        };
+        assert!(!rule_matches(&other, &rules[0]));
+        // A dump filtered on a missing chain or table is empty (or refused).
+        for (t, c) in [(T, "nope"), ("no-table", "post")] {
+            let r = s.dump_rules(Family::Inet, t, c).unwrap();
+            assert!(r.as_ref().is_none_or(|r| r.is_empty()), "{t} {c}: {r:?}");
+        }
+
         let got = s
             .get_element(Family::Inet, T, "a4", &[10, 1, 0, 5])
             .unwrap()

@@ -748,6 +748,97 @@ fn nft_ruleset_matches_the_old_nft_scripts() {
     assert_eq!(after.matches(" drop\n").count(), 1, "{after}");
 }
 
+/// ADD leaves rules that are in place alone and repairs them when they are not: after the NAT
+/// chain was flushed by hand, or a foreign rule was added to it, the next ADD leaves exactly the
+/// two rules (and the spoof check's one), and the ruleset text is as before.
+#[test]
+fn add_repairs_changed_rules() {
+    let host = Host::new();
+    let net = gateway_net(
+        "10.91.0.0/24",
+        json!({ "ipMasq": true, "ipMasqBackend": "nftables", "macspoofchk": true }),
+    );
+    if net.is_reference() {
+        return;
+    }
+    let a = Pod::new();
+    net.add_ok(&host, &a);
+    let rules = |host: &Host| {
+        let text = host.ns.nft_ruleset_text();
+        (
+            text.matches(" masquerade\n").count(),
+            text.matches(" drop\n").count(),
+            text,
+        )
+    };
+    let (m, d, before) = rules(&host);
+    assert_eq!((m, d), (2, 1), "{before}");
+    let handles = |host: &Host| {
+        host.ns
+            .exec(&[
+                "nft",
+                "-a",
+                "list",
+                "chain",
+                "inet",
+                NAT_TABLE,
+                "postrouting",
+            ])
+            .lines()
+            .filter(|l| l.contains("masquerade"))
+            .map(str::to_string)
+            .collect::<Vec<_>>()
+    };
+    let h0 = handles(&host);
+    let b = Pod::new();
+    net.add_ok(&host, &b);
+    assert_eq!(rules(&host).0, 2, "an ADD with the rules in place");
+    assert_eq!(
+        handles(&host),
+        h0,
+        "an ADD replaced rules that were in place"
+    );
+
+    host.ns
+        .exec(&["nft", "flush", "chain", "inet", NAT_TABLE, "postrouting"]);
+    host.ns
+        .exec(&["nft", "flush", "chain", "bridge", SPOOF_TABLE, "prerouting"]);
+    let c = Pod::new();
+    net.add_ok(&host, &c);
+    let (m, d, text) = rules(&host);
+    assert_eq!((m, d), (2, 1), "ADD after the chains were flushed:\n{text}");
+
+    host.ns.exec(&[
+        "nft",
+        "add",
+        "rule",
+        "inet",
+        NAT_TABLE,
+        "postrouting",
+        "ip",
+        "saddr",
+        "10.9.9.9",
+        "accept",
+    ]);
+    let e = Pod::new();
+    net.add_ok(&host, &e);
+    let (m, _, text) = rules(&host);
+    assert_eq!(m, 2, "{text}");
+    assert!(
+        !text.contains("10.9.9.9"),
+        "ADD left a foreign rule in the NAT chain:\n{text}"
+    );
+    for p in [&a, &b, &c, &e] {
+        net.del_ok(&host, p);
+    }
+    assert!(host.nat_elements().is_empty(), "{:?}", host.nat_elements());
+    assert!(
+        host.spoof_elements().is_empty(),
+        "{:?}",
+        host.spoof_elements()
+    );
+}
+
 /// After `nft flush ruleset` CHECK reports the missing NAT element and spoof-check element
 /// (code 106), DEL still succeeds, and the next ADD recreates the tables.
 #[test]
