@@ -150,6 +150,11 @@ impl Element {
     }
 }
 
+/// Elements per message stop once their list passes this many bytes, well
+/// under the 64 KiB an attribute can hold (one element is at most a few
+/// hundred bytes: two keys of at most 64 bytes and a comment).
+const MAX_ELEMENTS_BYTES: usize = 32 * 1024;
+
 /// One message of a batch, kept with a description for error messages.
 #[derive(Debug, Clone)]
 pub(crate) struct Msg {
@@ -316,22 +321,31 @@ impl Batch {
         set: &str,
         elems: &[Element],
     ) {
-        if elems.is_empty() {
-            return;
-        }
-        let mut w = AttrWriter::new();
-        w.str(NFTA_SET_ELEM_LIST_TABLE, table)
-            .str(NFTA_SET_ELEM_LIST_SET, set);
-        if let Some(id) = self.set_id(family, table, set) {
-            w.u32(NFTA_SET_ELEM_LIST_SET_ID, id);
-        }
-        w.nest(NFTA_SET_ELEM_LIST_ELEMENTS, |l| {
-            for e in elems {
-                e.encode(l, ty == NFT_MSG_NEWSETELEM);
+        // An attribute's length is 16 bits: long lists go in several messages
+        // of the same transaction.
+        let mut rest = elems;
+        while !rest.is_empty() {
+            let mut w = AttrWriter::new();
+            w.str(NFTA_SET_ELEM_LIST_TABLE, table)
+                .str(NFTA_SET_ELEM_LIST_SET, set);
+            if let Some(id) = self.set_id(family, table, set) {
+                w.u32(NFTA_SET_ELEM_LIST_SET_ID, id);
             }
-        });
-        let what = format!("{verb} element {} {table} {set}", family.as_str());
-        self.push(ty, family, flags, w, what);
+            let mut taken = 0;
+            w.nest(NFTA_SET_ELEM_LIST_ELEMENTS, |l| {
+                let start = l.buf.len();
+                for e in rest {
+                    if taken > 0 && l.buf.len() - start > MAX_ELEMENTS_BYTES {
+                        break;
+                    }
+                    e.encode(l, ty == NFT_MSG_NEWSETELEM);
+                    taken += 1;
+                }
+            });
+            rest = &rest[taken..];
+            let what = format!("{verb} element {} {table} {set}", family.as_str());
+            self.push(ty, family, flags, w, what);
+        }
     }
 
     /// `add element FAMILY TABLE SET { ... }` (no error for one that exists).
@@ -408,4 +422,26 @@ pub(crate) fn put_msg(
     out.push(NFNETLINK_V0);
     out.extend_from_slice(&res_id.to_be_bytes());
     out.extend_from_slice(attrs);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn long_element_lists_are_split_into_valid_messages() {
+        let els: Vec<Element> = (0..3000u32)
+            .map(|i| Element::new(i.to_be_bytes().to_vec()).with_comment(Some("berth:net:c:eth0")))
+            .collect();
+        let mut b = Batch::new();
+        b.add_elements(Family::Inet, "t", "s", &els);
+        assert!(b.len() > 1, "one message for 3000 elements");
+        let mut total = 0;
+        for m in &b.msgs {
+            let list = crate::attr::find(&m.attrs, NFTA_SET_ELEM_LIST_ELEMENTS).expect("list");
+            assert!(m.attrs.len() < 65535);
+            total += crate::attr::attrs(list).count();
+        }
+        assert_eq!(total, 3000, "every element in exactly one message");
+    }
 }

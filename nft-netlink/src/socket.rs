@@ -98,6 +98,10 @@ impl Socket {
         let n = batch.len() as u32;
         let seq = self.next_seq(n + 2);
         let bytes = batch.encode(seq);
+        // The whole batch is one datagram: it must fit the send buffer.
+        if bytes.len() + 4096 > DEFAULT_SNDBUF {
+            set_sndbuf(&self.sock, bytes.len() + 4096).map_err(Error::Socket)?;
+        }
         self.sock.send(&bytes, 0).map_err(Error::Socket)?;
         let mut acked = vec![false; batch.len()];
         let mut first_err: Option<Error> = None;
@@ -309,6 +313,33 @@ pub(crate) fn parse_elements(body: &[u8]) -> Vec<Element> {
             }
         })
         .collect()
+}
+
+/// Below the kernel's default socket send buffer (net.core.wmem_default,
+/// 212992 bytes) a batch needs no larger buffer.
+const DEFAULT_SNDBUF: usize = 200 * 1024;
+
+/// SO_SNDBUFFORCE (root may exceed net.core.wmem_max), else SO_SNDBUF.
+fn set_sndbuf(sock: &NlSocket, size: usize) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let v = libc::c_int::try_from(size).unwrap_or(libc::c_int::MAX);
+    for opt in [libc::SO_SNDBUFFORCE, libc::SO_SNDBUF] {
+        // SAFETY: the fd is this socket's, open for the call; `v` is a
+        // c_int that outlives the call and its size is passed with it.
+        let rc = unsafe {
+            libc::setsockopt(
+                sock.as_raw_fd(),
+                libc::SOL_SOCKET,
+                opt,
+                (&v as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        if rc == 0 {
+            return Ok(());
+        }
+    }
+    Err(io::Error::last_os_error())
 }
 
 fn set_recv_timeout(sock: &NlSocket, d: Duration) -> io::Result<()> {

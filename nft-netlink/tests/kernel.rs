@@ -254,6 +254,50 @@ fn failed_batch_applies_nothing_and_names_the_message() {
     .unwrap();
 }
 
+/// A transaction with thousands of elements (a GC after many pods): split into messages, sent
+/// as one datagram, dumped back in several parts with their comments, deleted in one go.
+#[test]
+fn thousands_of_elements_in_one_transaction() {
+    if skip() {
+        return;
+    }
+    let ns = Netns::create("nlnft");
+    in_netns(ns.path(), || {
+        let mut s = Socket::new().unwrap();
+        let els: Vec<Element> = (0..6000u32)
+            .map(|i| {
+                let mut a = vec![10];
+                a.extend_from_slice(&i.to_be_bytes()[1..]);
+                let mut end = a.clone();
+                end.extend_from_slice(&[10, 0, 0, 255]);
+                a.extend_from_slice(&[10, 0, 0, 0]);
+                Element::range(a, end).with_comment(Some("berth:a-network:a-container-id:eth0"))
+            })
+            .collect();
+        let mut b = Batch::new();
+        v4_sets(&mut b);
+        b.add_elements(Family::Inet, T, "r4", &els);
+        assert!(b.len() > 6, "{} messages", b.len());
+        s.commit(&b).unwrap();
+        let got = s
+            .dump_elements(Family::Inet, T, "r4")
+            .unwrap()
+            .expect("set");
+        assert_eq!(got.len(), els.len());
+        assert!(got
+            .iter()
+            .all(|e| e.comment.as_deref() == Some("berth:a-network:a-container-id:eth0")));
+        let mut d = Batch::new();
+        d.del_elements(Family::Inet, T, "r4", &got);
+        s.commit(&d).unwrap();
+        assert_eq!(
+            s.dump_elements(Family::Inet, T, "r4").unwrap(),
+            Some(vec![])
+        );
+    })
+    .unwrap();
+}
+
 #[test]
 fn bridge_family_concat_of_ifname_and_mac() {
     if skip() {
