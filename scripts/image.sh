@@ -48,7 +48,7 @@ MIRROR="${DEBIAN_MIRROR:-http://deb.debian.org/debian}"
 BASE="localhost/berth-base:bookworm"
 IMAGE="localhost/berth:$TAG"
 # The tools the plugins and the driver call at run time.
-BASE_PACKAGES="nftables,iptables,iproute2,e2fsprogs,xfsprogs,util-linux,ca-certificates"
+BASE_PACKAGES="iptables,iproute2,e2fsprogs,xfsprogs,util-linux,ca-certificates"
 mkdir -p "$CACHE"
 
 for tool in debootstrap podman; do

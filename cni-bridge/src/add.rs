@@ -11,10 +11,11 @@ use std::net::IpAddr;
 
 use ipnetwork::IpNetwork;
 
-use crate::config::BridgeConf;
+use crate::config::{BridgeConf, MasqBackend};
 use crate::error::BridgeError;
 use crate::link;
 use crate::masq;
+use crate::nft::{Batch, Nft};
 use crate::pod::{self, PodSetup};
 use crate::records::{Record, Records};
 use crate::spoofchk;
@@ -205,6 +206,32 @@ fn add_steps(
     record.pod_mac = pod.mac.clone();
     record.ips = res.ips.iter().map(|c| c.address.to_string()).collect();
 
+    // NAT (nftables backend) and the spoof check: one transaction, as soon as the addresses
+    // and the pod's MAC are known (see `nft::Nft` on why early).
+    // The rules are re-asserted only when they are not in place (see `masq::nft_add`).
+    let mut nft = Nft::new();
+    let mut batch = Batch::new();
+    if conf.ip_masq && !res.ips.is_empty() {
+        let addrs: Vec<IpNetwork> = res.ips.iter().map(|c| c.address).collect();
+        undo.masq = Some(addrs.clone());
+        match conf.masq_backend {
+            MasqBackend::Nftables => {
+                let in_place = masq::nft_rules_in_place(&mut nft)?;
+                masq::nft_add(&mut batch, &addrs, &conf.masq_exclude, comment, in_place)
+            }
+            MasqBackend::Iptables => {
+                let chain = masq::iptables_chain(&conf.network, &req.env.container_id, ifname);
+                masq::iptables_add(&addrs, &conf.masq_exclude, &chain, comment)?;
+            }
+        }
+    }
+    if conf.mac_spoof_check {
+        undo.spoof = Some((host.name.clone(), pod.mac.clone()));
+        let in_place = spoofchk::rule_in_place(&mut nft)?;
+        spoofchk::add(&mut batch, &host.name, &pod.mac, comment, in_place)?;
+    }
+    nft.commit(&batch)?;
+
     let mut extra_iface = None;
     if conf.is_gateway {
         let gw_link = if conf.vlan != 0 {
@@ -232,23 +259,6 @@ fn add_steps(
                 link::enable_forwarding(v4)?;
             }
         }
-    }
-
-    if conf.ip_masq && !res.ips.is_empty() {
-        let addrs: Vec<IpNetwork> = res.ips.iter().map(|c| c.address).collect();
-        let chain = masq::iptables_chain(&conf.network, &req.env.container_id, ifname);
-        undo.masq = Some(addrs.clone());
-        masq::add(
-            conf.masq_backend,
-            &addrs,
-            &conf.masq_exclude,
-            &chain,
-            comment,
-        )?;
-    }
-    if conf.mac_spoof_check {
-        undo.spoof = Some((host.name.clone(), pod.mac.clone()));
-        spoofchk::add(&host.name, &pod.mac, comment)?;
     }
 
     if !conf.disable_container_interface {
@@ -289,22 +299,25 @@ fn add_steps(
 
 fn rollback(req: &Request, conf: &BridgeConf, nl: &mut Netlink, undo: &Undo, comment: &str) {
     let ifname = &req.env.ifname;
+    let mut batch = Batch::new();
     if let Some((port, mac)) = &undo.spoof {
-        if let Err(e) = spoofchk::del(port, mac) {
+        if let Err(e) = spoofchk::del(&mut batch, port, mac) {
             eprintln!("berth-bridge: rollback: {e}");
         }
     }
     if let Some(addrs) = &undo.masq {
-        let chain = masq::iptables_chain(&conf.network, &req.env.container_id, ifname);
-        if let Err(e) = masq::del(
-            conf.masq_backend,
-            addrs,
-            &conf.masq_exclude,
-            &chain,
-            comment,
-        ) {
-            eprintln!("berth-bridge: rollback: {e}");
+        match conf.masq_backend {
+            MasqBackend::Nftables => masq::nft_del(&mut batch, addrs, &conf.masq_exclude),
+            MasqBackend::Iptables => {
+                let chain = masq::iptables_chain(&conf.network, &req.env.container_id, ifname);
+                if let Err(e) = masq::iptables_del(addrs, &chain, comment) {
+                    eprintln!("berth-bridge: rollback: {e}");
+                }
+            }
         }
+    }
+    if let Err(e) = Nft::new().commit(&batch) {
+        eprintln!("berth-bridge: rollback: {e}");
     }
     if let Some(name) = &undo.host_veth {
         if let Err(e) = link::delete_veth(nl, name) {

@@ -9,6 +9,7 @@ use host_net::netns::NetNs;
 use crate::config::{BridgeConf, MasqBackend};
 use crate::error::BridgeError;
 use crate::masq;
+use crate::nft::Nft;
 use crate::records::Records;
 use crate::spoofchk;
 
@@ -207,11 +208,12 @@ pub fn cmd_check(req: &Request) -> Result<(), BridgeError> {
     }
 
     // NAT and spoof check.
+    let mut nft = Nft::new();
     if conf.ip_masq {
         let chain = masq::iptables_chain(&conf.network, &req.env.container_id, ifname);
         for ipc in &prev.ips {
             let ok = match conf.masq_backend {
-                MasqBackend::Nftables => masq::nft_present(&ipc.address),
+                MasqBackend::Nftables => masq::nft_present(&mut nft, &ipc.address)?,
                 MasqBackend::Iptables => masq::iptables_present(&ipc.address, &chain),
             };
             if !ok {
@@ -223,7 +225,7 @@ pub fn cmd_check(req: &Request) -> Result<(), BridgeError> {
             }
         }
     }
-    if conf.mac_spoof_check && !spoofchk::present(&host.name, &mac_to_string(&pod.mac)) {
+    if conf.mac_spoof_check && !spoofchk::present(&mut nft, &host.name, &mac_to_string(&pod.mac))? {
         return Err(differ(format!(
             "MAC spoof check for {} is missing",
             host.name

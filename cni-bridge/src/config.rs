@@ -160,14 +160,6 @@ fn mac_from(s: &str, field: &str) -> Result<[u8; 6], BridgeError> {
     Ok(mac)
 }
 
-/// Whether this machine has a usable `nft` binary (the nftables backend
-/// needs it); checked only when the backend is not configured.
-fn nft_available() -> bool {
-    ["/usr/sbin/nft", "/sbin/nft", "/usr/bin/nft"]
-        .iter()
-        .any(|p| std::path::Path::new(p).exists())
-}
-
 impl BridgeConf {
     pub fn parse(conf: &NetConf, cni_args: &str) -> Result<BridgeConf, BridgeError> {
         let raw = &conf.raw;
@@ -218,13 +210,8 @@ impl BridgeConf {
             ));
         }
         let masq_backend = match get_str(raw, "ipMasqBackend")? {
-            None => {
-                if nft_available() {
-                    MasqBackend::Nftables
-                } else {
-                    MasqBackend::Iptables
-                }
-            }
+            // nftables is programmed over netlink: no binary to look for.
+            None => MasqBackend::Nftables,
             Some(s) => MasqBackend::parse(s).ok_or_else(|| {
                 BridgeError::config(
                     "ipMasqBackend",

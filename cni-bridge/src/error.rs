@@ -16,6 +16,8 @@ pub enum BridgeError {
     Kernel(String),
     #[error("{0}")]
     Nat(String),
+    #[error("nftables: {0}")]
+    Nft(#[from] nftables_netlink::Error),
     #[error("attachment records {path}: {msg}")]
     Records { path: String, msg: String },
     #[error("{0}")]
@@ -49,9 +51,10 @@ impl From<BridgeError> for CniError {
             BridgeError::Config { .. } => ErrorCode::InvalidNetworkConfig,
             BridgeError::NetNs(n) if n.is_missing() => ErrorCode::InvalidEnv,
             BridgeError::NetNs(_) => ErrorCode::InvalidEnv,
-            BridgeError::Netlink(_) | BridgeError::Kernel(_) | BridgeError::Nat(_) => {
-                ErrorCode::Kernel
-            }
+            BridgeError::Netlink(_)
+            | BridgeError::Kernel(_)
+            | BridgeError::Nat(_)
+            | BridgeError::Nft(_) => ErrorCode::Kernel,
             BridgeError::Records { .. } => ErrorCode::Store,
             BridgeError::Check(_) => ErrorCode::CheckFailed,
             BridgeError::Unavailable(_) => ErrorCode::PluginNotAvailable,

@@ -11,7 +11,7 @@ use crate::config::BridgeConf;
 use crate::del::teardown_host;
 use crate::error::BridgeError;
 use crate::masq;
-use crate::nft;
+use crate::nft::{Batch, Nft};
 use crate::records::Records;
 use crate::spoofchk;
 
@@ -74,60 +74,15 @@ fn owner(comment: &str, network: &str) -> Option<(String, String)> {
 
 /// Removes NAT and spoof-check elements of this network whose attachment is
 /// not valid, even if no record knew about them (a crash between the kernel
-/// change and the record update, or a record store that was lost).
+/// change and the record update, or a record store that was lost). One
+/// transaction for all of them.
 fn sweep_nft(network: &str, valid: &HashSet<(String, String)>) -> Result<(), BridgeError> {
-    let mut script = String::new();
-    if let Some(v) = nft::list_json(&["list", "table", "inet", masq::NFT_TABLE]) {
-        for item in v
-            .get("nftables")
-            .and_then(|x| x.as_array())
-            .into_iter()
-            .flatten()
-        {
-            let Some(set) = item.get("set") else { continue };
-            let Some(name) = set.get("name").and_then(|n| n.as_str()) else {
-                continue;
-            };
-            let one = serde_json::json!({"nftables": [item.clone()]});
-            for (val, comment) in nft::set_elements(&one) {
-                let Some(o) = owner(&comment, network) else {
-                    continue;
-                };
-                if valid.contains(&o) {
-                    continue;
-                }
-                if let Some(text) = nft::render_value(&val) {
-                    script.push_str(&format!(
-                        "delete element inet {} {name} {{ {text} }}\n",
-                        masq::NFT_TABLE
-                    ));
-                }
-            }
-        }
-    }
-    for set in ["ports", "allowed"] {
-        for (port, mac, comment) in spoofchk::list(set) {
-            let Some(o) = owner(&comment, network) else {
-                continue;
-            };
-            if valid.contains(&o) {
-                continue;
-            }
-            let el = if mac.is_empty() {
-                format!("\"{port}\"")
-            } else {
-                format!("\"{port}\" . {mac}")
-            };
-            script.push_str(&format!(
-                "delete element bridge {} {set} {{ {el} }}\n",
-                spoofchk::TABLE
-            ));
-        }
-    }
-    if script.is_empty() {
-        return Ok(());
-    }
-    nft::run(&script)
+    let stale = |comment: &str| owner(comment, network).is_some_and(|o| !valid.contains(&o));
+    let mut nft = Nft::new();
+    let mut batch = Batch::new();
+    masq::nft_sweep(&mut nft, &mut batch, stale)?;
+    spoofchk::sweep(&mut nft, &mut batch, stale)?;
+    nft.commit(&batch)
 }
 
 #[cfg(test)]

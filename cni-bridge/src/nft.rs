@@ -1,58 +1,63 @@
-//! Running `nft` scripts. Each script is one kernel transaction: it applies
-//! whole or not at all.
+//! nftables through netlink (crate `nftables-netlink`): one socket per
+//! plugin run, one batch (one kernel transaction, applied whole or not at
+//! all) per ADD and per DEL.
 
-use std::io::Write;
-use std::process::{Command, Stdio};
+pub use nftables_netlink::{Batch, Element, Socket};
+
+use std::sync::Mutex;
 
 use crate::error::BridgeError;
 
-pub fn nft_binary() -> &'static str {
-    ["/usr/sbin/nft", "/sbin/nft", "/usr/bin/nft"]
-        .into_iter()
-        .find(|p| std::path::Path::new(p).exists())
-        .unwrap_or("nft")
+/// A lazily opened nftables socket: commands that turn out to need no
+/// nftables change open none.
+///
+/// Closing a NETLINK_NETFILTER socket waits until the kernel has freed what
+/// earlier transactions removed (rules flushed, elements deleted), which it
+/// does after an RCU grace period: about 10 ms on a busy machine. So the
+/// socket is not closed when the `Nft` is dropped but kept until the process
+/// exits (one at a time: a later one closes the earlier), and the grace
+/// period passes while the command does its remaining work.
+#[derive(Default)]
+pub struct Nft {
+    sock: Option<Socket>,
 }
 
-/// Runs `script` with `nft -f -`.
-pub fn run(script: &str) -> Result<(), BridgeError> {
-    let mut child = Command::new(nft_binary())
-        .args(["-f", "-"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|e| BridgeError::Nat(format!("cannot run nft: {e}")))?;
-    if let Some(mut input) = child.stdin.take() {
-        input
-            .write_all(script.as_bytes())
-            .map_err(|e| BridgeError::Nat(format!("writing to nft: {e}")))?;
-    }
-    let out = child
-        .wait_with_output()
-        .map_err(|e| BridgeError::Nat(format!("waiting for nft: {e}")))?;
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(BridgeError::Nat(format!(
-            "nft failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-                .lines()
-                .next()
-                .unwrap_or("")
-                .trim()
-        )))
+static LINGER: Mutex<Option<Socket>> = Mutex::new(None);
+
+impl Drop for Nft {
+    fn drop(&mut self) {
+        if let Some(s) = self.sock.take() {
+            let old = match LINGER.lock() {
+                Ok(mut l) => l.replace(s),
+                Err(p) => p.into_inner().replace(s),
+            };
+            drop(old);
+        }
     }
 }
 
-/// Whether `nft <args>` succeeds (used for lookups such as `get element`).
-pub fn succeeds(args: &[&str]) -> bool {
-    Command::new(nft_binary())
-        .args(args)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .map(|s| s.success())
-        .unwrap_or(false)
+impl Nft {
+    pub fn new() -> Nft {
+        Nft::default()
+    }
+
+    pub fn sock(&mut self) -> Result<&mut Socket, BridgeError> {
+        if self.sock.is_none() {
+            self.sock = Some(Socket::new()?);
+        }
+        match self.sock.as_mut() {
+            Some(s) => Ok(s),
+            None => Err(BridgeError::Nat("nftables socket not open".into())),
+        }
+    }
+
+    /// Commits `batch` as one transaction (nothing to do if it is empty).
+    pub fn commit(&mut self, batch: &Batch) -> Result<(), BridgeError> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        Ok(self.sock()?.commit(batch)?)
+    }
 }
 
 /// Text for an nft comment: printable ASCII without quotes, at most 120 bytes.
@@ -63,77 +68,42 @@ pub fn comment(s: &str) -> String {
         .collect()
 }
 
-/// Runs an nft listing with `-j` and parses it; None if it fails (for
-/// example because the table does not exist).
-pub fn list_json(args: &[&str]) -> Option<serde_json::Value> {
-    let out = Command::new(nft_binary())
-        .arg("-j")
-        .args(args)
-        .stderr(Stdio::null())
-        .output()
-        .ok()?;
-    if !out.status.success() {
-        return None;
+/// An interface name as an nft `ifname` key: 16 bytes, NUL-padded.
+pub fn ifname_key(name: &str) -> Result<[u8; 16], BridgeError> {
+    let b = name.as_bytes();
+    if b.is_empty() || b.len() > 15 {
+        return Err(BridgeError::Nat(format!(
+            "interface name {name:?} does not fit an nft ifname key"
+        )));
     }
-    serde_json::from_slice(&out.stdout).ok()
+    let mut k = [0u8; 16];
+    k[..b.len()].copy_from_slice(b);
+    Ok(k)
 }
 
-/// The elements of every set in an `nft -j` listing, as (value, comment).
-/// A value is the JSON nft uses: a string, or an object such as
-/// `{"concat": [...]}` or `{"prefix": {...}}`.
-pub fn set_elements(v: &serde_json::Value) -> Vec<(serde_json::Value, String)> {
-    let mut out = Vec::new();
-    let Some(items) = v.get("nftables").and_then(|x| x.as_array()) else {
-        return out;
-    };
-    for item in items {
-        let Some(elems) = item
-            .get("set")
-            .and_then(|s| s.get("elem"))
-            .and_then(|e| e.as_array())
-        else {
-            continue;
-        };
-        for e in elems {
-            match e.get("elem") {
-                Some(inner) => {
-                    let val = inner.get("val").cloned().unwrap_or(serde_json::Value::Null);
-                    let c = inner
-                        .get("comment")
-                        .and_then(|c| c.as_str())
-                        .unwrap_or_default()
-                        .to_string();
-                    out.push((val, c));
-                }
-                None => out.push((e.clone(), String::new())),
-            }
-        }
-    }
-    out
+/// The interface name in an `ifname` key.
+pub fn ifname_of_key(k: &[u8]) -> String {
+    let k = &k[..k.len().min(16)];
+    let end = k.iter().position(|b| *b == 0).unwrap_or(k.len());
+    String::from_utf8_lossy(&k[..end]).into_owned()
 }
 
-/// Renders an element value from `nft -j` back into nft syntax.
-pub fn render_value(v: &serde_json::Value) -> Option<String> {
-    match v {
-        serde_json::Value::String(s) => Some(s.clone()),
-        serde_json::Value::Number(n) => Some(n.to_string()),
-        serde_json::Value::Object(o) => {
-            if let Some(serde_json::Value::Array(parts)) = o.get("concat") {
-                let parts: Option<Vec<String>> = parts.iter().map(render_value).collect();
-                return parts.map(|p| p.join(" . "));
-            }
-            if let Some(p) = o.get("prefix") {
-                let addr = p.get("addr").and_then(|a| a.as_str())?;
-                let len = p.get("len").and_then(|l| l.as_u64())?;
-                return Some(format!("{addr}/{len}"));
-            }
-            if let Some(serde_json::Value::Array(r)) = o.get("range") {
-                let a = render_value(r.first()?)?;
-                let b = render_value(r.get(1)?)?;
-                return Some(format!("{a}-{b}"));
-            }
-            None
-        }
-        _ => None,
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ifname_keys_are_padded_and_bounded() {
+        let k = ifname_key("veth123").expect("key");
+        assert_eq!(&k[..8], b"veth123\0");
+        assert_eq!(ifname_of_key(&k), "veth123");
+        assert!(ifname_key("0123456789abcdef").is_err());
+        assert!(ifname_key("").is_err());
+    }
+
+    #[test]
+    fn comments_are_sanitized() {
+        assert_eq!(comment("berth:n:\"c\\1\" x"), "berth:n:c1x");
+        assert_eq!(comment(&"a".repeat(200)).len(), 120);
     }
 }

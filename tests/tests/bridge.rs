@@ -658,6 +658,260 @@ fn ip_masq_iptables() {
 // MAC spoof check
 // ---------------------------------------------------------------------------------------------
 
+/// The `nft -f` scripts berth-bridge ran before it programmed nftables over netlink (masq.rs
+/// `nft_add_script` and spoofchk.rs `add_script`), for one dual-stack pod.
+fn old_nft_add_scripts(
+    (v4, v4net): (IpAddr, &str),
+    (v6, v6net): (IpAddr, &str),
+    port: &str,
+    mac: &str,
+    c: &str,
+) -> String {
+    format!(
+        r#"add table inet berth-nat
+add set inet berth-nat masq4 {{ type ipv4_addr; comment "pod addresses masqueraded by berth"; }}
+add set inet berth-nat local4 {{ type ipv4_addr . ipv4_addr; flags interval; comment "pod address . its own subnet (not masqueraded)"; }}
+add set inet berth-nat masq6 {{ type ipv6_addr; comment "pod addresses masqueraded by berth"; }}
+add set inet berth-nat local6 {{ type ipv6_addr . ipv6_addr; flags interval; comment "pod address . its own subnet (not masqueraded)"; }}
+add chain inet berth-nat postrouting {{ type nat hook postrouting priority srcnat; policy accept; }}
+flush chain inet berth-nat postrouting
+add rule inet berth-nat postrouting ip saddr @masq4 ip daddr != 224.0.0.0/4 ip saddr . ip daddr != @local4 masquerade
+add rule inet berth-nat postrouting ip6 saddr @masq6 ip6 daddr != ff00::/8 ip6 saddr . ip6 daddr != @local6 masquerade
+add element inet berth-nat masq4 {{ {v4} comment "{c}" }}
+add element inet berth-nat local4 {{ {v4} . {v4net} comment "{c}" }}
+add element inet berth-nat masq6 {{ {v6} comment "{c}" }}
+add element inet berth-nat local6 {{ {v6} . {v6net} comment "{c}" }}
+add table bridge berth-spoofchk
+add set bridge berth-spoofchk ports {{ type ifname; comment "pod ports under MAC spoof check"; }}
+add set bridge berth-spoofchk allowed {{ type ifname . ether_addr; comment "pod port . the only source MAC it may send"; }}
+add chain bridge berth-spoofchk prerouting {{ type filter hook prerouting priority -300; policy accept; }}
+flush chain bridge berth-spoofchk prerouting
+add rule bridge berth-spoofchk prerouting iifname @ports iifname . ether saddr != @allowed drop
+add element bridge berth-spoofchk ports {{ "{port}" comment "{c}" }}
+add element bridge berth-spoofchk allowed {{ "{port}" . {mac} comment "{c}" }}
+"#
+    )
+}
+
+/// The tables berth-bridge programs over netlink print exactly as the ones `nft -f` made
+/// from the old scripts: the same ruleset text in a second namespace given the old script.
+#[test]
+fn nft_ruleset_matches_the_old_nft_scripts() {
+    let host = Host::new();
+    let net = BridgeNet::new(
+        V,
+        json!({ "isGateway": true, "ipMasq": true, "ipMasqBackend": "nftables", "macspoofchk": true,
+                "ipam": host_local_ipam(&["10.88.0.0/24", "fd88::/64"]) }),
+    );
+    if net.is_reference() {
+        return;
+    }
+    let pod = Pod::new();
+    let res = net.add_ok(&host, &pod);
+    let v4 = result_v4(&res).expect("v4 address");
+    let v6 = result_v6(&res).expect("v6 address");
+    let port = result_host_veth(&res);
+    let mac = res["interfaces"][2]["mac"]
+        .as_str()
+        .expect("pod MAC")
+        .to_string();
+    let comment = format!("berth:{}:{}:{}", net.name, pod.id, pod.ifname);
+    let script = old_nft_add_scripts(
+        (v4, "10.88.0.0/24"),
+        (v6, "fd88::/64"),
+        &port,
+        &mac,
+        &comment,
+    );
+    let reference = netns_fixture::Netns::create("bthnft");
+    let file = std::env::temp_dir().join(format!("{}.nft", reference.name()));
+    std::fs::write(&file, &script).expect("write the old script");
+    let applied = reference.try_exec(&["nft", "-f", &file.to_string_lossy()]);
+    let _ = std::fs::remove_file(&file);
+    applied.expect("nft -f of the old script");
+    let want = reference.exec(&["nft", "list", "ruleset"]);
+    let got = host.ns.exec(&["nft", "list", "ruleset"]);
+    assert_eq!(
+        got, want,
+        "ruleset made over netlink (left) differs from the old nft scripts' (right)"
+    );
+    // DEL leaves the tables, chains and rules, and removes every element.
+    net.del_ok(&host, &pod);
+    assert!(host.nat_elements().is_empty(), "{:?}", host.nat_elements());
+    assert!(
+        host.spoof_elements().is_empty(),
+        "{:?}",
+        host.spoof_elements()
+    );
+    let after = host.ns.exec(&["nft", "list", "ruleset"]);
+    assert_eq!(after.matches(" masquerade\n").count(), 2, "{after}");
+    assert_eq!(after.matches(" drop\n").count(), 1, "{after}");
+}
+
+/// ADD leaves rules that are in place alone and repairs them when they are not: after the NAT
+/// chain was flushed by hand, or a foreign rule was added to it, the next ADD leaves exactly the
+/// two rules (and the spoof check's one), and the ruleset text is as before.
+#[test]
+fn add_repairs_changed_rules() {
+    let host = Host::new();
+    let net = gateway_net(
+        "10.91.0.0/24",
+        json!({ "ipMasq": true, "ipMasqBackend": "nftables", "macspoofchk": true }),
+    );
+    if net.is_reference() {
+        return;
+    }
+    let a = Pod::new();
+    net.add_ok(&host, &a);
+    let rules = |host: &Host| {
+        let text = host.ns.nft_ruleset_text();
+        (
+            text.matches(" masquerade\n").count(),
+            text.matches(" drop\n").count(),
+            text,
+        )
+    };
+    let (m, d, before) = rules(&host);
+    assert_eq!((m, d), (2, 1), "{before}");
+    let handles = |host: &Host| {
+        host.ns
+            .exec(&[
+                "nft",
+                "-a",
+                "list",
+                "chain",
+                "inet",
+                NAT_TABLE,
+                "postrouting",
+            ])
+            .lines()
+            .filter(|l| l.contains("masquerade"))
+            .map(str::to_string)
+            .collect::<Vec<_>>()
+    };
+    let h0 = handles(&host);
+    let b = Pod::new();
+    net.add_ok(&host, &b);
+    assert_eq!(rules(&host).0, 2, "an ADD with the rules in place");
+    assert_eq!(
+        handles(&host),
+        h0,
+        "an ADD replaced rules that were in place"
+    );
+
+    host.ns
+        .exec(&["nft", "flush", "chain", "inet", NAT_TABLE, "postrouting"]);
+    host.ns
+        .exec(&["nft", "flush", "chain", "bridge", SPOOF_TABLE, "prerouting"]);
+    let c = Pod::new();
+    net.add_ok(&host, &c);
+    let (m, d, text) = rules(&host);
+    assert_eq!((m, d), (2, 1), "ADD after the chains were flushed:\n{text}");
+
+    host.ns.exec(&[
+        "nft",
+        "add",
+        "rule",
+        "inet",
+        NAT_TABLE,
+        "postrouting",
+        "ip",
+        "saddr",
+        "10.9.9.9",
+        "accept",
+    ]);
+    let e = Pod::new();
+    net.add_ok(&host, &e);
+    let (m, _, text) = rules(&host);
+    assert_eq!(m, 2, "{text}");
+    assert!(
+        !text.contains("10.9.9.9"),
+        "ADD left a foreign rule in the NAT chain:\n{text}"
+    );
+    for p in [&a, &b, &c, &e] {
+        net.del_ok(&host, p);
+    }
+    assert!(host.nat_elements().is_empty(), "{:?}", host.nat_elements());
+    assert!(
+        host.spoof_elements().is_empty(),
+        "{:?}",
+        host.spoof_elements()
+    );
+}
+
+/// After `nft flush ruleset` CHECK reports the missing NAT element and spoof-check element
+/// (code 106), DEL still succeeds, and the next ADD recreates the tables.
+#[test]
+fn check_after_flush_ruleset_then_add_recreates() {
+    let host = Host::new();
+    let both = gateway_net(
+        "10.89.0.0/24",
+        json!({ "ipMasq": true, "ipMasqBackend": "nftables", "macspoofchk": true }),
+    );
+    if both.is_reference() {
+        return;
+    }
+    let spoof_only = BridgeNet::new(
+        V,
+        json!({ "bridge": "berth1", "isGateway": true, "macspoofchk": true,
+                "ipam": host_local_ipam(&["10.90.0.0/24"]) }),
+    );
+    let a = Pod::new();
+    let ra = both.add_ok(&host, &a);
+    let s = Pod::new();
+    let rs = spoof_only.add_ok(&host, &s);
+    assert_plugin_ok(&both.check(&host, &a, &ra), "CHECK after ADD");
+    assert_plugin_ok(
+        &spoof_only.check(&host, &s, &rs),
+        "CHECK after ADD (spoof check)",
+    );
+
+    host.ns.exec(&["nft", "flush", "ruleset"]);
+    let out = both.check(&host, &a, &ra);
+    assert_error(
+        &both,
+        &out,
+        106,
+        &["masquerade", &first_addr(&ra).to_string()],
+        "CHECK after nft flush ruleset",
+    );
+    let out = spoof_only.check(&host, &s, &rs);
+    assert_error(
+        &spoof_only,
+        &out,
+        106,
+        &["spoof"],
+        "CHECK (spoof check only) after nft flush ruleset",
+    );
+
+    let b = Pod::new();
+    let rb = both.add_ok(&host, &b);
+    assert_plugin_ok(
+        &both.check(&host, &b, &rb),
+        "CHECK of an ADD after the flush",
+    );
+    let text = host.ns.nft_ruleset_text();
+    assert_eq!(text.matches("table inet berth-nat").count(), 1, "{text}");
+    assert_eq!(text.matches(" masquerade\n").count(), 2, "{text}");
+    assert_eq!(
+        text.matches("table bridge berth-spoofchk").count(),
+        1,
+        "{text}"
+    );
+    assert_eq!(text.matches(" drop\n").count(), 1, "{text}");
+
+    for (n, p) in [(&both, &a), (&both, &b), (&spoof_only, &s)] {
+        n.del_ok(&host, p);
+        n.del_ok(&host, p);
+    }
+    assert!(host.nat_elements().is_empty(), "{:?}", host.nat_elements());
+    assert!(
+        host.spoof_elements().is_empty(),
+        "{:?}",
+        host.spoof_elements()
+    );
+}
+
 #[test]
 fn mac_spoof_check_drops_forged_source() {
     let host = Host::new();
@@ -865,10 +1119,13 @@ fn del_twice_and_del_unknown_ok() {
 
 #[test]
 fn parallel_adds_on_fresh_host() {
-    const N: usize = 50;
+    const N: usize = 100;
     let host = Host::new();
     assert!(host.link("berth0").is_none());
-    let net = gateway_net("10.84.0.0/24", json!({ "ipMasq": true }));
+    let net = gateway_net(
+        "10.84.0.0/24",
+        json!({ "ipMasq": true, "macspoofchk": true }),
+    );
     let pods: Vec<Pod> = (0..N).map(|_| Pod::new()).collect();
     let children: Vec<_> = pods
         .iter()
@@ -926,6 +1183,22 @@ fn parallel_adds_on_fresh_host() {
             "parallel ADDs: no NAT element for {missing:?} (of {N}); elements: {}",
             nat.len()
         );
+        // One table of each, its rules once: no duplicate from concurrent creators.
+        let text = host.ns.nft_ruleset_text();
+        assert_eq!(text.matches("table inet berth-nat").count(), 1, "{text}");
+        assert_eq!(
+            text.matches(" masquerade\n").count(),
+            2,
+            "duplicate NAT rules"
+        );
+        assert_eq!(text.matches("table bridge berth-spoofchk").count(), 1);
+        assert_eq!(
+            text.matches(" drop\n").count(),
+            1,
+            "duplicate spoof-check rules"
+        );
+        let spoof = host.spoof_elements();
+        assert_eq!(spoof.len(), 2 * N, "spoof-check elements after {N} ADDs");
     }
     for (p, o) in pods.iter().zip(&outs) {
         let a = first_addr(o.json.as_ref().unwrap());
@@ -976,6 +1249,9 @@ fn parallel_adds_on_fresh_host() {
         });
         f.check(host.nat_elements().is_empty(), || {
             format!("NAT elements left: {:?}", host.nat_elements())
+        });
+        f.check(host.spoof_elements().is_empty(), || {
+            format!("spoof-check elements left: {:?}", host.spoof_elements())
         });
     }
     f.assert_none("after parallel DELs");
