@@ -1124,3 +1124,60 @@ fn direct_routing_on_one_l2_and_vxlan_across_a_router() {
     );
     assert!(pings(&pods[0].0, &pods[2].1));
 }
+
+/// A peer switches between direct and VXLAN when this host's underlay
+/// subnets change (here: its /24 replaced by a /32 plus a route, and back),
+/// and the old kind's entries go.
+#[test]
+fn direct_routing_switches_to_vxlan_and_back_when_the_underlay_subnet_changes() {
+    need_root!();
+    let mut c = Cluster::new(2, false);
+    c.extra = vec!["--direct-routing".into()];
+    c.start(0);
+    c.start(1);
+    let (p0, _) = c.pod(0);
+    let (_p1, a1) = c.pod(1);
+    assert!(eventually(Duration::from_secs(5), || pings(&p0, &a1)));
+    let s1 = c.subnet(1);
+    let peer_ip = c.hosts[1].ip.clone();
+    assert!(routed_direct(&c.hosts[0], &s1, &peer_ip), "{}", c.logs());
+    let fdb = |h: &Host| h.ns.exec(&["bridge", "fdb", "show", "dev", "berth.1"]);
+    // 172.31.250.2 is no longer on a connected subnet of host 0's eth0.
+    let h0 = &c.hosts[0];
+    h0.ns
+        .exec(&["ip", "addr", "add", "172.31.250.1/32", "dev", "eth0"]);
+    h0.ns
+        .exec(&["ip", "addr", "del", "172.31.250.1/24", "dev", "eth0"]);
+    h0.ns
+        .exec(&["ip", "route", "replace", "172.31.250.0/24", "dev", "eth0"]);
+    assert!(
+        eventually(Duration::from_secs(5), || routes_via_vxlan(&c.hosts[0])
+            .contains(&s1)),
+        "peer not moved to VXLAN:\n{}",
+        c.logs()
+    );
+    assert!(!routed_direct(&c.hosts[0], &s1, &peer_ip));
+    assert!(fdb(&c.hosts[0]).contains(&peer_ip));
+    assert!(eventually(Duration::from_secs(5), || pings(&p0, &a1)));
+    // Back on the /24: direct again, the VXLAN entries gone.
+    c.hosts[0]
+        .ns
+        .exec(&["ip", "addr", "add", "172.31.250.1/24", "dev", "eth0"]);
+    assert!(
+        eventually(Duration::from_secs(5), || routed_direct(
+            &c.hosts[0],
+            &s1,
+            &peer_ip
+        )),
+        "peer not moved back to a direct route:\n{}",
+        c.logs()
+    );
+    assert!(!routes_via_vxlan(&c.hosts[0]).contains(&s1));
+    assert!(!fdb(&c.hosts[0]).contains(&peer_ip));
+    let vtep = s1.split('/').next().expect("ip").to_string();
+    let neigh = c.hosts[0]
+        .ns
+        .exec(&["ip", "neigh", "show", "dev", "berth.1"]);
+    assert!(!neigh.contains(&format!("{vtep} ")), "{neigh}");
+    assert!(eventually(Duration::from_secs(5), || pings(&p0, &a1)));
+}

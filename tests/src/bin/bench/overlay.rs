@@ -191,13 +191,13 @@ fn iperf(server: &Netns, client: &Netns, server_ip: &str, seconds: u32) -> Resul
     }
 }
 
+/// A pod: its netns and IPv4 address.
+type Pod = (Netns, String);
+
 /// Two Berth hosts with a pod each, the agents started with `extra` flags,
 /// the pods with `ipMasq`; returns the cluster and the pods once they reach
 /// each other.
-fn berth_pair(
-    extra: &[&str],
-    ip_masq: bool,
-) -> Result<(Cluster, (Netns, String), (Netns, String)), String> {
+fn berth_pair(extra: &[&str], ip_masq: bool) -> Result<(Cluster, Pod, Pod), String> {
     let mut c = Cluster::new()?;
     c.ip_masq = ip_masq;
     for _ in 0..2 {
