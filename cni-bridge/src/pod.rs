@@ -77,6 +77,7 @@ pub fn configure(ns: &NetNs, s: &PodSetup<'_>) -> Result<PodIface, BridgeError> 
                 table: r.table,
                 src: None,
                 onlink: false,
+                protocol: None,
             };
             tolerate_exists(nl.add_route(&spec))?;
         }

@@ -14,7 +14,7 @@ use crate::error::OverlayError;
 use crate::lease::{now, stable_mac, Lease, NetworkPlan};
 use crate::store::LeaseStore;
 use crate::subnet_file::SubnetInfo;
-use crate::vxlan::{self, DeviceSpec, KernelView};
+use crate::vxlan::{self, DeviceSpec, KernelView, PeerPath};
 
 #[derive(Debug, Clone)]
 pub struct AgentConfig {
@@ -27,6 +27,10 @@ pub struct AgentConfig {
     pub subnet_file: PathBuf,
     pub lease_ttl: Duration,
     pub resync: Duration,
+    /// DirectRouting: peers on a subnet directly connected to the underlay
+    /// interface get a plain route via their underlay address instead of
+    /// VXLAN.
+    pub direct_routing: bool,
 }
 
 fn log(msg: impl AsRef<str>) {
@@ -51,6 +55,8 @@ pub struct Agent {
     local: IpAddr,
     mac: [u8; 6],
     programmed: HashMap<String, Lease>,
+    /// The path each programmed peer was programmed on.
+    paths: HashMap<String, PeerPath>,
     pub stats: Stats,
     /// Shared with the metrics endpoint.
     pub metrics: crate::metrics::Handle,
@@ -80,6 +86,7 @@ impl Agent {
             mac,
             lease,
             programmed: HashMap::new(),
+            paths: HashMap::new(),
             stats: Stats::default(),
             metrics: Default::default(),
         };
@@ -111,6 +118,7 @@ impl Agent {
         if self.dev != 0 && self.dev != dev.index {
             // A new device has none of the old peer state.
             self.programmed.clear();
+            self.paths.clear();
         }
         self.dev = dev.index;
         Ok(())
@@ -137,16 +145,34 @@ impl Agent {
             .filter(|l| l.node != self.cfg.node && l.subnet != self.lease.subnet)
             .map(|l| (l.node.clone(), l.clone()))
             .collect();
+        let connected = if self.cfg.direct_routing {
+            vxlan::connected_subnets(&mut self.nl, self.underlay.index)?
+        } else {
+            Vec::new()
+        };
+        let (direct_routing, underlay) = (self.cfg.direct_routing, self.underlay.index);
+        let path_of = |p: &Lease| vxlan::path_for(direct_routing, &connected, underlay, p);
         let gone: Vec<Lease> = self
             .programmed
             .iter()
-            .filter(|(n, l)| peers.get(*n).map(|p| !same_endpoint(p, l)).unwrap_or(true))
+            .filter(|(n, l)| {
+                peers
+                    .get(*n)
+                    .map(|p| !same_endpoint(p, l) || self.paths.get(*n) != Some(&path_of(p)))
+                    .unwrap_or(true)
+            })
             .map(|(_, l)| l.clone())
             .collect();
         for l in gone {
-            vxlan::unprogram_peer(&mut self.nl, self.dev, &l)?;
+            let path = self.paths.remove(&l.node).unwrap_or(PeerPath::Vxlan);
+            vxlan::unprogram_peer(&mut self.nl, self.dev, &l, path)?;
             self.programmed.remove(&l.node);
-            log(format!("peer {} ({}) removed", l.node, l.subnet));
+            log(format!(
+                "peer {} ({}, {}) removed",
+                l.node,
+                l.subnet,
+                path.name()
+            ));
         }
         for (n, p) in &peers {
             if self
@@ -157,11 +183,16 @@ impl Agent {
             {
                 continue;
             }
-            vxlan::program_peer(&mut self.nl, self.dev, p)?;
+            let path = path_of(p);
+            vxlan::program_peer(&mut self.nl, self.dev, p, path)?;
             self.programmed.insert(n.clone(), p.clone());
+            self.paths.insert(n.clone(), path);
             log(format!(
-                "peer {} ({} at {}) programmed",
-                p.node, p.subnet, p.public_ip
+                "peer {} ({} at {}) programmed ({})",
+                p.node,
+                p.subnet,
+                p.public_ip,
+                path.name()
             ));
         }
         self.stats.peers = self.programmed.len();
@@ -192,61 +223,92 @@ impl Agent {
             .link_by_index(self.dev)?
             .filter(|l| l.name == vxlan::device_name(self.cfg.vni));
         if present.is_none() {
+            // Every peer is programmed again below: the new device's state
+            // is missing, the direct routes are still in place.
             log("VXLAN device missing: recreating it");
             self.dev = 0;
             self.setup_device()?;
-            self.programmed.clear();
             repairs += 1;
         } else {
             self.setup_device()?;
         }
-        let view = KernelView::read(&mut self.nl, self.dev)?;
-        let wanted: Vec<Lease> = self.programmed.values().cloned().collect();
-        for p in &wanted {
-            if !view.state_of(p).complete() {
-                vxlan::program_peer(&mut self.nl, self.dev, p)?;
+        let dev = self.dev;
+        let view = KernelView::read(&mut self.nl, dev)?;
+        let wanted: Vec<(Lease, PeerPath)> = self
+            .programmed
+            .values()
+            .map(|l| {
+                let path = self.paths.get(&l.node).copied().unwrap_or(PeerPath::Vxlan);
+                (l.clone(), path)
+            })
+            .collect();
+        for (p, path) in &wanted {
+            let state = view.state_on(p, *path);
+            if !state.complete() {
+                vxlan::program_peer(&mut self.nl, dev, p, *path)?;
                 log(format!(
-                    "repaired peer {} ({})",
+                    "repaired peer {} ({}, {})",
                     p.node,
-                    view.state_of(p).describe()
+                    path.name(),
+                    state.describe()
                 ));
                 repairs += 1;
             }
         }
+        let wanted_routes: Vec<host_net::netlink::RouteSpec> = wanted
+            .iter()
+            .flat_map(|(p, path)| vxlan::peer_routes(dev, p, *path))
+            .collect();
         // Stale kernel state: routes, neighbours and FDB entries on our
         // device that no current peer explains.
         let mine_v4 = IpNetwork::V4(self.lease.subnet);
         for r in &view.routes {
             let explained = r.dst == mine_v4
                 || r.dst.prefix() == 32 && Some(r.dst.ip()) == Some(self.lease.vtep_ip())
-                || wanted.iter().any(|p| {
-                    r.dst == IpNetwork::V4(p.subnet)
-                        || p.subnet6
-                            .map(|s| r.dst == IpNetwork::V6(s))
-                            .unwrap_or(false)
-                })
+                || wanted_routes
+                    .iter()
+                    .any(|w| w.oif == Some(dev) && w.dst == r.dst)
                 || r.gw.is_none();
             if !explained {
                 let _ = self.nl.del_route(r);
                 repairs += 1;
             }
         }
-        for ip in view.neighbours.keys() {
-            let explained = wanted
-                .iter()
-                .any(|p| p.vtep_ip() == *ip || p.vtep_ip6() == Some(*ip));
+        // Stale direct routes: only ours (marked by their protocol).
+        for r in &view.direct {
+            let explained = wanted_routes.iter().any(|w| {
+                w.protocol == Some(vxlan::DIRECT_ROUTE_PROTO)
+                    && w.dst == r.dst
+                    && w.gw == r.gw
+                    && w.oif == r.oif
+            });
             if !explained {
-                let _ = self.nl.del_neighbour(self.dev, *ip);
+                let _ = self.nl.del_route(r);
+                log(format!(
+                    "removed stale direct route {} via {}",
+                    r.dst,
+                    r.gw.map(|g| g.to_string()).unwrap_or_default()
+                ));
+                repairs += 1;
+            }
+        }
+        for ip in view.neighbours.keys() {
+            let explained = wanted.iter().any(|(p, path)| {
+                (path.vxlan_v4(p) && p.vtep_ip() == *ip)
+                    || (path.vxlan_v6(p) && p.vtep_ip6() == Some(*ip))
+            });
+            if !explained {
+                let _ = self.nl.del_neighbour(dev, *ip);
                 repairs += 1;
             }
         }
         for (mac, dst) in &view.fdb {
             let explained = wanted
                 .iter()
-                .any(|p| &p.vtep_mac == mac && &p.public_ip == dst);
+                .any(|(p, path)| path.needs_fdb(p) && &p.vtep_mac == mac && &p.public_ip == dst);
             if !explained && mac != "00:00:00:00:00:00" {
                 if let Some(m) = parse_mac(mac) {
-                    let _ = self.nl.del_fdb(self.dev, &m, *dst);
+                    let _ = self.nl.del_fdb(dev, &m, *dst);
                     repairs += 1;
                 }
             }

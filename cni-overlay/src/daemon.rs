@@ -48,6 +48,8 @@ pub struct RunOptions {
     pub lease_ttl: Duration,
     pub resync_interval: Duration,
     pub metrics_addr: Option<SocketAddr>,
+    /// DirectRouting: plain routes to peers on the underlay's own subnets.
+    pub direct_routing: bool,
 }
 
 /// Subnet lengths `status` assumes: it only reads leases, whose subnets
@@ -151,6 +153,7 @@ pub fn run(o: RunOptions) -> Result<(), OverlayError> {
         subnet_file: o.subnet_file,
         lease_ttl: o.lease_ttl,
         resync: o.resync_interval,
+        direct_routing: o.direct_routing,
     };
     let mut agent = Agent::start(cfg, store)?;
     if let Some(addr) = o.metrics_addr {

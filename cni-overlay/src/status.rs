@@ -23,16 +23,17 @@ pub fn render(
         None => None,
     };
     let t = now();
-    let rows: Vec<(String, String, String, String, i64, String)> = leases
+    let rows: Vec<(String, String, String, String, i64, String, &str)> = leases
         .iter()
         .map(|l| {
-            let state = if l.node == node {
-                "this node".to_string()
+            let (state, path) = if l.node == node {
+                ("this node".to_string(), "")
             } else {
-                view.as_ref()
+                let s = view
+                    .as_ref()
                     .map(|v| v.state_of(l))
-                    .unwrap_or(PeerState::default())
-                    .describe()
+                    .unwrap_or(PeerState::default());
+                (s.describe(), if s.direct { "direct" } else { "vxlan" })
             };
             (
                 l.node.clone(),
@@ -41,6 +42,7 @@ pub fn render(
                 l.vtep_mac.clone(),
                 l.expires_at - t,
                 state,
+                path,
             )
         })
         .collect();
@@ -53,7 +55,7 @@ pub fn render(
             "device": dev.as_ref().map(|d| json!({"name": d.name, "index": d.index, "mtu": d.mtu, "up": d.up})),
             "lease": me,
             "peers": rows.iter().filter(|r| r.0 != node).map(|r| json!({
-                "node": r.0, "subnet": r.1, "publicIP": r.2, "vtepMAC": r.3, "expiresIn": r.4, "state": r.5,
+                "node": r.0, "subnet": r.1, "publicIP": r.2, "vtepMAC": r.3, "expiresIn": r.4, "state": r.5, "path": r.6,
             })).collect::<Vec<_>>(),
         });
         return Ok(format!("{v}\n"));
@@ -67,13 +69,13 @@ pub fn render(
     );
     let w = rows.iter().map(|r| r.0.len()).max().unwrap_or(4).max(4);
     out.push_str(&format!(
-        "{:<w$}  {:<18}  {:<15}  {:<17}  {:>8}  STATE\n",
-        "NODE", "SUBNET", "PUBLIC IP", "VTEP MAC", "EXPIRES"
+        "{:<w$}  {:<18}  {:<15}  {:<17}  {:>8}  {:<6}  STATE\n",
+        "NODE", "SUBNET", "PUBLIC IP", "VTEP MAC", "EXPIRES", "PATH"
     ));
     for r in rows {
         out.push_str(&format!(
-            "{:<w$}  {:<18}  {:<15}  {:<17}  {:>7}s  {}\n",
-            r.0, r.1, r.2, r.3, r.4, r.5
+            "{:<w$}  {:<18}  {:<15}  {:<17}  {:>7}s  {:<6}  {}\n",
+            r.0, r.1, r.2, r.3, r.4, r.6, r.5
         ));
     }
     Ok(out)

@@ -920,3 +920,264 @@ fn cnitool_drives_bridge_and_overlay_at_every_version() {
         cnitool_lifecycle(&c, 0, version, overlay, &unique_name("cto"));
     }
 }
+
+/// The route the host has to `dst` (a subnet), as `ip -j route show` prints it.
+fn route_to(h: &Host, dst: &str) -> Option<Value> {
+    let out = h.ns.try_exec(&["ip", "-j", "route", "show", dst]).ok()?;
+    let v: Value = serde_json::from_str(&out).ok()?;
+    v.as_array()?.first().cloned()
+}
+
+/// Whether `dst` is routed directly: via `gw` on eth0, marked as berth's (protocol 183).
+fn routed_direct(h: &Host, dst: &str, gw: &str) -> bool {
+    route_to(h, dst)
+        .map(|r| {
+            r["dev"] == "eth0"
+                && r["gateway"] == gw
+                && r["protocol"].as_str().map(|p| p == "183").unwrap_or(false)
+        })
+        .unwrap_or(false)
+}
+
+fn tx_packets(h: &Host, dev: &str) -> u64 {
+    let out = h.ns.exec(&["ip", "-j", "-s", "link", "show", dev]);
+    let v: Value = serde_json::from_str(&out).expect("ip -j -s link");
+    v[0]["stats64"]["tx"]["packets"]
+        .as_u64()
+        .expect("tx packets")
+}
+
+/// `count` quick pings; true when all came back.
+fn ping_burst(from: &Netns, to: &str, count: usize) -> bool {
+    from.output(&[
+        "ping",
+        "-q",
+        "-c",
+        &count.to_string(),
+        "-i",
+        "0.01",
+        "-W",
+        "1",
+        "-n",
+        to,
+    ])
+    .map(|o| o.status.success())
+    .unwrap_or(false)
+}
+
+/// Mixed topology, every agent with --direct-routing: hosts 0 and 1 on one
+/// L2 underlay (172.31.250.0/24), host 2 on another (172.31.251.0/24) behind
+/// a router namespace. 0 <-> 1 go direct and unencapsulated, 0/1 <-> 2 over
+/// VXLAN; resync repairs a deleted direct route and removes stale ones of
+/// ours only; a stopped peer's direct route goes.
+#[test]
+fn direct_routing_on_one_l2_and_vxlan_across_a_router() {
+    need_root!();
+    // Declared before the cluster so they outlive its daemons.
+    let ul2 = Underlay::create("bul", "br-ul2", None);
+    let router = Netns::create("brt");
+    let mut c = Cluster::new(2, false);
+    c.extra = vec!["--direct-routing".into()];
+    c.ul.attach(&router, "ur", "eth0", &["172.31.250.253/24"]);
+    ul2.attach(&router, "ur", "eth1", &["172.31.251.254/24"]);
+    router
+        .set_sysctl("net/ipv4/ip_forward", "1")
+        .expect("ip_forward in the router netns");
+    for h in &c.hosts {
+        h.ns.exec(&[
+            "ip",
+            "route",
+            "add",
+            "172.31.251.0/24",
+            "via",
+            "172.31.250.253",
+        ]);
+    }
+    let ns = Netns::create("bh");
+    ul2.attach(&ns, "u3", "eth0", &["172.31.251.3/24"]);
+    ns.exec(&["ip", "route", "add", "default", "via", "172.31.251.254"]);
+    let hdir = c.dir.join("h3");
+    c.hosts.push(Host {
+        ns,
+        ip: "172.31.251.3".into(),
+        subnet_file: hdir.join("subnet.env"),
+        data_dir: hdir.join("data"),
+        daemon: None,
+        node: "node3".into(),
+    });
+    for i in 0..3 {
+        c.start(i);
+    }
+    let pods: Vec<(Netns, String)> = (0..3).map(|i| c.pod(i)).collect();
+    for (i, (from, _)) in pods.iter().enumerate() {
+        for (j, (_, to)) in pods.iter().enumerate() {
+            if i != j {
+                assert!(
+                    eventually(Duration::from_secs(5), || pings(from, to)),
+                    "pod on host {i} cannot reach pod {to} on host {j}:\n{}",
+                    c.logs()
+                );
+            }
+        }
+    }
+    let (s1, s2) = (c.subnet(1), c.subnet(2));
+    let h0 = &c.hosts[0];
+    assert!(
+        routed_direct(h0, &s1, "172.31.250.2"),
+        "host 0 does not route {s1} directly: {:?}\n{}",
+        route_to(h0, &s1),
+        c.logs()
+    );
+    let r2 = route_to(h0, &s2).expect("route to host 2's subnet");
+    assert_eq!(r2["dev"], "berth.1", "{r2}");
+    assert!(routes_via_vxlan(h0).contains(&s2));
+    assert!(!routes_via_vxlan(h0).contains(&s1));
+    // No VXLAN state for the direct peer.
+    let fdb = h0.ns.exec(&["bridge", "fdb", "show", "dev", "berth.1"]);
+    assert!(!fdb.contains("172.31.250.2"), "{fdb}");
+    assert!(fdb.contains("172.31.251.3"), "{fdb}");
+    // Status: direct for host 1, vxlan for host 2, both programmed.
+    let s = c.status(0);
+    for p in s["peers"].as_array().expect("peers") {
+        assert_eq!(p["state"], "programmed", "{s}");
+        let want = if p["node"] == "node2" {
+            "direct"
+        } else {
+            "vxlan"
+        };
+        assert_eq!(p["path"], want, "{s}");
+    }
+    // The direct path is unencapsulated: host 0's VXLAN device sends
+    // nothing for pod 0 -> pod 1, and every packet for pod 0 -> pod 2.
+    let (tx0, eth0) = (tx_packets(h0, "berth.1"), tx_packets(h0, "eth0"));
+    assert!(ping_burst(&pods[0].0, &pods[1].1, 50));
+    let (tx1, eth1) = (tx_packets(h0, "berth.1"), tx_packets(h0, "eth0"));
+    assert!(
+        tx1 - tx0 < 5,
+        "{} packets went through berth.1 on the direct path",
+        tx1 - tx0
+    );
+    assert!(eth1 - eth0 >= 50, "only {} packets on eth0", eth1 - eth0);
+    assert!(ping_burst(&pods[0].0, &pods[2].1, 50));
+    let tx2 = tx_packets(h0, "berth.1");
+    assert!(
+        tx2 - tx1 >= 50,
+        "only {} packets through berth.1 to the routed host",
+        tx2 - tx1
+    );
+    // A direct route deleted by hand is repaired by the resync.
+    assert!(h0.ns.try_exec(&["ip", "route", "del", &s1]).is_ok());
+    assert!(route_to(h0, &s1).is_none());
+    assert!(
+        eventually(Duration::from_secs(5), || routed_direct(
+            &c.hosts[0],
+            &s1,
+            "172.31.250.2"
+        )),
+        "direct route not repaired:\n{}",
+        c.logs()
+    );
+    // A stale direct route of berth's (its protocol) goes; someone
+    // else's route on the underlay stays.
+    h0.ns.exec(&[
+        "ip",
+        "route",
+        "add",
+        "10.244.250.0/24",
+        "via",
+        "172.31.250.2",
+        "dev",
+        "eth0",
+        "proto",
+        "183",
+    ]);
+    h0.ns.exec(&[
+        "ip",
+        "route",
+        "add",
+        "10.244.251.0/24",
+        "via",
+        "172.31.250.2",
+        "dev",
+        "eth0",
+    ]);
+    assert!(
+        eventually(Duration::from_secs(5), || route_to(
+            &c.hosts[0],
+            "10.244.250.0/24"
+        )
+        .is_none()),
+        "stale direct route left:\n{}",
+        c.logs()
+    );
+    assert!(route_to(&c.hosts[0], "10.244.251.0/24").is_some());
+    assert!(pings(&pods[0].0, &pods[1].1));
+    // A peer that stops takes its direct route with it.
+    if let Some(d) = c.hosts[1].daemon.as_mut() {
+        d.stop();
+    }
+    assert!(
+        eventually(Duration::from_secs(5), || route_to(&c.hosts[0], &s1)
+            .is_none()),
+        "host 0 still routes {s1} after node 1 stopped: {:?}",
+        route_to(&c.hosts[0], &s1)
+    );
+    assert!(pings(&pods[0].0, &pods[2].1));
+}
+
+/// A peer switches between direct and VXLAN when this host's underlay
+/// subnets change (here: its /24 replaced by a /32 plus a route, and back),
+/// and the old kind's entries go.
+#[test]
+fn direct_routing_switches_to_vxlan_and_back_when_the_underlay_subnet_changes() {
+    need_root!();
+    let mut c = Cluster::new(2, false);
+    c.extra = vec!["--direct-routing".into()];
+    c.start(0);
+    c.start(1);
+    let (p0, _) = c.pod(0);
+    let (_p1, a1) = c.pod(1);
+    assert!(eventually(Duration::from_secs(5), || pings(&p0, &a1)));
+    let s1 = c.subnet(1);
+    let peer_ip = c.hosts[1].ip.clone();
+    assert!(routed_direct(&c.hosts[0], &s1, &peer_ip), "{}", c.logs());
+    let fdb = |h: &Host| h.ns.exec(&["bridge", "fdb", "show", "dev", "berth.1"]);
+    // 172.31.250.2 is no longer on a connected subnet of host 0's eth0.
+    let h0 = &c.hosts[0];
+    h0.ns
+        .exec(&["ip", "addr", "add", "172.31.250.1/32", "dev", "eth0"]);
+    h0.ns
+        .exec(&["ip", "addr", "del", "172.31.250.1/24", "dev", "eth0"]);
+    h0.ns
+        .exec(&["ip", "route", "replace", "172.31.250.0/24", "dev", "eth0"]);
+    assert!(
+        eventually(Duration::from_secs(5), || routes_via_vxlan(&c.hosts[0])
+            .contains(&s1)),
+        "peer not moved to VXLAN:\n{}",
+        c.logs()
+    );
+    assert!(!routed_direct(&c.hosts[0], &s1, &peer_ip));
+    assert!(fdb(&c.hosts[0]).contains(&peer_ip));
+    assert!(eventually(Duration::from_secs(5), || pings(&p0, &a1)));
+    // Back on the /24: direct again, the VXLAN entries gone.
+    c.hosts[0]
+        .ns
+        .exec(&["ip", "addr", "add", "172.31.250.1/24", "dev", "eth0"]);
+    assert!(
+        eventually(Duration::from_secs(5), || routed_direct(
+            &c.hosts[0],
+            &s1,
+            &peer_ip
+        )),
+        "peer not moved back to a direct route:\n{}",
+        c.logs()
+    );
+    assert!(!routes_via_vxlan(&c.hosts[0]).contains(&s1));
+    assert!(!fdb(&c.hosts[0]).contains(&peer_ip));
+    let vtep = s1.split('/').next().expect("ip").to_string();
+    let neigh = c.hosts[0]
+        .ns
+        .exec(&["ip", "neigh", "show", "dev", "berth.1"]);
+    assert!(!neigh.contains(&format!("{vtep} ")), "{neigh}");
+    assert!(eventually(Duration::from_secs(5), || pings(&p0, &a1)));
+}

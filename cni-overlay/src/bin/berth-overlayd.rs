@@ -86,6 +86,12 @@ struct RunArgs {
     /// Serve Prometheus metrics (/metrics) and health (/healthz) on this address (off by default).
     #[arg(long)]
     metrics_addr: Option<std::net::SocketAddr>,
+    /// DirectRouting (like flannel's vxlan DirectRouting): a peer whose underlay address is on a
+    /// subnet directly connected to the underlay interface gets a plain route via that address,
+    /// unencapsulated; peers elsewhere keep VXLAN. Off by default; `--direct-routing=false` too.
+    #[arg(long, num_args = 0..=1, default_value_t = false, default_missing_value = "true",
+          require_equals = true, action = clap::ArgAction::Set)]
+    direct_routing: bool,
 }
 
 impl From<Common> for Target {
@@ -113,6 +119,7 @@ impl From<RunArgs> for RunOptions {
             lease_ttl: r.lease_ttl,
             resync_interval: r.resync_interval,
             metrics_addr: r.metrics_addr,
+            direct_routing: r.direct_routing,
         }
     }
 }

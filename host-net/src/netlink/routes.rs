@@ -27,6 +27,10 @@ pub struct RouteSpec {
     pub src: Option<IpAddr>,
     /// RTNH_F_ONLINK: the gateway is reachable on `oif` without a covering route.
     pub onlink: bool,
+    /// The route's protocol (`rtm_protocol`, `ip route ... proto N`): a marker
+    /// telling whose route it is. None adds with `boot` (3); read routes carry
+    /// the kernel's value.
+    pub protocol: Option<u8>,
 }
 
 impl RouteSpec {
@@ -42,6 +46,7 @@ impl RouteSpec {
             table: None,
             src: None,
             onlink: false,
+            protocol: None,
         }
     }
 }
@@ -68,7 +73,10 @@ impl Netlink {
         m.header.destination_prefix_length = r.dst.prefix();
         let table = r.table.unwrap_or(u32::from(RouteHeader::RT_TABLE_MAIN));
         m.header.table = u8::try_from(table).unwrap_or(RouteHeader::RT_TABLE_UNSPEC);
-        m.header.protocol = RouteProtocol::Boot;
+        m.header.protocol = r
+            .protocol
+            .map(RouteProtocol::from)
+            .unwrap_or(RouteProtocol::Boot);
         m.header.kind = RouteType::Unicast;
         m.header.scope = if r.gw.is_none() && r.onlink_scope {
             RouteScope::Link
@@ -211,6 +219,7 @@ impl Netlink {
                 table: Some(table),
                 src,
                 onlink: rm.header.flags.contains(RouteFlags::Onlink),
+                protocol: Some(u8::from(rm.header.protocol)),
             });
         }
         Ok(out)

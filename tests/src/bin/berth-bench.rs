@@ -59,7 +59,7 @@ const SUBCOMMANDS: &[Subcommand] = &[
     },
     Subcommand {
         name: "overlay",
-        about: "VXLAN overlay vs underlay throughput (iperf3), convergence with 10 hosts, 1,000 peers (root)",
+        about: "overlay throughput (iperf3): Berth VXLAN, DirectRouting and a flannel-style reference vs the underlay; convergence with 10 hosts, 1,000 peers (root)",
         run: overlay::run,
     },
     Subcommand {
