@@ -17,6 +17,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use berth_tests::bench::{self, markdown_table, text_table};
+use berth_tests::cluster::{ControlPlane, DEFAULT_ADDRESS};
 use berth_tests::netns::{spawn_in_netns, Netns, Underlay};
 use berth_tests::{bin_dir, conf_bytes, CniRun};
 use serde_json::{json, Value};
@@ -50,6 +51,8 @@ struct Cluster {
     dir: tempfile::TempDir,
     /// The pods' `ipMasq` (berth-overlay's default: true).
     ip_masq: bool,
+    /// The agents' store arguments; None for the embedded store in `dir`.
+    store: Option<Vec<String>>,
 }
 
 impl Cluster {
@@ -61,6 +64,7 @@ impl Cluster {
             nodes: Vec::new(),
             dir,
             ip_masq: true,
+            store: None,
         })
     }
 
@@ -96,8 +100,13 @@ impl Cluster {
             "--iface",
             "eth0",
         ])
-        .arg("--store")
-        .arg(format!("dir:{}", self.dir.path().join("store").display()))
+        .args(match &self.store {
+            Some(args) => args.clone(),
+            None => vec![format!(
+                "--store=dir:{}",
+                self.dir.path().join("store").display()
+            )],
+        })
         .arg("--subnet-file")
         .arg(&n.subnet_file)
         .args(["--lease-ttl", "10m", "--resync-interval", "5s"])
@@ -466,6 +475,91 @@ fn convergence(hosts: usize) -> Result<Duration, String> {
     Ok(t0.elapsed())
 }
 
+/// Every Node's IPv4 pod CIDR is assigned (kube-controller-manager's node IPAM).
+fn pod_cidrs_assigned(cp: &ControlPlane, n: usize) -> bool {
+    cp.kubectl(&["get", "nodes", "-o=jsonpath={.items[*].spec.podCIDR}"])
+        .map(|s| s.split_whitespace().count() == n)
+        .unwrap_or(false)
+}
+
+/// [`convergence`] on the kube store: the agents watch Nodes on a real kube-apiserver (the
+/// control plane of the tests, in the underlay netns) and take the subnets
+/// kube-controller-manager assigned. The new node's Node object exists with its pod CIDR when
+/// its agent starts, as it does once kubelet has registered. Also: Node created -> pod CIDR
+/// assigned (kube-controller-manager's share of a join).
+fn convergence_kube(hosts: usize) -> Result<(Duration, Duration), String> {
+    let router = "172.31.255.254";
+    let ul = Underlay::try_create("bbul", "br-ul", Some(&format!("{router}/16")))?;
+    let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let cp = ControlPlane::start(ul.ns.path(), &dir.path().join("cp"), DEFAULT_ADDRESS)?;
+    let mut c = Cluster {
+        ul,
+        nodes: Vec::new(),
+        dir,
+        ip_masq: true,
+        store: Some(vec![
+            "--store=kube".to_string(),
+            format!("--kubeconfig={}", cp.admin.display()),
+        ]),
+    };
+    for _ in 0..hosts {
+        let i = c.add_node()?;
+        c.nodes[i].ns.try_exec(&[
+            "ip",
+            "route",
+            "add",
+            &format!("{DEFAULT_ADDRESS}/32"),
+            "via",
+            router,
+        ])?;
+    }
+    let node = |i: usize| json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": format!("node{}", i + 1)}});
+    for i in 0..hosts - 1 {
+        cp.apply(&node(i))?;
+    }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !pod_cidrs_assigned(&cp, hosts - 1) {
+        if Instant::now() > deadline {
+            return Err("kube-controller-manager assigned no pod CIDRs within 60 s".into());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    for i in 0..hosts - 1 {
+        c.spawn_daemon(i)?;
+    }
+    let mut pods = Vec::new();
+    for i in 0..hosts - 1 {
+        c.wait_subnet(i)?;
+        pods.push(c.pod(i)?);
+    }
+    let last = hosts - 1;
+    let t_node = Instant::now();
+    cp.apply(&node(last))?;
+    while !pod_cidrs_assigned(&cp, hosts) {
+        if t_node.elapsed() > Duration::from_secs(60) {
+            return Err("the new Node got no pod CIDR within 60 s".into());
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let cidr = t_node.elapsed();
+    let t0 = Instant::now();
+    c.spawn_daemon(last)?;
+    c.wait_subnet(last)?;
+    let (_pn, an) = c.pod(last)?;
+    let mut pending: Vec<&Netns> = pods.iter().map(|(p, _)| p).collect();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !pending.is_empty() {
+        pending.retain(|p| !ping(p, &an));
+        if Instant::now() > deadline {
+            return Err(format!(
+                "kube store: {} pods still cannot reach the new node after 30 s",
+                pending.len()
+            ));
+        }
+    }
+    Ok((t0.elapsed(), cidr))
+}
+
 fn many_peers(peers: usize) -> Result<Duration, String> {
     use cni_overlay::lease::{now, Lease};
     use cni_overlay::store::dir::DirStore;
@@ -572,6 +666,7 @@ pub fn run(args: &[String]) -> Result<(), String> {
     let t = throughput(seconds, rounds)?;
     let (overlay, underlay) = (t.vxlan, t.underlay);
     let conv = convergence(hosts)?;
+    let (conv_kube, cidr) = convergence_kube(hosts)?;
     let prog = many_peers(peers)?;
 
     let met = |ok: bool| if ok { "met" } else { "NOT met" }.to_string();
@@ -652,6 +747,26 @@ pub fn run(args: &[String]) -> Result<(), String> {
             .into(),
         ],
         vec![
+            format!(
+                "convergence on the kube store (kube-apiserver): new node's agent start -> every pod of {} hosts pings a pod on it",
+                hosts - 1
+            ),
+            format!("{} ms", conv_kube.as_millis()),
+            "< 1000 ms".into(),
+            if conv_kube < Duration::from_secs(1) {
+                "met"
+            } else {
+                "NOT met"
+            }
+            .into(),
+        ],
+        vec![
+            "kube store: Node created -> pod CIDR assigned by kube-controller-manager".to_string(),
+            format!("{} ms", cidr.as_millis()),
+            "(reference)".into(),
+            String::new(),
+        ],
+        vec![
             format!("one node programs {peers} peers (start -> all routes present)"),
             format!("{} ms", prog.as_millis()),
             "< 2000 ms".into(),
@@ -670,7 +785,7 @@ pub fn run(args: &[String]) -> Result<(), String> {
             String::from("## Overlay: VXLAN vs underlay, convergence, peer programming\n\n");
         md.push_str(&bench::machine_markdown());
         md.push_str(&format!(
-            "- hosts are network namespaces on a bridge in another namespace; embedded (dir) store; iperf3 {seconds} s, one TCP stream, median of {rounds} rounds alternating Berth VXLAN, Berth DirectRouting (`--direct-routing`), the flannel-style reference without and with MASQUERADE, the underlay, and Berth VXLAN with the pods' `ipMasq: false` (berth-overlay masquerades by default, which puts conntrack on the path as flannel's rule does)\n- flannel-style reference, built by the benchmark (no flannel binary): per host `flannel.1` (VXLAN VNI 1, dstport 8472, nolearning, MTU 1450), bridge `cni0` with the pod's veth (MTU 1450), per peer a permanent neighbour + FDB entry + `via VTEP dev flannel.1 onlink` route; \"+ MASQUERADE\" adds `iptables -t nat -A POSTROUTING -s 10.244.0.0/16 ! -d 10.244.0.0/16 -j MASQUERADE` in each host\n\n"
+            "- hosts are network namespaces on a bridge in another namespace; embedded (dir) store, and for the kube-store convergence row a real kube-apiserver + kube-controller-manager (the tests' control plane) in the underlay namespace with `--store=kube`; iperf3 {seconds} s, one TCP stream, median of {rounds} rounds alternating Berth VXLAN, Berth DirectRouting (`--direct-routing`), the flannel-style reference without and with MASQUERADE, the underlay, and Berth VXLAN with the pods' `ipMasq: false` (berth-overlay masquerades by default, which puts conntrack on the path as flannel's rule does)\n- flannel-style reference, built by the benchmark (no flannel binary): per host `flannel.1` (VXLAN VNI 1, dstport 8472, nolearning, MTU 1450), bridge `cni0` with the pod's veth (MTU 1450), per peer a permanent neighbour + FDB entry + `via VTEP dev flannel.1 onlink` route; \"+ MASQUERADE\" adds `iptables -t nat -A POSTROUTING -s 10.244.0.0/16 ! -d 10.244.0.0/16 -j MASQUERADE` in each host\n\n"
         ));
         md.push_str(&markdown_table(&header, &rows));
         md.push('\n');
