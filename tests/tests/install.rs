@@ -336,6 +336,94 @@ fn sql_inside(node: &Node, db: &str, sql: &str) -> Result<Vec<String>, String> {
         .collect())
 }
 
+/// A 64Mi `berth-local-ext4` claim, restored from the VolumeSnapshot `source` if given.
+fn claim(name: &str, source: Option<&str>) -> Value {
+    let mut c = json!({
+        "apiVersion": "v1", "kind": "PersistentVolumeClaim",
+        "metadata": { "name": name },
+        "spec": {
+            "accessModes": ["ReadWriteOnce"],
+            "storageClassName": "berth-local-ext4",
+            "resources": { "requests": { "storage": "64Mi" } },
+        },
+    });
+    if let Some(snap) = source {
+        c["spec"]["dataSource"] = json!({
+            "apiGroup": "snapshot.storage.k8s.io", "kind": "VolumeSnapshot", "name": snap,
+        });
+    }
+    c
+}
+
+/// The pod fields that mount `claim` at /data.
+fn vol(claim: &str) -> Value {
+    json!({
+        "volumes": [{ "name": "vol", "persistentVolumeClaim": { "claimName": claim } }],
+        "volumeMounts": [{ "name": "vol", "mountPath": "/data" }],
+    })
+}
+
+/// A VolumeSnapshot `snap` of `claim`, waited for until it is ready to use.
+fn snapshot(cp: &ControlPlane, claim: &str) -> Result<(), String> {
+    cp.apply(&json!({
+        "apiVersion": "snapshot.storage.k8s.io/v1", "kind": "VolumeSnapshot",
+        "metadata": { "name": "snap" },
+        "spec": { "volumeSnapshotClassName": "berth-local",
+                  "source": { "persistentVolumeClaimName": claim } },
+    }))?;
+    let ready = wait_until(SETTLE, || {
+        cp.get_json(&["volumesnapshot", "snap"])
+            .is_some_and(|s| s["status"]["readyToUse"] == true)
+    });
+    if ready {
+        Ok(())
+    } else {
+        Err(format!("VolumeSnapshot snap of {claim} not readyToUse"))
+    }
+}
+
+/// Wait until pod `p` is Ready.
+fn wait_pod(cp: &ControlPlane, p: &str) -> Result<(), String> {
+    cp.kubectl(&[
+        "wait",
+        "--for=condition=Ready",
+        "--timeout=180s",
+        &format!("pod/{p}"),
+    ])
+    .map(|_| ())
+    .map_err(|e| format!("pod {p}: {e}"))
+}
+
+/// The README's uninstall: the workloads first (`pods`, the snapshot `snap`, `claims`), every PV
+/// gone, then `kubectl delete -k` of the overlay in `dir`.
+fn uninstall(cp: &ControlPlane, dir: &Path, pods: &[&str], claims: &[&str]) -> Result<(), String> {
+    for (kind, names) in [
+        ("pod", pods),
+        ("volumesnapshot", &["snap"][..]),
+        ("pvc", claims),
+    ] {
+        let mut a = vec!["delete", "--wait=true", "--timeout=120s", kind];
+        a.extend(names);
+        cp.kubectl(&a)?;
+    }
+    let no_pvs = wait_until(SETTLE, || {
+        cp.get_json(&["pv"])
+            .is_some_and(|l| l["items"].as_array().is_some_and(|a| a.is_empty()))
+    });
+    if !no_pvs {
+        return Err("PVs left before the uninstall".into());
+    }
+    cp.kubectl(&[
+        "delete",
+        "-k",
+        &dir.to_string_lossy(),
+        "--wait=true",
+        "--timeout=180s",
+    ])
+    .map(|_| ())
+    .map_err(|e| format!("kubectl delete -k: {e}"))
+}
+
 #[test]
 fn shipped_manifests_and_image_run_berth_on_a_node() {
     assert!(netns_fixture::is_root(), "run as root");
@@ -420,21 +508,7 @@ fn shipped_manifests_and_image_run_berth_on_a_node() {
 
     // The workloads of the kubelet tests, unchanged.
     let apply = |obj: &Value| cp.apply(obj).unwrap_or_else(|e| fail(&e));
-    apply(&json!({
-        "apiVersion": "v1", "kind": "PersistentVolumeClaim",
-        "metadata": { "name": "data" },
-        "spec": {
-            "accessModes": ["ReadWriteOnce"],
-            "storageClassName": "berth-local-ext4",
-            "resources": { "requests": { "storage": "64Mi" } },
-        },
-    }));
-    let vol = |claim: &str| {
-        json!({
-            "volumes": [{ "name": "vol", "persistentVolumeClaim": { "claimName": claim } }],
-            "volumeMounts": [{ "name": "vol", "mountPath": "/data" }],
-        })
-    };
+    apply(&claim("data", None));
     apply(&pod(
         "writer",
         "node1",
@@ -443,14 +517,7 @@ fn shipped_manifests_and_image_run_berth_on_a_node() {
     ));
     apply(&pod("peer", "node1", "exec sleep 3600", json!({})));
     for p in ["writer", "peer"] {
-        if let Err(e) = cp.kubectl(&[
-            "wait",
-            "--for=condition=Ready",
-            "--timeout=180s",
-            &format!("pod/{p}"),
-        ]) {
-            fail(&format!("pod {p}: {e}"));
-        }
+        wait_pod(&cp, p).unwrap_or_else(|e| fail(&e));
     }
     let ip = |p: &str| k(&["get", "pod", p, "-o=jsonpath={.status.podIP}"]);
     let writer_ip = ip("writer");
@@ -466,38 +533,10 @@ fn shipped_manifests_and_image_run_berth_on_a_node() {
     assert_eq!(text.trim(), "shipped");
 
     // A snapshot of the claim, restored into a new claim.
-    apply(&json!({
-        "apiVersion": "snapshot.storage.k8s.io/v1", "kind": "VolumeSnapshot",
-        "metadata": { "name": "snap" },
-        "spec": { "volumeSnapshotClassName": "berth-local",
-                  "source": { "persistentVolumeClaimName": "data" } },
-    }));
-    let ready = wait_until(SETTLE, || {
-        cp.get_json(&["volumesnapshot", "snap"])
-            .is_some_and(|s| s["status"]["readyToUse"] == true)
-    });
-    if !ready {
-        fail("VolumeSnapshot snap not readyToUse");
-    }
-    apply(&json!({
-        "apiVersion": "v1", "kind": "PersistentVolumeClaim",
-        "metadata": { "name": "restored" },
-        "spec": {
-            "accessModes": ["ReadWriteOnce"],
-            "storageClassName": "berth-local-ext4",
-            "resources": { "requests": { "storage": "64Mi" } },
-            "dataSource": { "apiGroup": "snapshot.storage.k8s.io", "kind": "VolumeSnapshot", "name": "snap" },
-        },
-    }));
+    snapshot(&cp, "data").unwrap_or_else(|e| fail(&e));
+    apply(&claim("restored", Some("snap")));
     apply(&pod("reader", "node1", "exec sleep 3600", vol("restored")));
-    if let Err(e) = cp.kubectl(&[
-        "wait",
-        "--for=condition=Ready",
-        "--timeout=180s",
-        "pod/reader",
-    ]) {
-        fail(&format!("pod reader: {e}"));
-    }
+    wait_pod(&cp, "reader").unwrap_or_else(|e| fail(&e));
     let restored = exec("reader", "cat /data/f").unwrap_or_else(|e| fail(&e));
     assert_eq!(
         restored.trim(),
@@ -596,31 +635,13 @@ fn shipped_manifests_and_image_run_berth_on_a_node() {
     );
 
     // Uninstall: workloads first, then `kubectl delete -k`.
-    for what in [
-        vec!["pod", "writer", "reader", "peer"],
-        vec!["volumesnapshot", "snap"],
-        vec!["pvc", "data", "restored"],
-    ] {
-        let mut a = vec!["delete", "--wait=true", "--timeout=120s"];
-        a.extend(what);
-        if let Err(e) = cp.kubectl(&a) {
-            fail(&e);
-        }
-    }
-    let no_pvs = wait_until(SETTLE, || {
-        cp.get_json(&["pv"])
-            .is_some_and(|l| l["items"].as_array().is_some_and(|a| a.is_empty()))
-    });
-    assert!(no_pvs, "PVs left before the uninstall");
-    if let Err(e) = cp.kubectl(&[
-        "delete",
-        "-k",
-        &overlay.path().to_string_lossy(),
-        "--wait=true",
-        "--timeout=180s",
-    ]) {
-        fail(&format!("kubectl delete -k: {e}"));
-    }
+    uninstall(
+        &cp,
+        overlay.path(),
+        &["writer", "reader", "peer"],
+        &["data", "restored"],
+    )
+    .unwrap_or_else(|e| fail(&e));
     let gone = wait_until(SETTLE, || {
         node.cri()
             .crictl_ok(&["ps", "-q"])
@@ -783,29 +804,6 @@ fn shipped_manifests_run_berth_on_two_nodes() {
 
     // The kubelet tests' workloads, unchanged: a claim and a writer on each node.
     let apply = |obj: &Value| cp.apply(obj).unwrap_or_else(|e| fail(&e));
-    let claim = |name: &str, source: Option<&str>| {
-        let mut c = json!({
-            "apiVersion": "v1", "kind": "PersistentVolumeClaim",
-            "metadata": { "name": name },
-            "spec": {
-                "accessModes": ["ReadWriteOnce"],
-                "storageClassName": "berth-local-ext4",
-                "resources": { "requests": { "storage": "64Mi" } },
-            },
-        });
-        if let Some(snap) = source {
-            c["spec"]["dataSource"] = json!({
-                "apiGroup": "snapshot.storage.k8s.io", "kind": "VolumeSnapshot", "name": snap,
-            });
-        }
-        c
-    };
-    let vol = |claim: &str| {
-        json!({
-            "volumes": [{ "name": "vol", "persistentVolumeClaim": { "claimName": claim } }],
-            "volumeMounts": [{ "name": "vol", "mountPath": "/data" }],
-        })
-    };
     for n in &nodes {
         let c = format!("data-{}", n.name);
         apply(&claim(&c, None));
@@ -816,18 +814,8 @@ fn shipped_manifests_run_berth_on_two_nodes() {
             vol(&c),
         ));
     }
-    let wait_pod = |p: &str| {
-        if let Err(e) = cp.kubectl(&[
-            "wait",
-            "--for=condition=Ready",
-            "--timeout=180s",
-            &format!("pod/{p}"),
-        ]) {
-            fail(&format!("pod {p}: {e}"));
-        }
-    };
     for n in &nodes {
-        wait_pod(&format!("writer-{}", n.name));
+        wait_pod(&cp, &format!("writer-{}", n.name)).unwrap_or_else(|e| fail(&e));
     }
     let ip = |p: &str| -> std::net::IpAddr {
         k(&["get", "pod", p, "-o=jsonpath={.status.podIP}"])
@@ -871,22 +859,10 @@ fn shipped_manifests_run_berth_on_two_nodes() {
 
     // A snapshot of node2's claim, restored for a reader on node2 (snapshots of a local volume
     // live in that node's pool: node2's csi-snapshotter takes it).
-    apply(&json!({
-        "apiVersion": "snapshot.storage.k8s.io/v1", "kind": "VolumeSnapshot",
-        "metadata": { "name": "snap" },
-        "spec": { "volumeSnapshotClassName": "berth-local",
-                  "source": { "persistentVolumeClaimName": "data-node2" } },
-    }));
-    let ready = wait_until(SETTLE, || {
-        cp.get_json(&["volumesnapshot", "snap"])
-            .is_some_and(|s| s["status"]["readyToUse"] == true)
-    });
-    if !ready {
-        fail("VolumeSnapshot snap not readyToUse");
-    }
+    snapshot(&cp, "data-node2").unwrap_or_else(|e| fail(&e));
     apply(&claim("restored", Some("snap")));
     apply(&pod("reader", "node2", "exec sleep 3600", vol("restored")));
-    wait_pod("reader");
+    wait_pod(&cp, "reader").unwrap_or_else(|e| fail(&e));
     let restored = exec("reader", "cat /data/f").unwrap_or_else(|e| fail(&e));
     assert_eq!(
         restored.trim(),
@@ -896,33 +872,13 @@ fn shipped_manifests_run_berth_on_two_nodes() {
     println!("install (2 nodes): subnets {subnets:?}, pods {ips:?} reach each other, snapshot restored on node2");
 
     // Uninstall.
-    for what in [
-        vec!["pod", "writer-node1", "writer-node2", "reader"],
-        vec!["volumesnapshot", "snap"],
-        vec!["pvc", "data-node1", "data-node2", "restored"],
-    ] {
-        let mut a = vec!["delete", "--wait=true", "--timeout=120s"];
-        a.extend(what);
-        if let Err(e) = cp.kubectl(&a) {
-            fail(&e);
-        }
-    }
-    let no_pvs = wait_until(SETTLE, || {
-        cp.get_json(&["pv"])
-            .is_some_and(|l| l["items"].as_array().is_some_and(|a| a.is_empty()))
-    });
-    if !no_pvs {
-        fail("PVs left before the uninstall");
-    }
-    if let Err(e) = cp.kubectl(&[
-        "delete",
-        "-k",
-        &overlay.path().to_string_lossy(),
-        "--wait=true",
-        "--timeout=180s",
-    ]) {
-        fail(&format!("kubectl delete -k: {e}"));
-    }
+    uninstall(
+        &cp,
+        overlay.path(),
+        &["writer-node1", "writer-node2", "reader"],
+        &["data-node1", "data-node2", "restored"],
+    )
+    .unwrap_or_else(|e| fail(&e));
     for n in &nodes {
         let gone = wait_until(SETTLE, || {
             n.cri()
