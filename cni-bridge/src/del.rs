@@ -62,17 +62,20 @@ pub fn cmd_del(req: &Request) -> Result<(), BridgeError> {
     // backend needs every address at once (its chain goes with the last jump), so it runs after
     // the pod side as before.
     let early = masq_backend(&conf, record.as_ref()) != Some(MasqBackend::Iptables);
-    if early {
+    let nat = |addrs: &[IpNetwork], spoofchk: bool| {
         teardown_nat(
             &conf,
             container,
             ifname,
             &host_veth,
             record.as_ref(),
-            &addrs,
+            addrs,
             &pod_mac,
-            true,
-        )?;
+            spoofchk,
+        )
+    };
+    if early {
+        nat(&addrs, true)?;
     }
 
     // The pod side, if its netns is still there.
@@ -91,29 +94,11 @@ pub fn cmd_del(req: &Request) -> Result<(), BridgeError> {
             .filter(|a| !addrs.iter().any(|b| b.ip() == a.ip()))
             .collect();
         if !extra.is_empty() {
-            teardown_nat(
-                &conf,
-                container,
-                ifname,
-                &host_veth,
-                record.as_ref(),
-                &extra,
-                &pod_mac,
-                false,
-            )?;
+            nat(&extra, false)?;
         }
     } else {
         addrs.extend(found);
-        teardown_nat(
-            &conf,
-            container,
-            ifname,
-            &host_veth,
-            record.as_ref(),
-            &addrs,
-            &pod_mac,
-            true,
-        )?;
+        nat(&addrs, true)?;
     }
     let mut nl = Netlink::new()?;
     link::delete_veth(&mut nl, &host_veth)?;

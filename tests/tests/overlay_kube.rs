@@ -182,15 +182,6 @@ impl Host {
             .map(str::to_string)
     }
 
-    fn vtep_mac(&self) -> String {
-        let text = self
-            .ns
-            .try_exec(&["ip", "-j", "link", "show", "berth.1"])
-            .unwrap();
-        let v: Value = serde_json::from_str(&text).unwrap();
-        v[0]["address"].as_str().unwrap().to_string()
-    }
-
     /// Attach a pod; its netns and IPv4 address.
     fn attach_pod(&mut self) {
         let pod = Netns::create("bkp");
@@ -246,12 +237,13 @@ impl Host {
             .unwrap_or_default();
         (
             !subnet.is_empty() && routes.contains(&subnet),
-            neigh.contains(&peer.vtep_mac_cached()),
+            neigh.contains(&peer.vtep_mac()),
             fdb.contains(&format!("dst {}", peer.ip)),
         )
     }
 
-    fn vtep_mac_cached(&self) -> String {
+    /// The MAC of this host's VXLAN device (`<no device>` when there is none).
+    fn vtep_mac(&self) -> String {
         self.ns
             .try_exec(&["ip", "-j", "link", "show", "berth.1"])
             .ok()

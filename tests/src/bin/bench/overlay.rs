@@ -461,10 +461,16 @@ fn convergence(hosts: usize) -> Result<Duration, String> {
     c.spawn_daemon(last)?;
     c.wait_subnet(last)?;
     let (_pn, an) = c.pod(last)?;
+    all_reach(&pods, &an)?;
+    Ok(t0.elapsed())
+}
+
+/// Returns once every pod of `pods` pings `addr` (30 s at most).
+fn all_reach(pods: &[(Netns, String)], addr: &str) -> Result<(), String> {
     let mut pending: Vec<&Netns> = pods.iter().map(|(p, _)| p).collect();
     let deadline = Instant::now() + Duration::from_secs(30);
     while !pending.is_empty() {
-        pending.retain(|p| !ping(p, &an));
+        pending.retain(|p| !ping(p, addr));
         if Instant::now() > deadline {
             return Err(format!(
                 "{} pods still cannot reach the new node after 30 s",
@@ -472,7 +478,7 @@ fn convergence(hosts: usize) -> Result<Duration, String> {
             ));
         }
     }
-    Ok(t0.elapsed())
+    Ok(())
 }
 
 /// Every Node's IPv4 pod CIDR is assigned (kube-controller-manager's node IPAM).
@@ -546,17 +552,7 @@ fn convergence_kube(hosts: usize) -> Result<(Duration, Duration), String> {
     c.spawn_daemon(last)?;
     c.wait_subnet(last)?;
     let (_pn, an) = c.pod(last)?;
-    let mut pending: Vec<&Netns> = pods.iter().map(|(p, _)| p).collect();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !pending.is_empty() {
-        pending.retain(|p| !ping(p, &an));
-        if Instant::now() > deadline {
-            return Err(format!(
-                "kube store: {} pods still cannot reach the new node after 30 s",
-                pending.len()
-            ));
-        }
-    }
+    all_reach(&pods, &an).map_err(|e| format!("kube store: {e}"))?;
     Ok((t0.elapsed(), cidr))
 }
 
