@@ -83,6 +83,8 @@ struct Cluster {
     resync: &'static str,
     /// Extra berth-overlayd flags for every host.
     extra: Vec<String>,
+    /// The pods' `mtu` in the conflist; None: the subnet file's.
+    pod_mtu: Option<u32>,
 }
 
 impl Drop for Cluster {
@@ -113,6 +115,7 @@ impl Cluster {
             etcd: None,
             resync: "1s",
             extra: Vec::new(),
+            pod_mtu: None,
         };
         if use_etcd {
             c.start_etcd();
@@ -278,10 +281,13 @@ impl Cluster {
 
     fn cni(&self, i: usize, cmd: &str, pod: &Netns, container: &str) -> (i32, Value) {
         let h = &self.hosts[i];
-        let conf = serde_json::json!({
+        let mut conf = serde_json::json!({
             "cniVersion": "1.1.0", "name": "pods", "type": "berth-overlay",
             "subnetFile": h.subnet_file, "dataDir": h.data_dir,
         });
+        if let Some(m) = self.pod_mtu {
+            conf["mtu"] = m.into();
+        }
         let mut run = Command::new(bin("berth-overlay"));
         h.ns.command(&mut run).expect("enter the host netns");
         let mut child = run
@@ -965,19 +971,17 @@ fn ping_burst(from: &Netns, to: &str, count: usize) -> bool {
     .unwrap_or(false)
 }
 
-/// Mixed topology, every agent with --direct-routing: hosts 0 and 1 on one
-/// L2 underlay (172.31.250.0/24), host 2 on another (172.31.251.0/24) behind
-/// a router namespace. 0 <-> 1 go direct and unencapsulated, 0/1 <-> 2 over
-/// VXLAN; resync repairs a deleted direct route and removes stale ones of
-/// ours only; a stopped peer's direct route goes.
-#[test]
-fn direct_routing_on_one_l2_and_vxlan_across_a_router() {
-    need_root!();
-    // Declared before the cluster so they outlive its daemons.
+/// Hosts 0 and 1 with `--direct-routing` on one L2 underlay (172.31.250.0/24),
+/// host 2 on another (172.31.251.0/24) behind a router namespace, all three
+/// agents started; pods get `pod_mtu` in their conflist. Bind all three: the
+/// cluster, bound last, drops first, so its daemons stop before the router
+/// and the second underlay they run across go.
+fn mixed_l2_and_routed(pod_mtu: Option<u32>) -> (Underlay, Netns, Cluster) {
     let ul2 = Underlay::create("bul", "br-ul2", None);
     let router = Netns::create("brt");
     let mut c = Cluster::new(2, false);
     c.extra = vec!["--direct-routing".into()];
+    c.pod_mtu = pod_mtu;
     c.ul.attach(&router, "ur", "eth0", &["172.31.250.253/24"]);
     ul2.attach(&router, "ur", "eth1", &["172.31.251.254/24"]);
     router
@@ -1008,6 +1012,18 @@ fn direct_routing_on_one_l2_and_vxlan_across_a_router() {
     for i in 0..3 {
         c.start(i);
     }
+    (ul2, router, c)
+}
+
+/// Mixed topology, every agent with --direct-routing: hosts 0 and 1 on one
+/// L2 underlay (172.31.250.0/24), host 2 on another (172.31.251.0/24) behind
+/// a router namespace. 0 <-> 1 go direct and unencapsulated, 0/1 <-> 2 over
+/// VXLAN; resync repairs a deleted direct route and removes stale ones of
+/// ours only; a stopped peer's direct route goes.
+#[test]
+fn direct_routing_on_one_l2_and_vxlan_across_a_router() {
+    need_root!();
+    let (_ul2, _router, mut c) = mixed_l2_and_routed(None);
     let pods: Vec<(Netns, String)> = (0..3).map(|i| c.pod(i)).collect();
     for (i, (from, _)) in pods.iter().enumerate() {
         for (j, (_, to)) in pods.iter().enumerate() {
@@ -1123,6 +1139,138 @@ fn direct_routing_on_one_l2_and_vxlan_across_a_router() {
         route_to(&c.hosts[0], &s1)
     );
     assert!(pings(&pods[0].0, &pods[2].1));
+}
+
+fn link_mtu(ns: &Netns, dev: &str) -> u64 {
+    let out = ns.exec(&["ip", "-j", "link", "show", "dev", dev]);
+    let v: Value = serde_json::from_str(&out).expect("ip -j link");
+    v[0]["mtu"].as_u64().expect("mtu")
+}
+
+/// One ping of `size` payload bytes with DF set (no fragmentation anywhere);
+/// returns ping's success and its output.
+fn df_ping(from: &Netns, to: &str, size: usize) -> (bool, String) {
+    let out = from
+        .output(&[
+            "ping",
+            "-c",
+            "1",
+            "-W",
+            "2",
+            "-M",
+            "do",
+            "-s",
+            &size.to_string(),
+            "-n",
+            to,
+        ])
+        .expect("ping");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+/// Sends `bytes` over one TCP connection from `client` to `server_ip` and
+/// returns how many the server read before the sender's FIN (30 s at most
+/// for each read or write: a path MTU black hole stalls, it does not hang).
+/// The sockets are made inside the pods' namespaces and used from here.
+fn tcp_bulk(server: &Netns, client: &Netns, server_ip: &str, bytes: u64) -> u64 {
+    use std::io::{Read, Write};
+    use std::net::{SocketAddr, TcpListener, TcpStream};
+    let stall = Some(Duration::from_secs(30));
+    let listener = server
+        .run(|| TcpListener::bind("0.0.0.0:0"))
+        .expect("enter the server pod")
+        .expect("listen");
+    let port = listener.local_addr().expect("port").port();
+    let reader = std::thread::spawn(move || -> std::io::Result<u64> {
+        let (mut s, _) = listener.accept()?;
+        s.set_read_timeout(stall)?;
+        let mut buf = vec![0u8; 1 << 16];
+        let mut n = 0u64;
+        loop {
+            match s.read(&mut buf)? {
+                0 => return Ok(n),
+                k => n += k as u64,
+            }
+        }
+    });
+    let addr: SocketAddr = format!("{server_ip}:{port}").parse().expect("address");
+    let mut s = client
+        .run(move || TcpStream::connect_timeout(&addr, Duration::from_secs(5)))
+        .expect("enter the client pod")
+        .unwrap_or_else(|e| panic!("connect to {addr}: {e}"));
+    s.set_write_timeout(stall).expect("write timeout");
+    let chunk = vec![0x5a_u8; 1 << 16];
+    let mut sent = 0u64;
+    while sent < bytes {
+        s.write_all(&chunk)
+            .unwrap_or_else(|e| panic!("sending to {addr} after {sent} bytes: {e}"));
+        sent += chunk.len() as u64;
+    }
+    s.shutdown(std::net::Shutdown::Write).expect("shutdown");
+    reader
+        .join()
+        .expect("reader thread")
+        .unwrap_or_else(|e| panic!("receiving from the client: {e}"))
+}
+
+/// DirectRouting with the pods at the underlay's MTU (the conflist's `mtu`):
+/// full-size frames cross the direct path unfragmented, and the peer behind
+/// the router, still on VXLAN (MTU 1450), is reached by path MTU discovery:
+/// the node answers a too-big packet with ICMP "fragmentation needed" naming
+/// 1450, and bulk TCP gets through both ways on both paths.
+#[test]
+fn direct_routing_pods_at_the_underlay_mtu_reach_vxlan_peers_by_path_mtu_discovery() {
+    need_root!();
+    let (_ul2, _router, c) = mixed_l2_and_routed(Some(1500));
+    let pods: Vec<(Netns, String)> = (0..3).map(|i| c.pod(i)).collect();
+    for (i, (from, _)) in pods.iter().enumerate() {
+        for (j, (_, to)) in pods.iter().enumerate() {
+            if i != j {
+                assert!(
+                    eventually(Duration::from_secs(5), || pings(from, to)),
+                    "pod on host {i} cannot reach pod {to} on host {j}:\n{}",
+                    c.logs()
+                );
+            }
+        }
+    }
+    assert_eq!(link_mtu(&pods[0].0, "eth0"), 1500);
+    // The bridge too: forwarded traffic to the pods leaves through it.
+    assert_eq!(link_mtu(&c.hosts[0].ns, "berth0"), 1500);
+    assert_eq!(link_mtu(&c.hosts[0].ns, "berth.1"), 1450);
+    // 1472 + 28 bytes of headers = 1500, DF set: the direct path carries it.
+    let (ok, out) = df_ping(&pods[0].0, &pods[1].1, 1472);
+    assert!(
+        ok,
+        "a full-size frame did not cross the direct path:\n{out}"
+    );
+    // The VXLAN path refuses it with its MTU (an ICMP error from the node on
+    // the first try, the pod's cached path MTU after that)...
+    let (ok, out) = df_ping(&pods[0].0, &pods[2].1, 1472);
+    assert!(!ok, "1500 bytes crossed a 1450 path unfragmented?\n{out}");
+    assert!(
+        out.contains("mtu = 1450") || out.contains("mtu=1450"),
+        "no path MTU of 1450 reported:\n{out}"
+    );
+    // ... and carries what fits.
+    let (ok, out) = df_ping(&pods[0].0, &pods[2].1, 1422);
+    assert!(ok, "1450 bytes did not cross the VXLAN path:\n{out}");
+    // Bulk TCP, each pair's first connection from the side that has not
+    // learnt the path MTU yet.
+    const BYTES: u64 = 8 << 20;
+    for (from, to) in [(2, 0), (0, 2), (1, 0), (0, 1), (2, 1)] {
+        let got = tcp_bulk(&pods[to].0, &pods[from].0, &pods[to].1, BYTES);
+        assert!(
+            got == BYTES,
+            "pod {from} -> pod {to}: {got} of {BYTES} bytes:\n{}",
+            c.logs()
+        );
+    }
 }
 
 /// A peer switches between direct and VXLAN when this host's underlay

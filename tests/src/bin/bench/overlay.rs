@@ -10,7 +10,10 @@
 //! The throughput run measures, side by side in alternating rounds: the underlay, Berth's VXLAN,
 //! Berth with `--direct-routing`, and a flannel-style VXLAN reference built by hand here (no
 //! flannel binary: what flannel's vxlan backend and the bridge plugin program, see
-//! [`FlannelRef`]), once without and once with flannel's MASQUERADE rule.
+//! [`FlannelRef`]), once without and once with flannel's MASQUERADE rule; Berth VXLAN and
+//! DirectRouting with the pods' `ipMasq` false; and two routed references without NAT
+//! ([`RoutedRef`]): flannel host-gw style (DirectRouting's path with a bridge) and routed veths
+//! without a bridge.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -35,6 +38,9 @@ options:
 
 const NETWORK: &str = "10.244.0.0/16";
 
+/// The underlay veths' MTU (the kernel's default for veth).
+const UNDERLAY_MTU: u32 = 1500;
+
 use berth_tests::netns::ChildGuard as Proc;
 
 struct Node {
@@ -53,6 +59,8 @@ struct Cluster {
     ip_masq: bool,
     /// The agents' store arguments; None for the embedded store in `dir`.
     store: Option<Vec<String>>,
+    /// The pods' conflist `mtu`; None: the subnet file's (the VXLAN MTU).
+    mtu: Option<u32>,
 }
 
 impl Cluster {
@@ -65,6 +73,7 @@ impl Cluster {
             dir,
             ip_masq: true,
             store: None,
+            mtu: None,
         })
     }
 
@@ -134,8 +143,11 @@ impl Cluster {
     fn pod(&self, i: usize) -> Result<(Netns, String), String> {
         let n = &self.nodes[i];
         let pod = Netns::try_create("bbp")?;
-        let conf = json!({"cniVersion":"1.1.0","name":"pods","type":"berth-overlay",
+        let mut conf = json!({"cniVersion":"1.1.0","name":"pods","type":"berth-overlay",
             "subnetFile": n.subnet_file, "dataDir": n.data_dir, "ipMasq": self.ip_masq});
+        if let Some(m) = self.mtu {
+            conf["mtu"] = m.into();
+        }
         let out = CniRun::new(bin_dir().join("berth-overlay"))
             .in_netns(n.ns.path())
             .command("ADD")
@@ -207,8 +219,18 @@ type Pod = (Netns, String);
 /// the pods with `ipMasq`; returns the cluster and the pods once they reach
 /// each other.
 fn berth_pair(extra: &[&str], ip_masq: bool) -> Result<(Cluster, Pod, Pod), String> {
+    berth_pair_mtu(extra, ip_masq, None)
+}
+
+/// [`berth_pair`] with the pods' conflist `mtu`.
+fn berth_pair_mtu(
+    extra: &[&str],
+    ip_masq: bool,
+    mtu: Option<u32>,
+) -> Result<(Cluster, Pod, Pod), String> {
     let mut c = Cluster::new()?;
     c.ip_masq = ip_masq;
+    c.mtu = mtu;
     for _ in 0..2 {
         let i = c.add_node()?;
         c.spawn_daemon_with(i, extra)?;
@@ -395,12 +417,164 @@ impl FlannelRef {
     }
 }
 
+/// How a [`RoutedRef`] attaches its pods.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Attach {
+    /// flannel's host-gw backend with the bridge plugin: the pod's veth on a
+    /// bridge `cni0` that holds the /24's gateway address.
+    Bridge,
+    /// No bridge (as Calico attaches pods): the pod has a /32 and a default
+    /// route via a link-local gateway that the host's veth answers by proxy ARP;
+    /// the host routes the /32 to the veth.
+    Veth,
+}
+
+/// A routed reference built by hand, both hosts on one L2: no encapsulation,
+/// per peer a route `peer-subnet via peer-underlay-ip` (what flannel's host-gw
+/// backend and Berth's DirectRouting program), MTU 1500, no NAT. With
+/// [`Attach::Bridge`] its path is the one Berth's DirectRouting takes, hop for
+/// hop; with [`Attach::Veth`] it is one bridge shorter on each host, which
+/// tells how much of the gap to the underlay the bridge is.
+struct RoutedRef {
+    // Field order is drop order: pods, then hosts, then the underlay.
+    pods: Vec<(Netns, String)>,
+    _hosts: Vec<Netns>,
+    _ul: Underlay,
+}
+
+impl RoutedRef {
+    fn new(attach: Attach) -> Result<RoutedRef, String> {
+        let ul = Underlay::try_create("bbru", "br-ul", None)?;
+        let mut hosts = Vec::new();
+        let mut pods = Vec::new();
+        for i in 1..=2u8 {
+            let h = Netns::try_create("bbrh")?;
+            let ip = format!("172.31.0.{i}");
+            ul.try_attach(&h, &format!("u{i}"), "eth0", &[&format!("{ip}/16")])?;
+            let x = |argv: &[&str]| h.try_exec(argv).map(drop);
+            h.set_sysctl("net/ipv4/ip_forward", "1")
+                .map_err(|e| format!("ip_forward: {e}"))?;
+            let pod = Netns::try_create("bbrp")?;
+            h.try_add_veth("veth0", &pod, "eth0")?;
+            let pod_ip = format!("10.244.{i}.2");
+            pod.try_exec(&["ip", "link", "set", "lo", "up"])?;
+            match attach {
+                Attach::Bridge => {
+                    x(&["ip", "link", "add", "cni0", "type", "bridge"])?;
+                    x(&[
+                        "ip",
+                        "addr",
+                        "add",
+                        &format!("10.244.{i}.1/24"),
+                        "dev",
+                        "cni0",
+                    ])?;
+                    x(&["ip", "link", "set", "cni0", "up"])?;
+                    x(&["ip", "link", "set", "veth0", "master", "cni0", "up"])?;
+                    pod.try_configure("eth0", &[&format!("{pod_ip}/24")])?;
+                    pod.try_exec(&[
+                        "ip",
+                        "route",
+                        "add",
+                        "default",
+                        "via",
+                        &format!("10.244.{i}.1"),
+                    ])?;
+                }
+                Attach::Veth => {
+                    x(&["ip", "link", "set", "veth0", "up"])?;
+                    x(&[
+                        "ip",
+                        "route",
+                        "add",
+                        &format!("{pod_ip}/32"),
+                        "dev",
+                        "veth0",
+                    ])?;
+                    pod.try_configure("eth0", &[&format!("{pod_ip}/32")])?;
+                    pod.try_exec(&[
+                        "ip",
+                        "route",
+                        "add",
+                        "169.254.1.1",
+                        "dev",
+                        "eth0",
+                        "scope",
+                        "link",
+                    ])?;
+                    pod.try_exec(&["ip", "route", "add", "default", "via", "169.254.1.1"])?;
+                    // The gateway is the host's veth itself: a permanent
+                    // neighbour here stands for Calico's proxy ARP, which needs
+                    // a host route to 169.254.1.1 these hosts do not have.
+                    let out = h.try_exec(&["ip", "-j", "link", "show", "veth0"])?;
+                    let v: Value = serde_json::from_str(&out).map_err(|e| e.to_string())?;
+                    let mac = v[0]["address"].as_str().ok_or("veth0 has no MAC")?;
+                    pod.try_exec(&[
+                        "ip",
+                        "neigh",
+                        "replace",
+                        "169.254.1.1",
+                        "lladdr",
+                        mac,
+                        "dev",
+                        "eth0",
+                        "nud",
+                        "permanent",
+                    ])?;
+                }
+            }
+            hosts.push(h);
+            pods.push((pod, pod_ip));
+        }
+        for (i, h) in hosts.iter().enumerate() {
+            let j = 1 - i;
+            h.try_exec(&[
+                "ip",
+                "route",
+                "add",
+                &format!("10.244.{}.0/24", j + 1),
+                "via",
+                &format!("172.31.0.{}", j + 1),
+            ])?;
+        }
+        let r = RoutedRef {
+            pods,
+            _hosts: hosts,
+            _ul: ul,
+        };
+        if !berth_tests::netns::wait_until(Duration::from_secs(10), || {
+            ping(&r.pods[0].0, &r.pods[1].1)
+        }) {
+            return Err(format!(
+                "routed reference ({}): pods cannot reach each other",
+                match attach {
+                    Attach::Bridge => "bridge",
+                    Attach::Veth => "veth",
+                }
+            ));
+        }
+        Ok(r)
+    }
+
+    fn iperf(&self, seconds: u32) -> Result<f64, String> {
+        iperf(&self.pods[1].0, &self.pods[0].0, &self.pods[1].1, seconds)
+    }
+}
+
 /// Medians of the throughput rounds, Gbit/s.
 struct Throughput {
     vxlan: f64,
     /// Berth VXLAN with the pods' `ipMasq` false: no nat table, no conntrack.
     vxlan_nomasq: f64,
     direct: f64,
+    /// Berth DirectRouting with the pods' `ipMasq` false.
+    direct_nomasq: f64,
+    /// Berth DirectRouting with the pods at the underlay's MTU.
+    direct_mtu: f64,
+    /// flannel host-gw style: bridge, veth, a route via the peer.
+    host_gw: f64,
+    /// Routed veths without a bridge.
+    routed_veth: f64,
     flannel: f64,
     flannel_nat: f64,
     underlay: f64,
@@ -410,11 +584,16 @@ fn throughput(seconds: u32, rounds: usize) -> Result<Throughput, String> {
     let (c, (p0, _), (p1, a1)) = berth_pair(&[], true)?;
     let (_dc, (d0, _), (d1, da1)) = berth_pair(&["--direct-routing"], true)?;
     let (_nc, (n0, _), (n1, na1)) = berth_pair(&[], false)?;
+    let (_dnc, (dn0, _), (dn1, dna1)) = berth_pair(&["--direct-routing"], false)?;
+    let (_dmc, (dm0, _), (dm1, dma1)) =
+        berth_pair_mtu(&["--direct-routing"], true, Some(UNDERLAY_MTU))?;
     let flannel = FlannelRef::new(false)?;
     let flannel_nat = FlannelRef::new(true)?;
+    let host_gw = RoutedRef::new(Attach::Bridge)?;
+    let routed_veth = RoutedRef::new(Attach::Veth)?;
     // Rounds (3 by default), alternating, medians: one iperf3 run on a
     // shared 2-core machine swings by tens of percent.
-    let mut v: [Vec<f64>; 6] = Default::default();
+    let mut v: [Vec<f64>; 10] = Default::default();
     for _ in 0..rounds {
         v[0].push(iperf(&p1, &p0, &a1, seconds)?);
         v[1].push(iperf(&d1, &d0, &da1, seconds)?);
@@ -427,6 +606,10 @@ fn throughput(seconds: u32, rounds: usize) -> Result<Throughput, String> {
             seconds,
         )?);
         v[5].push(iperf(&n1, &n0, &na1, seconds)?);
+        v[6].push(iperf(&dn1, &dn0, &dna1, seconds)?);
+        v[7].push(host_gw.iperf(seconds)?);
+        v[8].push(routed_veth.iperf(seconds)?);
+        v[9].push(iperf(&dm1, &dm0, &dma1, seconds)?);
     }
     let mut median = |i: usize| {
         let v = &mut v[i];
@@ -440,6 +623,10 @@ fn throughput(seconds: u32, rounds: usize) -> Result<Throughput, String> {
         flannel_nat: median(3),
         underlay: median(4),
         vxlan_nomasq: median(5),
+        direct_nomasq: median(6),
+        host_gw: median(7),
+        routed_veth: median(8),
+        direct_mtu: median(9),
     })
 }
 
@@ -507,6 +694,7 @@ fn convergence_kube(hosts: usize) -> Result<(Duration, Duration), String> {
             "--store=kube".to_string(),
             format!("--kubeconfig={}", cp.admin.display()),
         ]),
+        mtu: None,
     };
     for _ in 0..hosts {
         let i = c.add_node()?;
@@ -703,6 +891,26 @@ pub fn run(args: &[String]) -> Result<(), String> {
             met(overlay / underlay >= 0.85),
         ],
         vs_underlay("Berth DirectRouting", t.direct, 0.95),
+        vs_underlay(
+            "Berth DirectRouting, pods at the underlay's MTU (conflist `mtu: 1500`)",
+            t.direct_mtu,
+            0.95,
+        ),
+        vs_underlay(
+            "Berth DirectRouting with ipMasq false",
+            t.direct_nomasq,
+            0.0,
+        ),
+        vs_underlay(
+            "host-gw-style (bridge + veth, route via the peer, no NAT)",
+            t.host_gw,
+            0.0,
+        ),
+        vs_underlay(
+            "routed veth without a bridge (route via the peer, no NAT)",
+            t.routed_veth,
+            0.0,
+        ),
         vs_underlay("flannel-style VXLAN, no NAT", t.flannel, 0.0),
         vs_underlay("flannel-style VXLAN + MASQUERADE", t.flannel_nat, 0.0),
         vs_underlay(
@@ -726,6 +934,12 @@ pub fn run(args: &[String]) -> Result<(), String> {
             "Berth VXLAN with ipMasq false / flannel-style without NAT",
             t.vxlan_nomasq,
             t.flannel,
+            false,
+        ),
+        vs_flannel(
+            "Berth DirectRouting with ipMasq false / host-gw-style",
+            t.direct_nomasq,
+            t.host_gw,
             false,
         ),
         vec![
@@ -781,7 +995,7 @@ pub fn run(args: &[String]) -> Result<(), String> {
             String::from("## Overlay: VXLAN vs underlay, convergence, peer programming\n\n");
         md.push_str(&bench::machine_markdown());
         md.push_str(&format!(
-            "- hosts are network namespaces on a bridge in another namespace; embedded (dir) store, and for the kube-store convergence row a real kube-apiserver + kube-controller-manager (the tests' control plane) in the underlay namespace with `--store=kube`; iperf3 {seconds} s, one TCP stream, median of {rounds} rounds alternating Berth VXLAN, Berth DirectRouting (`--direct-routing`), the flannel-style reference without and with MASQUERADE, the underlay, and Berth VXLAN with the pods' `ipMasq: false` (berth-overlay masquerades by default, which puts conntrack on the path as flannel's rule does)\n- flannel-style reference, built by the benchmark (no flannel binary): per host `flannel.1` (VXLAN VNI 1, dstport 8472, nolearning, MTU 1450), bridge `cni0` with the pod's veth (MTU 1450), per peer a permanent neighbour + FDB entry + `via VTEP dev flannel.1 onlink` route; \"+ MASQUERADE\" adds `iptables -t nat -A POSTROUTING -s 10.244.0.0/16 ! -d 10.244.0.0/16 -j MASQUERADE` in each host\n\n"
+            "- hosts are network namespaces on a bridge in another namespace; embedded (dir) store, and for the kube-store convergence row a real kube-apiserver + kube-controller-manager (the tests' control plane) in the underlay namespace with `--store=kube`; iperf3 {seconds} s, one TCP stream, median of {rounds} rounds alternating Berth VXLAN, Berth DirectRouting (`--direct-routing`), the flannel-style reference without and with MASQUERADE, the underlay, Berth DirectRouting with the pods at the underlay's MTU 1500 (the conflist's `mtu`; peers still on VXLAN are then reached by path MTU discovery), Berth VXLAN and DirectRouting with the pods' `ipMasq: false` (berth-overlay masquerades by default, which puts conntrack on the path as flannel's rule does), and two routed references without NAT\n- routed references, built by the benchmark: both hosts on the one L2, per peer `peer-subnet via peer-underlay-ip`, MTU 1500; \"host-gw-style\" attaches the pod's veth to a bridge `cni0` (flannel's host-gw backend with the bridge plugin: DirectRouting's path hop for hop), \"routed veth\" has no bridge (a /32 in the pod, default route via 169.254.1.1, the host veth's MAC, as Calico attaches pods)\n- flannel-style reference, built by the benchmark (no flannel binary): per host `flannel.1` (VXLAN VNI 1, dstport 8472, nolearning, MTU 1450), bridge `cni0` with the pod's veth (MTU 1450), per peer a permanent neighbour + FDB entry + `via VTEP dev flannel.1 onlink` route; \"+ MASQUERADE\" adds `iptables -t nat -A POSTROUTING -s 10.244.0.0/16 ! -d 10.244.0.0/16 -j MASQUERADE` in each host\n\n"
         ));
         md.push_str(&markdown_table(&header, &rows));
         md.push('\n');
