@@ -118,7 +118,11 @@ pub fn cmd_add(req: &Request) -> Result<CniResult, BridgeError> {
         created_at: now(),
         ..Default::default()
     };
-    put_record(&conf, &record)?;
+    let recs = Records::open(&conf.records_dir(), true)?.ok_or_else(|| BridgeError::Records {
+        path: conf.records_dir().display().to_string(),
+        msg: "cannot create".into(),
+    })?;
+    recs.put(&record)?;
 
     let mut undo = Undo {
         record: true,
@@ -130,24 +134,17 @@ pub fn cmd_add(req: &Request) -> Result<CniResult, BridgeError> {
         &conf,
         &pod_ns,
         &mut nl,
+        &recs,
         &mut record,
         &mut undo,
         &comment,
     ) {
         Ok(res) => Ok(res),
         Err(e) => {
-            rollback(req, &conf, &mut nl, &undo, &comment);
+            rollback(req, &conf, &mut nl, &recs, &undo, &comment);
             Err(e)
         }
     }
-}
-
-fn put_record(conf: &BridgeConf, r: &Record) -> Result<(), BridgeError> {
-    let recs = Records::open(&conf.records_dir(), true)?.ok_or_else(|| BridgeError::Records {
-        path: conf.records_dir().display().to_string(),
-        msg: "cannot create".into(),
-    })?;
-    recs.put(r)
 }
 
 fn add_steps(
@@ -155,6 +152,7 @@ fn add_steps(
     conf: &BridgeConf,
     pod_ns: &NetNs,
     nl: &mut Netlink,
+    recs: &Records,
     record: &mut Record,
     undo: &mut Undo,
     comment: &str,
@@ -165,7 +163,7 @@ fn add_steps(
     undo.host_veth = Some(host.name.clone());
     if host.name != record.host_veth {
         record.host_veth = host.name.clone();
-        put_record(conf, record)?;
+        recs.put(record)?;
     }
     link::configure_port(nl, &host, &br, conf)?;
 
@@ -264,7 +262,7 @@ fn add_steps(
     if !conf.disable_container_interface {
         link::wait_forwarding(nl, host.index, FORWARD_BOUND)?;
     }
-    put_record(conf, record)?;
+    recs.put(record)?;
 
     // Read MACs last: the bridge's changes as ports are added.
     let br_now = nl.link_by_index(br.index)?.unwrap_or(br);
@@ -297,7 +295,14 @@ fn add_steps(
     Ok(res)
 }
 
-fn rollback(req: &Request, conf: &BridgeConf, nl: &mut Netlink, undo: &Undo, comment: &str) {
+fn rollback(
+    req: &Request,
+    conf: &BridgeConf,
+    nl: &mut Netlink,
+    recs: &Records,
+    undo: &Undo,
+    comment: &str,
+) {
     let ifname = &req.env.ifname;
     let mut batch = Batch::new();
     if let Some((port, mac)) = &undo.spoof {
@@ -338,8 +343,6 @@ fn rollback(req: &Request, conf: &BridgeConf, nl: &mut Netlink, undo: &Undo, com
         }
     }
     if undo.record {
-        if let Ok(Some(r)) = Records::open(&conf.records_dir(), false) {
-            let _ = r.delete(&req.env.container_id, ifname);
-        }
+        let _ = recs.delete(&req.env.container_id, ifname);
     }
 }

@@ -22,7 +22,8 @@ pub fn cmd_del(req: &Request) -> Result<(), BridgeError> {
     let conf = BridgeConf::parse(&req.config, &req.env.args)?;
     let container = &req.env.container_id;
     let ifname = &req.env.ifname;
-    let record = match Records::open(&conf.records_dir(), false)? {
+    let recs = Records::open(&conf.records_dir(), false)?;
+    let record = match &recs {
         Some(r) => r.get(container, ifname)?,
         None => None,
     };
@@ -112,7 +113,7 @@ pub fn cmd_del(req: &Request) -> Result<(), BridgeError> {
         }
         .del()?;
     }
-    if let Some(r) = Records::open(&conf.records_dir(), false)? {
+    if let Some(r) = &recs {
         r.delete(container, ifname)?;
     }
     Ok(())

@@ -27,7 +27,6 @@ pub fn cmd_gc(req: &Request) -> Result<(), BridgeError> {
             .into_iter()
             .filter(|r| !valid.contains(&(r.container_id.clone(), r.ifname.clone())))
             .collect();
-        drop(recs);
         for r in stale {
             let addrs: Vec<IpNetwork> = r.ips.iter().filter_map(|s| s.parse().ok()).collect();
             teardown_host(
@@ -39,9 +38,7 @@ pub fn cmd_gc(req: &Request) -> Result<(), BridgeError> {
                 &addrs,
                 &r.pod_mac,
             )?;
-            if let Some(recs) = Records::open(&conf.records_dir(), false)? {
-                recs.delete(&r.container_id, &r.ifname)?;
-            }
+            recs.delete(&r.container_id, &r.ifname)?;
             eprintln!(
                 "berth-bridge: GC removed {}/{} ({})",
                 r.container_id, r.ifname, r.host_veth

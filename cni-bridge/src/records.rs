@@ -2,7 +2,8 @@
 //! when the pod's network namespace is gone and no prevResult is passed.
 //! Written before the first side effect, completed after the last one,
 //! removed after teardown. SQLite, one file per network; writers serialize
-//! on a `flock` and keep it only for one short transaction.
+//! on a `flock` and keep it only for one short transaction. A plugin run
+//! opens the records once and writes them up to three times.
 
 use std::path::Path;
 
@@ -14,11 +15,13 @@ use crate::error::BridgeError;
 pub const DB_FILE: &str = "attachments.db";
 const LOCK_FILE: &str = "attachments.lock";
 
-/// The records as [`sqlite_store`] opens them: like the IPAM store, the lock
-/// is held for the whole plugin run.
+/// The records as [`sqlite_store`] opens them: unlike the IPAM store's, the
+/// lock is held only around each write, since ADD writes before and after
+/// the IPAM call and the kernel work and must not hold other pods up
+/// meanwhile.
 const SPEC: Spec = Spec {
     db_file: DB_FILE,
-    lock: Lock::WhileOpen(LOCK_FILE),
+    lock: Lock::PerWrite(LOCK_FILE),
     durability: Durability::Normal,
     migrations: &[SCHEMA_V1],
 };
@@ -80,6 +83,7 @@ impl Records {
     }
 
     pub fn put(&self, r: &Record) -> Result<(), BridgeError> {
+        let _lock = self.db.write_lock().map_err(store_err)?;
         self.db.conn
             .execute(
                 "INSERT OR REPLACE INTO attachments
@@ -115,6 +119,7 @@ impl Records {
     }
 
     pub fn delete(&self, container: &str, ifname: &str) -> Result<(), BridgeError> {
+        let _lock = self.db.write_lock().map_err(store_err)?;
         self.db
             .conn
             .execute(

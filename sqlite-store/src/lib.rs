@@ -8,9 +8,11 @@
 //!   `flock` of a file beside the database: the kernel hands it to the next
 //!   waiter the moment the holder exits, even on SIGKILL, so no stale lock
 //!   survives a crash. A store either holds it for as long as it is open
-//!   ([`Lock::WhileOpen`], writers of one short transaction) or only while
-//!   the journal and schema are set up ([`Lock::WhileSettingUp`], long-lived
-//!   daemons that then rely on SQLite's own locking).
+//!   ([`Lock::WhileOpen`], writers of one short transaction), around each
+//!   of its writes ([`Lock::PerWrite`], a plugin that writes a few times
+//!   during one run and should not hold other plugins up in between), or
+//!   only while the journal and schema are set up ([`Lock::WhileSettingUp`],
+//!   long-lived daemons that then rely on SQLite's own locking).
 //! - **WAL journal**, set once per file before the first transaction:
 //!   readers never block the writer, and a crash never loses a commit.
 //! - **Busy timeout** [`BUSY_TIMEOUT`].
@@ -50,6 +52,11 @@ pub const WAL_CHECKPOINT_BYTES: u64 = 256 * 1024;
 pub enum Lock {
     /// From open until the handle is dropped: one writer at a time.
     WhileOpen(&'static str),
+    /// While the journal mode and the schema are set up, then again around
+    /// each write the caller brackets with [`Db::write_lock`]. One
+    /// connection serves the whole run: its later opens would each pay
+    /// SQLite's start-up and WAL index rebuild again.
+    PerWrite(&'static str),
     /// Only while the journal mode and the schema are set up.
     WhileSettingUp(&'static str),
     /// Never: one process owns the database.
@@ -141,6 +148,8 @@ pub struct Db {
     path: PathBuf,
     // Held for its flock; released when the handle drops, after the checkpoint.
     lock: Option<File>,
+    // Lock::PerWrite: the lock file, flocked again by each write_lock().
+    per_write: Option<PathBuf>,
     // Inspecting handles leave the WAL to the writers.
     checkpoint_on_close: bool,
 }
@@ -162,7 +171,7 @@ impl Db {
         }
         let lock = match (spec.lock, how) {
             (_, Open::Inspect) | (Lock::None, _) => None,
-            (Lock::WhileOpen(name) | Lock::WhileSettingUp(name), _) => {
+            (Lock::WhileOpen(name) | Lock::PerWrite(name) | Lock::WhileSettingUp(name), _) => {
                 let lock_path = dir.join(name);
                 let f = OpenOptions::new()
                     .create(true)
@@ -182,14 +191,19 @@ impl Db {
             path: path.clone(),
             source,
         })?;
+        let per_write = match (spec.lock, how) {
+            (Lock::PerWrite(name), Open::Create | Open::Existing) => Some(dir.join(name)),
+            _ => None,
+        };
         let mut db = Db {
             conn,
             path,
             lock,
+            per_write,
             checkpoint_on_close: how != Open::Inspect,
         };
         db.prepare(spec, how)?;
-        if matches!(spec.lock, Lock::WhileSettingUp(_)) {
+        if matches!(spec.lock, Lock::WhileSettingUp(_) | Lock::PerWrite(_)) {
             db.lock = None;
         }
         Ok(Some(db))
@@ -264,6 +278,28 @@ impl Db {
         }
     }
 
+    /// For [`Lock::PerWrite`] stores: the lock file's flock, held until the
+    /// guard drops; bracket each write transaction with it. None for other
+    /// stores (they hold the lock already, or rely on SQLite's locking) and
+    /// for inspecting handles.
+    pub fn write_lock(&self) -> Result<Option<WriteLock>, StoreError> {
+        let Some(path) = &self.per_write else {
+            return Ok(None);
+        };
+        let io = |source| StoreError::Io {
+            path: path.clone(),
+            source,
+        };
+        let f = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(path)
+            .map_err(io)?;
+        f.lock().map_err(io)?;
+        Ok(Some(WriteLock { _file: f }))
+    }
+
     /// Checkpoints and truncates the WAL if it grew past [`WAL_CHECKPOINT_BYTES`].
     /// Best effort: a busy database is simply checkpointed by a later process.
     pub fn checkpoint_if_large(&self) {
@@ -280,9 +316,16 @@ impl Db {
     }
 }
 
+/// The flock of a [`Lock::PerWrite`] store, released on drop.
+pub struct WriteLock {
+    _file: File,
+}
+
 impl Drop for Db {
     fn drop(&mut self) {
         if self.checkpoint_on_close {
+            // A checkpoint is a write: as the others, under the lock.
+            let _guard = self.write_lock();
             self.checkpoint_if_large();
         }
     }
@@ -400,6 +443,43 @@ mod tests {
         let _a = Db::open(dir.path(), &s, Open::Create).unwrap().unwrap();
         // Would block forever if the first handle still held the lock.
         let _b = Db::open(dir.path(), &s, Open::Create).unwrap().unwrap();
+    }
+
+    #[test]
+    fn lock_per_write_is_held_only_around_writes() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Spec {
+            lock: Lock::PerWrite("x.lock"),
+            ..spec(&[V1])
+        };
+        let a = Db::open(dir.path(), &s, Open::Create).unwrap().unwrap();
+        // Open, a second handle sets up without waiting for the first.
+        let b = Db::open(dir.path(), &s, Open::Existing).unwrap().unwrap();
+        let guard = a.write_lock().unwrap().expect("a write lock");
+        a.conn.execute("INSERT INTO t (a) VALUES (1)", []).unwrap();
+        let path = dir.path().to_path_buf();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let t = std::thread::spawn(move || {
+            let c = Db::open(&path, &s, Open::Existing).unwrap().unwrap();
+            let _g = c.write_lock().unwrap().expect("a write lock");
+            tx.send(()).unwrap();
+        });
+        // Setup takes the lock too: c waits while a writes.
+        assert!(
+            rx.recv_timeout(Duration::from_millis(200)).is_err(),
+            "a second writer got the lock during a write"
+        );
+        drop(guard);
+        rx.recv_timeout(Duration::from_secs(10)).unwrap();
+        t.join().unwrap();
+        // The row is there for every handle; inspecting handles get no lock.
+        let n: i64 = b
+            .conn
+            .query_row("SELECT count(*) FROM t", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(n, 1);
+        let i = Db::open(dir.path(), &s, Open::Inspect).unwrap().unwrap();
+        assert!(i.write_lock().unwrap().is_none());
     }
 
     #[test]
