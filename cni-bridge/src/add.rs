@@ -129,16 +129,14 @@ pub fn cmd_add(req: &Request) -> Result<CniResult, BridgeError> {
         ..Default::default()
     };
     let mut nl = Netlink::new()?;
-    match add_steps(
+    let cx = Attach {
         req,
-        &conf,
-        &pod_ns,
-        &mut nl,
-        &recs,
-        &mut record,
-        &mut undo,
-        &comment,
-    ) {
+        conf: &conf,
+        pod_ns: &pod_ns,
+        recs: &recs,
+        comment: &comment,
+    };
+    match add_steps(cx, &mut nl, &mut record, &mut undo) {
         Ok(res) => Ok(res),
         Err(e) => {
             rollback(req, &conf, &mut nl, &recs, &undo, &comment);
@@ -147,16 +145,29 @@ pub fn cmd_add(req: &Request) -> Result<CniResult, BridgeError> {
     }
 }
 
+/// What ADD's steps read: the request and what was set up for it.
+#[derive(Clone, Copy)]
+struct Attach<'a> {
+    req: &'a Request,
+    conf: &'a BridgeConf,
+    pod_ns: &'a NetNs,
+    recs: &'a Records,
+    comment: &'a str,
+}
+
 fn add_steps(
-    req: &Request,
-    conf: &BridgeConf,
-    pod_ns: &NetNs,
+    cx: Attach<'_>,
     nl: &mut Netlink,
-    recs: &Records,
     record: &mut Record,
     undo: &mut Undo,
-    comment: &str,
 ) -> Result<CniResult, BridgeError> {
+    let Attach {
+        req,
+        conf,
+        pod_ns,
+        recs,
+        comment,
+    } = cx;
     let ifname = &req.env.ifname;
     let br = link::ensure_bridge(nl, conf)?;
     let host = link::create_veth(nl, pod_ns, conf, &record.host_veth, ifname)?;
