@@ -17,17 +17,21 @@ FROM ${BUILD_IMAGE} AS build
 RUN apt-get update && apt-get install -y --no-install-recommends protobuf-compiler && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY . .
-# berth-bridge is exec'd for every pod: linked statically its peak RSS is about
-# 1.3 MiB lower (no shared libraries mapped) and it starts faster.
+# The CNI plugins are copied onto the hosts and exec'd for every pod: linked
+# statically they run with any host C library, map no shared libraries (peak
+# RSS about 1.3 MiB lower) and start about 0.5 ms sooner. The daemons run here.
 RUN cargo build --release --workspace --bins \
  && host="$(rustc -vV | sed -n 's/^host: //p')" \
  && RUSTFLAGS="-C target-feature=+crt-static" \
-      cargo build --release -p cni-bridge --bin berth-bridge --target "$host" \
+      cargo build --release -p cni-bridge -p ipam -p cni-overlay \
+        --bin berth-bridge --bin berth-host-local --bin berth-overlay --target "$host" \
  && mkdir /out \
- && for b in berth-host-local berth-overlay berth-overlayd berth-csi; do \
+ && for b in berth-overlayd berth-csi; do \
       cp target/release/$b /out/; \
     done \
- && cp "target/$host/release/berth-bridge" /out/
+ && for b in berth-bridge berth-host-local berth-overlay; do \
+      cp "target/$host/release/$b" /out/; \
+    done
 
 FROM scratch AS prebuilt
 COPY prebuilt/ /out/

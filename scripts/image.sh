@@ -9,7 +9,8 @@
 #    imported into podman as localhost/berth-base:bookworm. It is cached under
 #    $BERTH_IMAGE_CACHE (default /var/cache/berth-image) and made again only
 #    when the package list changes.
-# 2. The workspace built on this host (cargo build --release), and the
+# 2. The workspace built on this host (cargo build --release; the CNI plugins
+#    linked statically, lib.sh's build_static), and the
 #    Dockerfile built with
 #      --build-arg RUNTIME_IMAGE=localhost/berth-base:bookworm
 #      --build-arg BINARIES=prebuilt --build-arg INSTALL_PACKAGES=false
@@ -95,7 +96,18 @@ build_release
 ctx="$(mktemp -d /tmp/berth-image-ctx.XXXXXX)"
 trap 'rm -rf "$ctx"' EXIT
 mkdir -p "$ctx/prebuilt"
-for b in berth-bridge berth-host-local berth-overlay berth-overlayd berth-csi; do
+# The CNI plugins statically linked, as the Dockerfile builds them (they run
+# on the hosts, with the hosts' C library, if any); the daemons run in the
+# image's userland.
+plugins_from="$STATIC_DIR"
+build_static || {
+    echo "image.sh: warning: shipping the dynamic CNI plugins" >&2
+    plugins_from="$ROOT/target/release"
+}
+for b in berth-bridge berth-host-local berth-overlay; do
+    cp "$plugins_from/$b" "$ctx/prebuilt/"
+done
+for b in berth-overlayd berth-csi; do
     cp "$ROOT/target/release/$b" "$ctx/prebuilt/"
 done
 cp "$ROOT/Dockerfile" "$ctx/Dockerfile"

@@ -496,6 +496,14 @@ fn shipped_manifests_and_image_run_berth_on_a_node() {
             "the CNI DaemonSet installed {}",
             p.display()
         );
+        // They run on the host, with its C library or none: the image ships
+        // them statically linked (scripts/image.sh says so when it cannot).
+        assert_eq!(
+            elf_interpreter(&p),
+            None,
+            "{} from the image is dynamically linked",
+            p.display()
+        );
     }
     assert!(cni_conf.join("10-berth.conflist").is_file());
 
@@ -892,4 +900,33 @@ fn shipped_manifests_run_berth_on_two_nodes() {
             n.name
         );
     }
+}
+
+/// The program interpreter (PT_INTERP) an ELF64 little-endian executable
+/// asks for, None for a static one.
+fn elf_interpreter(path: &Path) -> Option<String> {
+    let b = std::fs::read(path).expect("read the executable");
+    assert_eq!(
+        b.get(..4),
+        Some(&b"\x7fELF"[..]),
+        "{} is no ELF file",
+        path.display()
+    );
+    let u16_at = |o: usize| u16::from_le_bytes([b[o], b[o + 1]]) as usize;
+    let u64_at = |o: usize| {
+        let mut w = [0u8; 8];
+        w.copy_from_slice(&b[o..o + 8]);
+        u64::from_le_bytes(w) as usize
+    };
+    let (phoff, phentsize, phnum) = (u64_at(0x20), u16_at(0x36), u16_at(0x38));
+    (0..phnum).find_map(|i| {
+        let ph = phoff + i * phentsize;
+        let p_type = u32::from_le_bytes([b[ph], b[ph + 1], b[ph + 2], b[ph + 3]]);
+        (p_type == 3).then(|| {
+            let (off, len) = (u64_at(ph + 8), u64_at(ph + 32));
+            String::from_utf8_lossy(&b[off..off + len])
+                .trim_end_matches('\0')
+                .to_string()
+        })
+    })
 }
