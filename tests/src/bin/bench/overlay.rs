@@ -571,6 +571,8 @@ struct Throughput {
     direct_nomasq: f64,
     /// Berth DirectRouting with the pods at the underlay's MTU.
     direct_mtu: f64,
+    /// The same with the pods' `ipMasq` false: host-gw-style's settings.
+    direct_mtu_nomasq: f64,
     /// flannel host-gw style: bridge, veth, a route via the peer.
     host_gw: f64,
     /// Routed veths without a bridge.
@@ -587,13 +589,15 @@ fn throughput(seconds: u32, rounds: usize) -> Result<Throughput, String> {
     let (_dnc, (dn0, _), (dn1, dna1)) = berth_pair(&["--direct-routing"], false)?;
     let (_dmc, (dm0, _), (dm1, dma1)) =
         berth_pair_mtu(&["--direct-routing"], true, Some(UNDERLAY_MTU))?;
+    let (_dmnc, (dmn0, _), (dmn1, dmna1)) =
+        berth_pair_mtu(&["--direct-routing"], false, Some(UNDERLAY_MTU))?;
     let flannel = FlannelRef::new(false)?;
     let flannel_nat = FlannelRef::new(true)?;
     let host_gw = RoutedRef::new(Attach::Bridge)?;
     let routed_veth = RoutedRef::new(Attach::Veth)?;
     // Rounds (3 by default), alternating, medians: one iperf3 run on a
     // shared 2-core machine swings by tens of percent.
-    let mut v: [Vec<f64>; 10] = Default::default();
+    let mut v: [Vec<f64>; 11] = Default::default();
     for _ in 0..rounds {
         v[0].push(iperf(&p1, &p0, &a1, seconds)?);
         v[1].push(iperf(&d1, &d0, &da1, seconds)?);
@@ -610,6 +614,7 @@ fn throughput(seconds: u32, rounds: usize) -> Result<Throughput, String> {
         v[7].push(host_gw.iperf(seconds)?);
         v[8].push(routed_veth.iperf(seconds)?);
         v[9].push(iperf(&dm1, &dm0, &dma1, seconds)?);
+        v[10].push(iperf(&dmn1, &dmn0, &dmna1, seconds)?);
     }
     let mut median = |i: usize| {
         let v = &mut v[i];
@@ -627,6 +632,7 @@ fn throughput(seconds: u32, rounds: usize) -> Result<Throughput, String> {
         host_gw: median(7),
         routed_veth: median(8),
         direct_mtu: median(9),
+        direct_mtu_nomasq: median(10),
     })
 }
 
@@ -937,8 +943,8 @@ pub fn run(args: &[String]) -> Result<(), String> {
             false,
         ),
         vs_flannel(
-            "Berth DirectRouting with ipMasq false / host-gw-style",
-            t.direct_nomasq,
+            "Berth DirectRouting at MTU 1500 with ipMasq false / host-gw-style (same settings)",
+            t.direct_mtu_nomasq,
             t.host_gw,
             false,
         ),
@@ -995,7 +1001,7 @@ pub fn run(args: &[String]) -> Result<(), String> {
             String::from("## Overlay: VXLAN vs underlay, convergence, peer programming\n\n");
         md.push_str(&bench::machine_markdown());
         md.push_str(&format!(
-            "- hosts are network namespaces on a bridge in another namespace; embedded (dir) store, and for the kube-store convergence row a real kube-apiserver + kube-controller-manager (the tests' control plane) in the underlay namespace with `--store=kube`; iperf3 {seconds} s, one TCP stream, median of {rounds} rounds alternating Berth VXLAN, Berth DirectRouting (`--direct-routing`), the flannel-style reference without and with MASQUERADE, the underlay, Berth DirectRouting with the pods at the underlay's MTU 1500 (the conflist's `mtu`; peers still on VXLAN are then reached by path MTU discovery), Berth VXLAN and DirectRouting with the pods' `ipMasq: false` (berth-overlay masquerades by default, which puts conntrack on the path as flannel's rule does), and two routed references without NAT\n- routed references, built by the benchmark: both hosts on the one L2, per peer `peer-subnet via peer-underlay-ip`, MTU 1500; \"host-gw-style\" attaches the pod's veth to a bridge `cni0` (flannel's host-gw backend with the bridge plugin: DirectRouting's path hop for hop), \"routed veth\" has no bridge (a /32 in the pod, default route via 169.254.1.1, the host veth's MAC, as Calico attaches pods)\n- flannel-style reference, built by the benchmark (no flannel binary): per host `flannel.1` (VXLAN VNI 1, dstport 8472, nolearning, MTU 1450), bridge `cni0` with the pod's veth (MTU 1450), per peer a permanent neighbour + FDB entry + `via VTEP dev flannel.1 onlink` route; \"+ MASQUERADE\" adds `iptables -t nat -A POSTROUTING -s 10.244.0.0/16 ! -d 10.244.0.0/16 -j MASQUERADE` in each host\n\n"
+            "- hosts are network namespaces on a bridge in another namespace; embedded (dir) store, and for the kube-store convergence row a real kube-apiserver + kube-controller-manager (the tests' control plane) in the underlay namespace with `--store=kube`; iperf3 {seconds} s, one TCP stream, median of {rounds} rounds alternating Berth VXLAN, Berth DirectRouting (`--direct-routing`), the flannel-style reference without and with MASQUERADE, the underlay, Berth DirectRouting with the pods at the underlay's MTU 1500 (the conflist's `mtu`; peers still on VXLAN are then reached by path MTU discovery) with and without `ipMasq`, Berth VXLAN and DirectRouting with the pods' `ipMasq: false` (berth-overlay masquerades by default, which puts conntrack on the path as flannel's rule does), and two routed references without NAT\n- routed references, built by the benchmark: both hosts on the one L2, per peer `peer-subnet via peer-underlay-ip`, MTU 1500; \"host-gw-style\" attaches the pod's veth to a bridge `cni0` (flannel's host-gw backend with the bridge plugin: DirectRouting's path hop for hop), \"routed veth\" has no bridge (a /32 in the pod, default route via 169.254.1.1, the host veth's MAC, as Calico attaches pods)\n- flannel-style reference, built by the benchmark (no flannel binary): per host `flannel.1` (VXLAN VNI 1, dstport 8472, nolearning, MTU 1450), bridge `cni0` with the pod's veth (MTU 1450), per peer a permanent neighbour + FDB entry + `via VTEP dev flannel.1 onlink` route; \"+ MASQUERADE\" adds `iptables -t nat -A POSTROUTING -s 10.244.0.0/16 ! -d 10.244.0.0/16 -j MASQUERADE` in each host\n\n"
         ));
         md.push_str(&markdown_table(&header, &rows));
         md.push('\n');
