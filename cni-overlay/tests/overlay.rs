@@ -364,6 +364,21 @@ fn routes_via_vxlan(h: &Host) -> Vec<String> {
         .unwrap_or_default()
 }
 
+/// Every pod pings every other (5 s each); `logs()` goes into the failure.
+fn every_pod_reaches_every_pod(pods: &[(Netns, String)], logs: &dyn Fn() -> String) {
+    for (i, (from, _)) in pods.iter().enumerate() {
+        for (j, (_, to)) in pods.iter().enumerate() {
+            if i != j {
+                assert!(
+                    eventually(Duration::from_secs(5), || pings(from, to)),
+                    "pod on host {i} cannot reach pod {to} on host {j}:\n{}",
+                    logs()
+                );
+            }
+        }
+    }
+}
+
 fn full_mesh(c: &mut Cluster) {
     for i in 0..c.hosts.len() {
         c.start(i);
@@ -378,16 +393,7 @@ fn full_mesh(c: &mut Cluster) {
         subnets.len(),
         "two nodes share a subnet: {subnets:?}"
     );
-    for (i, (from, _)) in pods.iter().enumerate() {
-        for (j, (_, to)) in pods.iter().enumerate() {
-            if i != j {
-                assert!(
-                    eventually(Duration::from_secs(5), || pings(from, to)),
-                    "pod on host {i} cannot reach pod {to} on host {j}"
-                );
-            }
-        }
-    }
+    every_pod_reaches_every_pod(&pods, &String::new);
     // Pods keep their own source address across hosts (no masquerade
     // inside the cluster network): host 1's pod is pinged by the others,
     // and the status view shows every peer programmed.
@@ -1025,17 +1031,7 @@ fn direct_routing_on_one_l2_and_vxlan_across_a_router() {
     need_root!();
     let (_ul2, _router, mut c) = mixed_l2_and_routed(None);
     let pods: Vec<(Netns, String)> = (0..3).map(|i| c.pod(i)).collect();
-    for (i, (from, _)) in pods.iter().enumerate() {
-        for (j, (_, to)) in pods.iter().enumerate() {
-            if i != j {
-                assert!(
-                    eventually(Duration::from_secs(5), || pings(from, to)),
-                    "pod on host {i} cannot reach pod {to} on host {j}:\n{}",
-                    c.logs()
-                );
-            }
-        }
-    }
+    every_pod_reaches_every_pod(&pods, &|| c.logs());
     let (s1, s2) = (c.subnet(1), c.subnet(2));
     let h0 = &c.hosts[0];
     assert!(
@@ -1228,17 +1224,7 @@ fn direct_routing_pods_at_the_underlay_mtu_reach_vxlan_peers_by_path_mtu_discove
     need_root!();
     let (_ul2, _router, c) = mixed_l2_and_routed(Some(1500));
     let pods: Vec<(Netns, String)> = (0..3).map(|i| c.pod(i)).collect();
-    for (i, (from, _)) in pods.iter().enumerate() {
-        for (j, (_, to)) in pods.iter().enumerate() {
-            if i != j {
-                assert!(
-                    eventually(Duration::from_secs(5), || pings(from, to)),
-                    "pod on host {i} cannot reach pod {to} on host {j}:\n{}",
-                    c.logs()
-                );
-            }
-        }
-    }
+    every_pod_reaches_every_pod(&pods, &|| c.logs());
     assert_eq!(link_mtu(&pods[0].0, "eth0"), 1500);
     // The bridge too: forwarded traffic to the pods leaves through it.
     assert_eq!(link_mtu(&c.hosts[0].ns, "berth0"), 1500);

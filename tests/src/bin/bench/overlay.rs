@@ -10,9 +10,9 @@
 //! The throughput run measures, side by side in alternating rounds: the underlay, Berth's VXLAN,
 //! Berth with `--direct-routing`, and a flannel-style VXLAN reference built by hand here (no
 //! flannel binary: what flannel's vxlan backend and the bridge plugin program, see
-//! [`FlannelRef`]), once without and once with flannel's MASQUERADE rule; Berth VXLAN and
+//! [`flannel_ref`]), once without and once with flannel's MASQUERADE rule; Berth VXLAN and
 //! DirectRouting with the pods' `ipMasq` false; and two routed references without NAT
-//! ([`RoutedRef`]): flannel host-gw style (DirectRouting's path with a bridge) and routed veths
+//! ([`routed_ref`]): flannel host-gw style (DirectRouting's path with a bridge) and routed veths
 //! without a bridge.
 
 use std::path::{Path, PathBuf};
@@ -245,6 +245,42 @@ fn berth_pair_mtu(
     Ok((c, p0, p1))
 }
 
+/// Two hand-built hosts with a pod each on their own underlay: what the
+/// references below build.
+struct RefPair {
+    // Field order is drop order: pods, then hosts, then the underlay.
+    pods: Vec<(Netns, String)>,
+    _hosts: Vec<Netns>,
+    _ul: Underlay,
+}
+
+impl RefPair {
+    /// Host `i` (1 or 2) of a reference: a netns on `ul` at 172.31.0.i/16
+    /// that forwards.
+    fn host(ul: &Underlay, prefix: &str, i: u8) -> Result<(Netns, String), String> {
+        let h = Netns::try_create(prefix)?;
+        let ip = format!("172.31.0.{i}");
+        ul.try_attach(&h, &format!("u{i}"), "eth0", &[&format!("{ip}/16")])?;
+        h.set_sysctl("net/ipv4/ip_forward", "1")
+            .map_err(|e| format!("ip_forward: {e}"))?;
+        Ok((h, ip))
+    }
+
+    /// The pair once its pods reach each other (10 s at most).
+    fn ready(self, what: &str) -> Result<RefPair, String> {
+        if !berth_tests::netns::wait_until(Duration::from_secs(10), || {
+            ping(&self.pods[0].0, &self.pods[1].1)
+        }) {
+            return Err(format!("{what}: pods cannot reach each other"));
+        }
+        Ok(self)
+    }
+
+    fn iperf(&self, seconds: u32) -> Result<f64, String> {
+        iperf(&self.pods[1].0, &self.pods[0].0, &self.pods[1].1, seconds)
+    }
+}
+
 /// A flannel-style VXLAN overlay built by hand, equivalent to what flannel's
 /// vxlan backend plus the bridge CNI plugin program: per host a VXLAN device
 /// `flannel.1` (VNI 1, dstport 8472, nolearning, MTU 1450) with the host's
@@ -255,177 +291,155 @@ fn berth_pair_mtu(
 /// via peer-vtep-ip dev flannel.1 onlink`. With `masquerade`, every host also
 /// gets flannel's `-s NET ! -d NET -j MASQUERADE` (iptables, nat table), which
 /// turns conntrack on for all its traffic.
-struct FlannelRef {
-    // Field order is drop order: pods, then hosts, then the underlay.
-    pods: Vec<(Netns, String)>,
-    _hosts: Vec<Netns>,
-    _ul: Underlay,
-}
-
-impl FlannelRef {
-    fn new(masquerade: bool) -> Result<FlannelRef, String> {
-        let ul = Underlay::try_create("bbfu", "br-ul", None)?;
-        let mut hosts = Vec::new();
-        let mut pods = Vec::new();
-        let mut macs = Vec::new();
-        for i in 1..=2u8 {
-            let h = Netns::try_create("bbfh")?;
-            let ip = format!("172.31.0.{i}");
-            ul.try_attach(&h, &format!("u{i}"), "eth0", &[&format!("{ip}/16")])?;
-            let x = |argv: &[&str]| h.try_exec(argv).map(drop);
+fn flannel_ref(masquerade: bool) -> Result<RefPair, String> {
+    let ul = Underlay::try_create("bbfu", "br-ul", None)?;
+    let mut hosts = Vec::new();
+    let mut pods = Vec::new();
+    let mut macs = Vec::new();
+    for i in 1..=2u8 {
+        let (h, ip) = RefPair::host(&ul, "bbfh", i)?;
+        let x = |argv: &[&str]| h.try_exec(argv).map(drop);
+        x(&[
+            "ip",
+            "link",
+            "add",
+            "flannel.1",
+            "type",
+            "vxlan",
+            "id",
+            "1",
+            "local",
+            &ip,
+            "dev",
+            "eth0",
+            "dstport",
+            "8472",
+            "nolearning",
+        ])?;
+        x(&["ip", "link", "set", "flannel.1", "mtu", "1450"])?;
+        x(&[
+            "ip",
+            "addr",
+            "add",
+            &format!("10.244.{i}.0/32"),
+            "dev",
+            "flannel.1",
+        ])?;
+        x(&["ip", "link", "set", "flannel.1", "up"])?;
+        x(&["ip", "link", "add", "cni0", "type", "bridge"])?;
+        x(&[
+            "ip",
+            "addr",
+            "add",
+            &format!("10.244.{i}.1/24"),
+            "dev",
+            "cni0",
+        ])?;
+        x(&["ip", "link", "set", "cni0", "mtu", "1450", "up"])?;
+        if masquerade {
             x(&[
-                "ip",
-                "link",
-                "add",
-                "flannel.1",
-                "type",
-                "vxlan",
-                "id",
-                "1",
-                "local",
-                &ip,
-                "dev",
-                "eth0",
-                "dstport",
-                "8472",
-                "nolearning",
+                "iptables",
+                "-t",
+                "nat",
+                "-A",
+                "POSTROUTING",
+                "-s",
+                NETWORK,
+                "!",
+                "-d",
+                NETWORK,
+                "-j",
+                "MASQUERADE",
             ])?;
-            x(&["ip", "link", "set", "flannel.1", "mtu", "1450"])?;
-            x(&[
-                "ip",
-                "addr",
-                "add",
-                &format!("10.244.{i}.0/32"),
-                "dev",
-                "flannel.1",
-            ])?;
-            x(&["ip", "link", "set", "flannel.1", "up"])?;
-            x(&["ip", "link", "add", "cni0", "type", "bridge"])?;
-            x(&[
-                "ip",
-                "addr",
-                "add",
-                &format!("10.244.{i}.1/24"),
-                "dev",
-                "cni0",
-            ])?;
-            x(&["ip", "link", "set", "cni0", "mtu", "1450", "up"])?;
-            h.set_sysctl("net/ipv4/ip_forward", "1")
-                .map_err(|e| format!("ip_forward: {e}"))?;
-            if masquerade {
-                x(&[
-                    "iptables",
-                    "-t",
-                    "nat",
-                    "-A",
-                    "POSTROUTING",
-                    "-s",
-                    NETWORK,
-                    "!",
-                    "-d",
-                    NETWORK,
-                    "-j",
-                    "MASQUERADE",
-                ])?;
+        }
+        let pod = Netns::try_create("bbfp")?;
+        h.try_add_veth("veth0", &pod, "eth0")?;
+        x(&[
+            "ip", "link", "set", "veth0", "mtu", "1450", "master", "cni0", "up",
+        ])?;
+        let pod_ip = format!("10.244.{i}.2");
+        pod.try_exec(&["ip", "link", "set", "eth0", "mtu", "1450"])?;
+        pod.try_configure("eth0", &[&format!("{pod_ip}/24")])?;
+        pod.try_exec(&["ip", "link", "set", "lo", "up"])?;
+        pod.try_exec(&[
+            "ip",
+            "route",
+            "add",
+            "default",
+            "via",
+            &format!("10.244.{i}.1"),
+        ])?;
+        let out = h.try_exec(&["ip", "-j", "link", "show", "flannel.1"])?;
+        let v: Value = serde_json::from_str(&out).map_err(|e| e.to_string())?;
+        let mac = v[0]["address"]
+            .as_str()
+            .ok_or("flannel.1 has no MAC")?
+            .to_string();
+        macs.push((ip, mac));
+        hosts.push(h);
+        pods.push((pod, pod_ip));
+    }
+    for (i, h) in hosts.iter().enumerate() {
+        for (j, (peer_ip, peer_mac)) in macs.iter().enumerate() {
+            if i == j {
+                continue;
             }
-            let pod = Netns::try_create("bbfp")?;
-            h.try_add_veth("veth0", &pod, "eth0")?;
-            x(&[
-                "ip", "link", "set", "veth0", "mtu", "1450", "master", "cni0", "up",
+            let n = j + 1;
+            let vtep = format!("10.244.{n}.0");
+            h.try_exec(&[
+                "ip",
+                "neigh",
+                "replace",
+                &vtep,
+                "lladdr",
+                peer_mac,
+                "dev",
+                "flannel.1",
+                "nud",
+                "permanent",
             ])?;
-            let pod_ip = format!("10.244.{i}.2");
-            pod.try_exec(&["ip", "link", "set", "eth0", "mtu", "1450"])?;
-            pod.try_configure("eth0", &[&format!("{pod_ip}/24")])?;
-            pod.try_exec(&["ip", "link", "set", "lo", "up"])?;
-            pod.try_exec(&[
+            h.try_exec(&[
+                "bridge",
+                "fdb",
+                "append",
+                peer_mac,
+                "dev",
+                "flannel.1",
+                "dst",
+                peer_ip,
+                "self",
+                "permanent",
+            ])?;
+            h.try_exec(&[
                 "ip",
                 "route",
                 "add",
-                "default",
+                &format!("10.244.{n}.0/24"),
                 "via",
-                &format!("10.244.{i}.1"),
+                &vtep,
+                "dev",
+                "flannel.1",
+                "onlink",
             ])?;
-            let out = h.try_exec(&["ip", "-j", "link", "show", "flannel.1"])?;
-            let v: Value = serde_json::from_str(&out).map_err(|e| e.to_string())?;
-            let mac = v[0]["address"]
-                .as_str()
-                .ok_or("flannel.1 has no MAC")?
-                .to_string();
-            macs.push((ip, mac));
-            hosts.push(h);
-            pods.push((pod, pod_ip));
         }
-        for (i, h) in hosts.iter().enumerate() {
-            for (j, (peer_ip, peer_mac)) in macs.iter().enumerate() {
-                if i == j {
-                    continue;
-                }
-                let n = j + 1;
-                let vtep = format!("10.244.{n}.0");
-                h.try_exec(&[
-                    "ip",
-                    "neigh",
-                    "replace",
-                    &vtep,
-                    "lladdr",
-                    peer_mac,
-                    "dev",
-                    "flannel.1",
-                    "nud",
-                    "permanent",
-                ])?;
-                h.try_exec(&[
-                    "bridge",
-                    "fdb",
-                    "append",
-                    peer_mac,
-                    "dev",
-                    "flannel.1",
-                    "dst",
-                    peer_ip,
-                    "self",
-                    "permanent",
-                ])?;
-                h.try_exec(&[
-                    "ip",
-                    "route",
-                    "add",
-                    &format!("10.244.{n}.0/24"),
-                    "via",
-                    &vtep,
-                    "dev",
-                    "flannel.1",
-                    "onlink",
-                ])?;
-            }
-        }
-        let r = FlannelRef {
-            pods,
-            _hosts: hosts,
-            _ul: ul,
-        };
-        if !berth_tests::netns::wait_until(Duration::from_secs(10), || {
-            ping(&r.pods[0].0, &r.pods[1].1)
-        }) {
-            return Err("flannel-style reference: pods cannot reach each other".into());
-        }
-        Ok(r)
     }
-
-    fn iperf(&self, seconds: u32) -> Result<f64, String> {
-        iperf(&self.pods[1].0, &self.pods[0].0, &self.pods[1].1, seconds)
+    RefPair {
+        pods,
+        _hosts: hosts,
+        _ul: ul,
     }
+    .ready("flannel-style reference")
 }
 
-/// How a [`RoutedRef`] attaches its pods.
+/// How a [`routed_ref`] attaches its pods.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Attach {
     /// flannel's host-gw backend with the bridge plugin: the pod's veth on a
     /// bridge `cni0` that holds the /24's gateway address.
     Bridge,
     /// No bridge (as Calico attaches pods): the pod has a /32 and a default
-    /// route via a link-local gateway that the host's veth answers by proxy ARP;
-    /// the host routes the /32 to the veth.
+    /// route via a link-local gateway that stands for the host's veth (a
+    /// permanent neighbour with its MAC); the host routes the /32 to the veth.
     Veth,
 }
 
@@ -435,130 +449,105 @@ enum Attach {
 /// [`Attach::Bridge`] its path is the one Berth's DirectRouting takes, hop for
 /// hop; with [`Attach::Veth`] it is one bridge shorter on each host, which
 /// tells how much of the gap to the underlay the bridge is.
-struct RoutedRef {
-    // Field order is drop order: pods, then hosts, then the underlay.
-    pods: Vec<(Netns, String)>,
-    _hosts: Vec<Netns>,
-    _ul: Underlay,
-}
-
-impl RoutedRef {
-    fn new(attach: Attach) -> Result<RoutedRef, String> {
-        let ul = Underlay::try_create("bbru", "br-ul", None)?;
-        let mut hosts = Vec::new();
-        let mut pods = Vec::new();
-        for i in 1..=2u8 {
-            let h = Netns::try_create("bbrh")?;
-            let ip = format!("172.31.0.{i}");
-            ul.try_attach(&h, &format!("u{i}"), "eth0", &[&format!("{ip}/16")])?;
-            let x = |argv: &[&str]| h.try_exec(argv).map(drop);
-            h.set_sysctl("net/ipv4/ip_forward", "1")
-                .map_err(|e| format!("ip_forward: {e}"))?;
-            let pod = Netns::try_create("bbrp")?;
-            h.try_add_veth("veth0", &pod, "eth0")?;
-            let pod_ip = format!("10.244.{i}.2");
-            pod.try_exec(&["ip", "link", "set", "lo", "up"])?;
-            match attach {
-                Attach::Bridge => {
-                    x(&["ip", "link", "add", "cni0", "type", "bridge"])?;
-                    x(&[
-                        "ip",
-                        "addr",
-                        "add",
-                        &format!("10.244.{i}.1/24"),
-                        "dev",
-                        "cni0",
-                    ])?;
-                    x(&["ip", "link", "set", "cni0", "up"])?;
-                    x(&["ip", "link", "set", "veth0", "master", "cni0", "up"])?;
-                    pod.try_configure("eth0", &[&format!("{pod_ip}/24")])?;
-                    pod.try_exec(&[
-                        "ip",
-                        "route",
-                        "add",
-                        "default",
-                        "via",
-                        &format!("10.244.{i}.1"),
-                    ])?;
-                }
-                Attach::Veth => {
-                    x(&["ip", "link", "set", "veth0", "up"])?;
-                    x(&[
-                        "ip",
-                        "route",
-                        "add",
-                        &format!("{pod_ip}/32"),
-                        "dev",
-                        "veth0",
-                    ])?;
-                    pod.try_configure("eth0", &[&format!("{pod_ip}/32")])?;
-                    pod.try_exec(&[
-                        "ip",
-                        "route",
-                        "add",
-                        "169.254.1.1",
-                        "dev",
-                        "eth0",
-                        "scope",
-                        "link",
-                    ])?;
-                    pod.try_exec(&["ip", "route", "add", "default", "via", "169.254.1.1"])?;
-                    // The gateway is the host's veth itself: a permanent
-                    // neighbour here stands for Calico's proxy ARP, which needs
-                    // a host route to 169.254.1.1 these hosts do not have.
-                    let out = h.try_exec(&["ip", "-j", "link", "show", "veth0"])?;
-                    let v: Value = serde_json::from_str(&out).map_err(|e| e.to_string())?;
-                    let mac = v[0]["address"].as_str().ok_or("veth0 has no MAC")?;
-                    pod.try_exec(&[
-                        "ip",
-                        "neigh",
-                        "replace",
-                        "169.254.1.1",
-                        "lladdr",
-                        mac,
-                        "dev",
-                        "eth0",
-                        "nud",
-                        "permanent",
-                    ])?;
-                }
+fn routed_ref(attach: Attach) -> Result<RefPair, String> {
+    let ul = Underlay::try_create("bbru", "br-ul", None)?;
+    let mut hosts = Vec::new();
+    let mut pods = Vec::new();
+    for i in 1..=2u8 {
+        let (h, _) = RefPair::host(&ul, "bbrh", i)?;
+        let x = |argv: &[&str]| h.try_exec(argv).map(drop);
+        let pod = Netns::try_create("bbrp")?;
+        h.try_add_veth("veth0", &pod, "eth0")?;
+        let pod_ip = format!("10.244.{i}.2");
+        pod.try_exec(&["ip", "link", "set", "lo", "up"])?;
+        match attach {
+            Attach::Bridge => {
+                x(&["ip", "link", "add", "cni0", "type", "bridge"])?;
+                x(&[
+                    "ip",
+                    "addr",
+                    "add",
+                    &format!("10.244.{i}.1/24"),
+                    "dev",
+                    "cni0",
+                ])?;
+                x(&["ip", "link", "set", "cni0", "up"])?;
+                x(&["ip", "link", "set", "veth0", "master", "cni0", "up"])?;
+                pod.try_configure("eth0", &[&format!("{pod_ip}/24")])?;
+                pod.try_exec(&[
+                    "ip",
+                    "route",
+                    "add",
+                    "default",
+                    "via",
+                    &format!("10.244.{i}.1"),
+                ])?;
             }
-            hosts.push(h);
-            pods.push((pod, pod_ip));
+            Attach::Veth => {
+                x(&["ip", "link", "set", "veth0", "up"])?;
+                x(&[
+                    "ip",
+                    "route",
+                    "add",
+                    &format!("{pod_ip}/32"),
+                    "dev",
+                    "veth0",
+                ])?;
+                pod.try_configure("eth0", &[&format!("{pod_ip}/32")])?;
+                pod.try_exec(&[
+                    "ip",
+                    "route",
+                    "add",
+                    "169.254.1.1",
+                    "dev",
+                    "eth0",
+                    "scope",
+                    "link",
+                ])?;
+                pod.try_exec(&["ip", "route", "add", "default", "via", "169.254.1.1"])?;
+                // The gateway is the host's veth itself: a permanent
+                // neighbour here stands for Calico's proxy ARP, which needs
+                // a host route to 169.254.1.1 these hosts do not have.
+                let out = h.try_exec(&["ip", "-j", "link", "show", "veth0"])?;
+                let v: Value = serde_json::from_str(&out).map_err(|e| e.to_string())?;
+                let mac = v[0]["address"].as_str().ok_or("veth0 has no MAC")?;
+                pod.try_exec(&[
+                    "ip",
+                    "neigh",
+                    "replace",
+                    "169.254.1.1",
+                    "lladdr",
+                    mac,
+                    "dev",
+                    "eth0",
+                    "nud",
+                    "permanent",
+                ])?;
+            }
         }
-        for (i, h) in hosts.iter().enumerate() {
-            let j = 1 - i;
-            h.try_exec(&[
-                "ip",
-                "route",
-                "add",
-                &format!("10.244.{}.0/24", j + 1),
-                "via",
-                &format!("172.31.0.{}", j + 1),
-            ])?;
-        }
-        let r = RoutedRef {
-            pods,
-            _hosts: hosts,
-            _ul: ul,
-        };
-        if !berth_tests::netns::wait_until(Duration::from_secs(10), || {
-            ping(&r.pods[0].0, &r.pods[1].1)
-        }) {
-            return Err(format!(
-                "routed reference ({}): pods cannot reach each other",
-                match attach {
-                    Attach::Bridge => "bridge",
-                    Attach::Veth => "veth",
-                }
-            ));
-        }
-        Ok(r)
+        hosts.push(h);
+        pods.push((pod, pod_ip));
     }
-
-    fn iperf(&self, seconds: u32) -> Result<f64, String> {
-        iperf(&self.pods[1].0, &self.pods[0].0, &self.pods[1].1, seconds)
+    for (i, h) in hosts.iter().enumerate() {
+        let j = 1 - i;
+        h.try_exec(&[
+            "ip",
+            "route",
+            "add",
+            &format!("10.244.{}.0/24", j + 1),
+            "via",
+            &format!("172.31.0.{}", j + 1),
+        ])?;
     }
+    RefPair {
+        pods,
+        _hosts: hosts,
+        _ul: ul,
+    }
+    .ready(match attach {
+        Attach::Bridge => "host-gw-style reference",
+        Attach::Veth => "routed-veth reference",
+    })
 }
 
 /// Medians of the throughput rounds, Gbit/s.
@@ -591,10 +580,10 @@ fn throughput(seconds: u32, rounds: usize) -> Result<Throughput, String> {
         berth_pair_mtu(&["--direct-routing"], true, Some(UNDERLAY_MTU))?;
     let (_dmnc, (dmn0, _), (dmn1, dmna1)) =
         berth_pair_mtu(&["--direct-routing"], false, Some(UNDERLAY_MTU))?;
-    let flannel = FlannelRef::new(false)?;
-    let flannel_nat = FlannelRef::new(true)?;
-    let host_gw = RoutedRef::new(Attach::Bridge)?;
-    let routed_veth = RoutedRef::new(Attach::Veth)?;
+    let flannel = flannel_ref(false)?;
+    let flannel_nat = flannel_ref(true)?;
+    let host_gw = routed_ref(Attach::Bridge)?;
+    let routed_veth = routed_ref(Attach::Veth)?;
     // Rounds (3 by default), alternating, medians: one iperf3 run on a
     // shared 2-core machine swings by tens of percent.
     let mut v: [Vec<f64>; 11] = Default::default();
