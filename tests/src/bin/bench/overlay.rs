@@ -266,6 +266,15 @@ impl RefPair {
         Ok((h, ip))
     }
 
+    /// The bridge `cni0` of host `i` with the gateway 10.244.i.1/24.
+    fn bridge(h: &Netns, i: u8, mtu: u32) -> Result<(), String> {
+        let gw = format!("10.244.{i}.1/24");
+        h.try_exec(&["ip", "link", "add", "cni0", "type", "bridge"])?;
+        h.try_exec(&["ip", "addr", "add", &gw, "dev", "cni0"])?;
+        h.try_exec(&["ip", "link", "set", "cni0", "mtu", &mtu.to_string(), "up"])?;
+        Ok(())
+    }
+
     /// The pair once its pods reach each other (10 s at most).
     fn ready(self, what: &str) -> Result<RefPair, String> {
         if !berth_tests::netns::wait_until(Duration::from_secs(10), || {
@@ -326,16 +335,7 @@ fn flannel_ref(masquerade: bool) -> Result<RefPair, String> {
             "flannel.1",
         ])?;
         x(&["ip", "link", "set", "flannel.1", "up"])?;
-        x(&["ip", "link", "add", "cni0", "type", "bridge"])?;
-        x(&[
-            "ip",
-            "addr",
-            "add",
-            &format!("10.244.{i}.1/24"),
-            "dev",
-            "cni0",
-        ])?;
-        x(&["ip", "link", "set", "cni0", "mtu", "1450", "up"])?;
+        RefPair::bridge(&h, i, 1450)?;
         if masquerade {
             x(&[
                 "iptables",
@@ -462,16 +462,7 @@ fn routed_ref(attach: Attach) -> Result<RefPair, String> {
         pod.try_exec(&["ip", "link", "set", "lo", "up"])?;
         match attach {
             Attach::Bridge => {
-                x(&["ip", "link", "add", "cni0", "type", "bridge"])?;
-                x(&[
-                    "ip",
-                    "addr",
-                    "add",
-                    &format!("10.244.{i}.1/24"),
-                    "dev",
-                    "cni0",
-                ])?;
-                x(&["ip", "link", "set", "cni0", "up"])?;
+                RefPair::bridge(&h, i, UNDERLAY_MTU)?;
                 x(&["ip", "link", "set", "veth0", "master", "cni0", "up"])?;
                 pod.try_configure("eth0", &[&format!("{pod_ip}/24")])?;
                 pod.try_exec(&[
