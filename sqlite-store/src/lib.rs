@@ -309,6 +309,8 @@ impl Db {
             .map(|m| m.len() > WAL_CHECKPOINT_BYTES)
             .unwrap_or(false);
         if big {
+            // A checkpoint is a write: under the lock, as the others.
+            let _guard = self.write_lock();
             let _ = self
                 .conn
                 .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()));
@@ -324,8 +326,6 @@ pub struct WriteLock {
 impl Drop for Db {
     fn drop(&mut self) {
         if self.checkpoint_on_close {
-            // A checkpoint is a write: as the others, under the lock.
-            let _guard = self.write_lock();
             self.checkpoint_if_large();
         }
     }
