@@ -266,13 +266,35 @@ impl RefPair {
         Ok((h, ip))
     }
 
-    /// The bridge `cni0` of host `i` with the gateway 10.244.i.1/24.
-    fn bridge(h: &Netns, i: u8, mtu: u32) -> Result<(), String> {
-        let gw = format!("10.244.{i}.1/24");
+    /// A pod on host `i` as the bridge plugin attaches it: a bridge `cni0`
+    /// holding the gateway 10.244.i.1/24, the pod's veth on it, the pod at
+    /// 10.244.i.2/24 with its default route via the gateway, all at `mtu`.
+    fn bridged_pod(h: &Netns, prefix: &str, i: u8, mtu: u32) -> Result<(Netns, String), String> {
+        let (gw, mtu) = (format!("10.244.{i}.1"), mtu.to_string());
         h.try_exec(&["ip", "link", "add", "cni0", "type", "bridge"])?;
-        h.try_exec(&["ip", "addr", "add", &gw, "dev", "cni0"])?;
-        h.try_exec(&["ip", "link", "set", "cni0", "mtu", &mtu.to_string(), "up"])?;
-        Ok(())
+        h.try_exec(&["ip", "addr", "add", &format!("{gw}/24"), "dev", "cni0"])?;
+        h.try_exec(&["ip", "link", "set", "cni0", "mtu", &mtu, "up"])?;
+        let pod = Netns::try_create(prefix)?;
+        h.try_add_veth("veth0", &pod, "eth0")?;
+        h.try_exec(&[
+            "ip", "link", "set", "veth0", "mtu", &mtu, "master", "cni0", "up",
+        ])?;
+        let pod_ip = format!("10.244.{i}.2");
+        pod.try_exec(&["ip", "link", "set", "eth0", "mtu", &mtu])?;
+        pod.try_configure("eth0", &[&format!("{pod_ip}/24")])?;
+        pod.try_exec(&["ip", "link", "set", "lo", "up"])?;
+        pod.try_exec(&["ip", "route", "add", "default", "via", &gw])?;
+        Ok((pod, pod_ip))
+    }
+
+    /// The MAC address of `dev` in `ns`.
+    fn mac(ns: &Netns, dev: &str) -> Result<String, String> {
+        let out = ns.try_exec(&["ip", "-j", "link", "show", dev])?;
+        let v: Value = serde_json::from_str(&out).map_err(|e| e.to_string())?;
+        v[0]["address"]
+            .as_str()
+            .map(str::to_string)
+            .ok_or_else(|| format!("{dev} has no MAC"))
     }
 
     /// The pair once its pods reach each other (10 s at most).
@@ -335,7 +357,6 @@ fn flannel_ref(masquerade: bool) -> Result<RefPair, String> {
             "flannel.1",
         ])?;
         x(&["ip", "link", "set", "flannel.1", "up"])?;
-        RefPair::bridge(&h, i, 1450)?;
         if masquerade {
             x(&[
                 "iptables",
@@ -352,30 +373,8 @@ fn flannel_ref(masquerade: bool) -> Result<RefPair, String> {
                 "MASQUERADE",
             ])?;
         }
-        let pod = Netns::try_create("bbfp")?;
-        h.try_add_veth("veth0", &pod, "eth0")?;
-        x(&[
-            "ip", "link", "set", "veth0", "mtu", "1450", "master", "cni0", "up",
-        ])?;
-        let pod_ip = format!("10.244.{i}.2");
-        pod.try_exec(&["ip", "link", "set", "eth0", "mtu", "1450"])?;
-        pod.try_configure("eth0", &[&format!("{pod_ip}/24")])?;
-        pod.try_exec(&["ip", "link", "set", "lo", "up"])?;
-        pod.try_exec(&[
-            "ip",
-            "route",
-            "add",
-            "default",
-            "via",
-            &format!("10.244.{i}.1"),
-        ])?;
-        let out = h.try_exec(&["ip", "-j", "link", "show", "flannel.1"])?;
-        let v: Value = serde_json::from_str(&out).map_err(|e| e.to_string())?;
-        let mac = v[0]["address"]
-            .as_str()
-            .ok_or("flannel.1 has no MAC")?
-            .to_string();
-        macs.push((ip, mac));
+        let (pod, pod_ip) = RefPair::bridged_pod(&h, "bbfp", i, 1450)?;
+        macs.push((ip, RefPair::mac(&h, "flannel.1")?));
         hosts.push(h);
         pods.push((pod, pod_ip));
     }
@@ -456,25 +455,13 @@ fn routed_ref(attach: Attach) -> Result<RefPair, String> {
     for i in 1..=2u8 {
         let (h, _) = RefPair::host(&ul, "bbrh", i)?;
         let x = |argv: &[&str]| h.try_exec(argv).map(drop);
-        let pod = Netns::try_create("bbrp")?;
-        h.try_add_veth("veth0", &pod, "eth0")?;
-        let pod_ip = format!("10.244.{i}.2");
-        pod.try_exec(&["ip", "link", "set", "lo", "up"])?;
-        match attach {
-            Attach::Bridge => {
-                RefPair::bridge(&h, i, UNDERLAY_MTU)?;
-                x(&["ip", "link", "set", "veth0", "master", "cni0", "up"])?;
-                pod.try_configure("eth0", &[&format!("{pod_ip}/24")])?;
-                pod.try_exec(&[
-                    "ip",
-                    "route",
-                    "add",
-                    "default",
-                    "via",
-                    &format!("10.244.{i}.1"),
-                ])?;
-            }
+        let (pod, pod_ip) = match attach {
+            Attach::Bridge => RefPair::bridged_pod(&h, "bbrp", i, UNDERLAY_MTU)?,
             Attach::Veth => {
+                let pod = Netns::try_create("bbrp")?;
+                h.try_add_veth("veth0", &pod, "eth0")?;
+                let pod_ip = format!("10.244.{i}.2");
+                pod.try_exec(&["ip", "link", "set", "lo", "up"])?;
                 x(&["ip", "link", "set", "veth0", "up"])?;
                 x(&[
                     "ip",
@@ -499,23 +486,22 @@ fn routed_ref(attach: Attach) -> Result<RefPair, String> {
                 // The gateway is the host's veth itself: a permanent
                 // neighbour here stands for Calico's proxy ARP, which needs
                 // a host route to 169.254.1.1 these hosts do not have.
-                let out = h.try_exec(&["ip", "-j", "link", "show", "veth0"])?;
-                let v: Value = serde_json::from_str(&out).map_err(|e| e.to_string())?;
-                let mac = v[0]["address"].as_str().ok_or("veth0 has no MAC")?;
+                let mac = RefPair::mac(&h, "veth0")?;
                 pod.try_exec(&[
                     "ip",
                     "neigh",
                     "replace",
                     "169.254.1.1",
                     "lladdr",
-                    mac,
+                    &mac,
                     "dev",
                     "eth0",
                     "nud",
                     "permanent",
                 ])?;
+                (pod, pod_ip)
             }
-        }
+        };
         hosts.push(h);
         pods.push((pod, pod_ip));
     }
