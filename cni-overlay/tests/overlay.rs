@@ -817,6 +817,11 @@ fn cnitool_run(
         .arg(pod.path())
         .output()
         .expect("running cnitool");
+    status_and_text(&out)
+}
+
+/// Whether a command succeeded, and its stdout followed by its stderr.
+fn status_and_text(out: &std::process::Output) -> (bool, String) {
     let text = format!(
         "{}{}",
         String::from_utf8_lossy(&out.stdout),
@@ -1161,12 +1166,7 @@ fn df_ping(from: &Netns, to: &str, size: usize) -> (bool, String) {
             to,
         ])
         .expect("ping");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.success(), text)
+    status_and_text(&out)
 }
 
 /// Sends `bytes` over one TCP connection from `client` to `server_ip` and

@@ -148,8 +148,8 @@ pub struct Db {
     path: PathBuf,
     // Held for its flock; released when the handle drops, after the checkpoint.
     lock: Option<File>,
-    // Lock::PerWrite: the lock file, flocked again by each write_lock().
-    per_write: Option<PathBuf>,
+    // Lock::PerWrite: the lock file, open and unlocked between writes.
+    per_write: Option<(File, PathBuf)>,
     // Inspecting handles leave the WAL to the writers.
     checkpoint_on_close: bool,
 }
@@ -191,20 +191,24 @@ impl Db {
             path: path.clone(),
             source,
         })?;
-        let per_write = match (spec.lock, how) {
-            (Lock::PerWrite(name), Open::Create | Open::Existing) => Some(dir.join(name)),
-            _ => None,
-        };
         let mut db = Db {
             conn,
             path,
             lock,
-            per_write,
+            per_write: None,
             checkpoint_on_close: how != Open::Inspect,
         };
         db.prepare(spec, how)?;
-        if matches!(spec.lock, Lock::WhileSettingUp(_) | Lock::PerWrite(_)) {
-            db.lock = None;
+        match spec.lock {
+            Lock::WhileSettingUp(_) => db.lock = None,
+            Lock::PerWrite(name) => {
+                if let Some(f) = db.lock.take() {
+                    let lock_path = dir.join(name);
+                    f.unlock().map_err(io(&lock_path))?;
+                    db.per_write = Some((f, lock_path));
+                }
+            }
+            Lock::WhileOpen(_) | Lock::None => {}
         }
         Ok(Some(db))
     }
@@ -282,22 +286,15 @@ impl Db {
     /// guard drops; bracket each write transaction with it. None for other
     /// stores (they hold the lock already, or rely on SQLite's locking) and
     /// for inspecting handles.
-    pub fn write_lock(&self) -> Result<Option<WriteLock>, StoreError> {
-        let Some(path) = &self.per_write else {
+    pub fn write_lock(&self) -> Result<Option<WriteLock<'_>>, StoreError> {
+        let Some((file, path)) = &self.per_write else {
             return Ok(None);
         };
-        let io = |source| StoreError::Io {
+        file.lock().map_err(|source| StoreError::Io {
             path: path.clone(),
             source,
-        };
-        let f = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(path)
-            .map_err(io)?;
-        f.lock().map_err(io)?;
-        Ok(Some(WriteLock { _file: f }))
+        })?;
+        Ok(Some(WriteLock { file }))
     }
 
     /// Checkpoints and truncates the WAL if it grew past [`WAL_CHECKPOINT_BYTES`].
@@ -319,8 +316,15 @@ impl Db {
 }
 
 /// The flock of a [`Lock::PerWrite`] store, released on drop.
-pub struct WriteLock {
-    _file: File,
+pub struct WriteLock<'a> {
+    file: &'a File,
+}
+
+impl Drop for WriteLock<'_> {
+    fn drop(&mut self) {
+        // Closing the store or exiting releases it too.
+        let _ = self.file.unlock();
+    }
 }
 
 impl Drop for Db {
