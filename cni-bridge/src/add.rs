@@ -3,7 +3,7 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use cni_core::delegate::Delegate;
+use crate::ipam::Ipam;
 use cni_core::{CniResult, Interface, IpConfig, Request, Route};
 use host_net::netlink::{mac_to_string, Netlink};
 use host_net::netns::NetNs;
@@ -179,18 +179,13 @@ fn add_steps(
     link::configure_port(nl, &host, &br, conf)?;
 
     let mut res = CniResult::default();
-    if let Some(t) = &conf.ipam_type {
-        let ipam = Delegate {
-            plugin_type: t,
-            env: &req.env,
-            stdin: &req.stdin,
-            version: req.config.version,
-        };
+    if let Some(ipam) = Ipam::of(req, conf) {
         let r = ipam.add()?;
         undo.ipam = true;
         if r.ips.is_empty() {
             return Err(BridgeError::Kernel(format!(
-                "IPAM plugin {t} returned no addresses"
+                "IPAM plugin {} returned no addresses",
+                ipam.plugin_type()
             )));
         }
         res.ips = r.ips;
@@ -341,13 +336,7 @@ fn rollback(
         }
     }
     if undo.ipam {
-        if let Some(t) = &conf.ipam_type {
-            let ipam = Delegate {
-                plugin_type: t,
-                env: &req.env,
-                stdin: &req.stdin,
-                version: req.config.version,
-            };
+        if let Some(ipam) = Ipam::of(req, conf) {
             if let Err(e) = ipam.del() {
                 eprintln!("berth-bridge: rollback: releasing addresses: {e}");
             }

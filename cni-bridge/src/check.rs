@@ -1,7 +1,7 @@
 //! CHECK: compare the kernel with what ADD reported (prevResult) and what
 //! the configuration asks for; the first difference is the error.
 
-use cni_core::delegate::Delegate;
+use crate::ipam::Ipam;
 use cni_core::{CniResult, Request};
 use host_net::netlink::{mac_to_string, Netlink};
 use host_net::netns::NetNs;
@@ -26,14 +26,8 @@ pub fn cmd_check(req: &Request) -> Result<(), BridgeError> {
         .ok_or_else(|| BridgeError::config("prevResult", "is required for CHECK"))?;
     let prev = CniResult::from_json(prev_v, req.config.version)
         .map_err(|e| BridgeError::config("prevResult", e.msg))?;
-    if let Some(t) = &conf.ipam_type {
-        Delegate {
-            plugin_type: t,
-            env: &req.env,
-            stdin: &req.stdin,
-            version: req.config.version,
-        }
-        .check()?;
+    if let Some(ipam) = Ipam::of(req, &conf) {
+        ipam.check()?;
     }
     let ifname = &req.env.ifname;
     let mut nl = Netlink::new()?;

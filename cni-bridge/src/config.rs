@@ -63,6 +63,9 @@ pub struct BridgeConf {
     pub dns: Option<Dns>,
     /// `ipam.type`; None for an L2-only network (`"ipam": {}`).
     pub ipam_type: Option<String>,
+    /// `ipamInProcess` (Berth, default true): run berth-host-local's code in
+    /// this process rather than exec it from CNI_PATH.
+    pub ipam_in_process: bool,
     /// Where per-attachment records live: `<dataDir>/<network>/`.
     pub data_dir: PathBuf,
     /// `ipMasqExclude` (Berth): destinations never masqueraded; default the
@@ -307,6 +310,7 @@ impl BridgeConf {
             mac,
             dns,
             ipam_type,
+            ipam_in_process: get_bool(raw, "ipamInProcess", true)?,
             data_dir,
             masq_exclude,
         })

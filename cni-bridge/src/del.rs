@@ -2,7 +2,7 @@
 //! not the pod's netns still exists. Every step tolerates absence, so DEL
 //! can be repeated.
 
-use cni_core::delegate::Delegate;
+use crate::ipam::Ipam;
 use cni_core::{CniResult, Request};
 use host_net::netlink::Netlink;
 use host_net::netns::NetNs;
@@ -104,14 +104,8 @@ pub fn cmd_del(req: &Request) -> Result<(), BridgeError> {
     let mut nl = Netlink::new()?;
     link::delete_veth(&mut nl, &host_veth)?;
 
-    if let Some(t) = &conf.ipam_type {
-        Delegate {
-            plugin_type: t,
-            env: &req.env,
-            stdin: &req.stdin,
-            version: req.config.version,
-        }
-        .del()?;
+    if let Some(ipam) = Ipam::of(req, &conf) {
+        ipam.del()?;
     }
     if let Some(r) = &recs {
         r.delete(container, ifname)?;

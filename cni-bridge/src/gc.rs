@@ -3,7 +3,7 @@
 
 use std::collections::HashSet;
 
-use cni_core::delegate::Delegate;
+use crate::ipam::Ipam;
 use cni_core::Request;
 use ipnetwork::IpNetwork;
 
@@ -47,14 +47,8 @@ pub fn cmd_gc(req: &Request) -> Result<(), BridgeError> {
     }
     sweep_nft(&conf.network, &valid)?;
 
-    if let Some(t) = &conf.ipam_type {
-        Delegate {
-            plugin_type: t,
-            env: &req.env,
-            stdin: &req.stdin,
-            version: req.config.version,
-        }
-        .gc()?;
+    if let Some(ipam) = Ipam::of(req, &conf) {
+        ipam.gc()?;
     }
     Ok(())
 }

@@ -12,6 +12,7 @@ mod config;
 mod del;
 mod error;
 mod gc;
+mod ipam;
 mod link;
 mod masq;
 mod nft;

@@ -1,11 +1,11 @@
 //! The `berth-bridge` CNI commands.
 
-use cni_core::delegate::Delegate;
 use cni_core::{CniError, CniResult, Plugin, PluginInfo, Request};
 use host_net::netlink::Netlink;
 
 use crate::config::BridgeConf;
 use crate::error::BridgeError;
+use crate::ipam::Ipam;
 
 pub const INFO: PluginInfo = PluginInfo {
     name: "berth-bridge",
@@ -25,14 +25,8 @@ fn status(req: &Request) -> Result<(), BridgeError> {
             )));
         }
     }
-    if let Some(t) = &conf.ipam_type {
-        Delegate {
-            plugin_type: t,
-            env: &req.env,
-            stdin: &req.stdin,
-            version: req.config.version,
-        }
-        .status()?;
+    if let Some(ipam) = Ipam::of(req, &conf) {
+        ipam.status()?;
     }
     Ok(())
 }

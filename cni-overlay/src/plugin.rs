@@ -28,6 +28,7 @@ const PASS_THROUGH: &[&str] = &[
     "macspoofchk",
     "portIsolation",
     "ipMasqBackend",
+    "ipamInProcess",
     "enabledad",
     "runtimeConfig",
     "args",

@@ -1836,6 +1836,7 @@ fn bad_config_is_rejected() {
             &["preserveDefaultVlan"],
         ),
         (json!({ "portIsolation": "yes" }), &["portIsolation"]),
+        (json!({ "ipamInProcess": "yes" }), &["ipamInProcess"]),
         (
             json!({ "disableContainerInterface": true }),
             &["disableContainerInterface"],
@@ -2044,6 +2045,132 @@ fn default_bridge_name_and_stable_veth_name() {
         );
     }
     net.del_ok(&host, &pod);
+}
+
+/// berth-host-local's code runs inside berth-bridge unless `ipamInProcess` is false, and
+/// both ways use the one store: an address taken in-process is released by the exec'd plugin
+/// and the other way round, and in-process IPAM needs no binary in CNI_PATH.
+#[test]
+fn in_process_ipam_shares_the_store_with_the_exec_plugin() {
+    let host = Host::new();
+    let mut net = gateway_net("10.93.1.0/24", json!({}));
+    if net.is_reference() {
+        return; // berth-only key
+    }
+    // A berth-host-local in CNI_PATH that logs each run, then runs the real one.
+    let bin = net.temp_dir().join("cni-bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    let log = net.temp_dir().join("ipam-runs.log");
+    let wrapper = bin.join("berth-host-local");
+    std::fs::write(
+        &wrapper,
+        format!(
+            "#!/bin/sh\necho \"$CNI_COMMAND\" >> '{}'\nexec '{}' \"$@\"\n",
+            log.display(),
+            berth_tests::host_local_bin().display()
+        ),
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755)).unwrap();
+    net.cni_path = bin.to_string_lossy().into_owned();
+    let runs = || -> Vec<String> {
+        std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .lines()
+            .map(str::to_string)
+            .collect()
+    };
+    let held = |net: &BridgeNet| -> BTreeSet<(String, IpAddr)> {
+        net.ipam_held()
+            .into_iter()
+            .map(|a| (a.container_id, ip(&a.address)))
+            .collect()
+    };
+    let (a, b) = (Pod::new(), Pod::new());
+
+    let addr_a = first_addr(&net.add_ok(&host, &a));
+    assert!(
+        runs().is_empty(),
+        "in-process ADD ran the CNI_PATH plugin: {:?}",
+        runs()
+    );
+    assert_eq!(held(&net), BTreeSet::from([(a.id.clone(), addr_a)]));
+    assert!(
+        a.ping(ip("10.93.1.1"), 10),
+        "pod {addr_a} cannot ping the gateway"
+    );
+
+    net.conf["ipamInProcess"] = json!(false);
+    let addr_b = first_addr(&net.add_ok(&host, &b));
+    assert_eq!(
+        runs(),
+        ["ADD"],
+        "ipamInProcess false must exec the CNI_PATH plugin"
+    );
+    assert_ne!(
+        addr_a, addr_b,
+        "the exec'd plugin handed out the in-process address again"
+    );
+    net.del_ok(&host, &a);
+    assert_eq!(runs(), ["ADD", "DEL"]);
+    assert_eq!(
+        held(&net),
+        BTreeSet::from([(b.id.clone(), addr_b)]),
+        "the exec'd DEL did not release the address taken in-process"
+    );
+
+    net.conf["ipamInProcess"] = json!(true);
+    net.del_ok(&host, &b);
+    assert_eq!(
+        runs(),
+        ["ADD", "DEL"],
+        "in-process DEL ran the CNI_PATH plugin"
+    );
+    assert!(
+        held(&net).is_empty(),
+        "the in-process DEL did not release the address the exec'd plugin took: {:?}",
+        held(&net)
+    );
+
+    // No IPAM binary anywhere in CNI_PATH: in-process still attaches; the exec'd way says
+    // which plugin is missing.
+    let empty = net.temp_dir().join("empty-bin");
+    std::fs::create_dir_all(&empty).unwrap();
+    net.cni_path = empty.to_string_lossy().into_owned();
+    let c = Pod::new();
+    let addr_c = first_addr(&net.add_ok(&host, &c));
+    assert!(
+        c.ping(ip("10.93.1.1"), 10),
+        "pod {addr_c} cannot ping the gateway"
+    );
+    net.conf["ipamInProcess"] = json!(false);
+    let d = Pod::new();
+    let links_before = host.link_names();
+    let out = net.add(&host, &d);
+    assert_error(
+        &net,
+        &out,
+        7,
+        &["berth-host-local", "not found"],
+        "exec'd IPAM missing",
+    );
+    assert_eq!(
+        host.link_names(),
+        links_before,
+        "the failed ADD left a link"
+    );
+    net.conf["ipamInProcess"] = json!(true);
+    net.del_ok(&host, &c);
+    assert!(held(&net).is_empty(), "left: {:?}", held(&net));
+    assert_no_leftovers(
+        &host,
+        &net,
+        &d.id,
+        &[],
+        None,
+        "failed ADD without IPAM binary",
+    );
 }
 
 #[test]

@@ -181,6 +181,14 @@ impl Netlink {
         if let Some(mtu) = mtu {
             m.attributes.push(LinkAttribute::Mtu(mtu));
         }
+        // Without queue counts the kernel gives each end one queue per CPU,
+        // then cuts the real count back to one, and that cut waits for an
+        // RCU grace period while holding RTNL: every other link change on
+        // the host waits behind it. One queue is what a veth uses anyway.
+        for msg in [&mut pm, &mut m] {
+            msg.attributes.push(LinkAttribute::NumTxQueues(1));
+            msg.attributes.push(LinkAttribute::NumRxQueues(1));
+        }
         m.attributes.push(LinkAttribute::LinkInfo(vec![
             LinkInfo::Kind(InfoKind::Veth),
             LinkInfo::Data(InfoData::Veth(InfoVeth::Peer(pm))),

@@ -704,7 +704,7 @@ mod bridge {
     use std::time::{Duration, Instant};
 
     use berth_tests::bench::{
-        self, markdown_table, median, ms, ms_opt, opt_f, ratio, ratio_opt, text_table,
+        self, markdown_table, median, ms, ms_opt, opt_f, ratio_opt, text_table,
     };
     use berth_tests::netns::{Host, Netns, BRIDGE_BIN, REFERENCE_BRIDGE};
     use berth_tests::{
@@ -736,6 +736,7 @@ ptrace; wait4's ru_maxrss is printed too).
 options:
   --iterations N          timed ADD+DEL pairs per plugin and row (default 30)
   --concurrency N         pods attached at once on a fresh host (default 100; 0 skips)
+  --concurrency-rounds N  rounds of that, ours and reference alternating (default 5; median)
   --masq                  add a second row with ipMasq true (ours: nftables; reference: iptables)
                           and the cost of ipMasq to our ADD and DEL (row true - row false)
   --ours PATH             berth-bridge (default <bin_dir>/berth-bridge)
@@ -748,6 +749,7 @@ options:
     struct Opts {
         iterations: usize,
         concurrency: usize,
+        concurrency_rounds: usize,
         masq: bool,
         ours: Plugin,
         reference: Plugin,
@@ -783,6 +785,7 @@ options:
             &[
                 "iterations",
                 "concurrency",
+                "concurrency-rounds",
                 "ours",
                 "ours-ipam",
                 "reference",
@@ -833,6 +836,7 @@ options:
         Ok(Some(Opts {
             iterations,
             concurrency: num("concurrency", 100)?,
+            concurrency_rounds: num("concurrency-rounds", 5)?,
             masq: flags.contains_key("masq"),
             ours,
             reference,
@@ -1040,17 +1044,79 @@ options:
             .collect())
     }
 
+    /// The parallel ADD/DEL runs of one plugin, one entry per round.
     struct ConcResult {
         label: &'static str,
-        wall: Duration,
+        walls: Vec<Duration>,
+        /// CPU (user + system) of the plugins and their children during the ADDs.
+        cpus: Vec<Duration>,
         errors: usize,
+        /// Distinct addresses handed out, fewest over the rounds.
         distinct: usize,
-        del_wall: Duration,
+        del_walls: Vec<Duration>,
         del_errors: usize,
         first_error: Option<String>,
     }
 
-    fn bench_concurrency(plugin: &Plugin, n: usize) -> Result<ConcResult, String> {
+    impl ConcResult {
+        fn new(label: &'static str) -> ConcResult {
+            ConcResult {
+                label,
+                walls: Vec::new(),
+                cpus: Vec::new(),
+                errors: 0,
+                distinct: usize::MAX,
+                del_walls: Vec::new(),
+                del_errors: 0,
+                first_error: None,
+            }
+        }
+
+        fn wall(&self) -> Option<Duration> {
+            median(&self.walls)
+        }
+
+        fn spread(&self) -> String {
+            match (self.walls.iter().min(), self.walls.iter().max()) {
+                (Some(a), Some(b)) => format!("{}-{}", ms(*a), ms(*b)),
+                _ => "n/a".into(),
+            }
+        }
+    }
+
+    /// User + system time of this process's waited-for descendants so far.
+    fn children_cpu() -> Duration {
+        // SAFETY: getrusage writes into the zeroed struct it is given.
+        let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+        // SAFETY: a valid pointer to a rusage, RUSAGE_CHILDREN is a valid `who`.
+        if unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, &mut ru) } != 0 {
+            return Duration::ZERO;
+        }
+        let tv = |t: libc::timeval| {
+            Duration::from_secs(u64::try_from(t.tv_sec).unwrap_or(0))
+                + Duration::from_micros(u64::try_from(t.tv_usec).unwrap_or(0))
+        };
+        tv(ru.ru_utime) + tv(ru.ru_stime)
+    }
+
+    /// `rounds` rounds of [`bench_concurrency`], ours and the reference alternating which
+    /// goes first, so a warm or busy machine does not favour one side.
+    fn concurrency_rounds(opts: &Opts) -> Result<[ConcResult; 2], String> {
+        let mut out = [
+            ConcResult::new(opts.ours.label),
+            ConcResult::new(opts.reference.label),
+        ];
+        for round in 0..opts.concurrency_rounds {
+            let order = if round % 2 == 0 { [0, 1] } else { [1, 0] };
+            for i in order {
+                let plugin = if i == 0 { &opts.ours } else { &opts.reference };
+                bench_concurrency(plugin, opts.concurrency, &mut out[i])?;
+            }
+        }
+        Ok(out)
+    }
+
+    fn bench_concurrency(plugin: &Plugin, n: usize, acc: &mut ConcResult) -> Result<(), String> {
         let t = Target::new(plugin, false)?;
         let pods: Vec<Netns> = (0..n)
             .map(|_| Netns::try_create("bbc"))
@@ -1085,7 +1151,9 @@ options:
             }
             (start.elapsed(), outs)
         };
+        let cpu_before = children_cpu();
         let (wall, outs) = run_all("ADD", &mut errors, &mut first_error);
+        let cpu = children_cpu().saturating_sub(cpu_before);
         let mut addrs = BTreeSet::new();
         for o in &outs {
             if o.success() {
@@ -1112,15 +1180,16 @@ options:
                 });
             }
         }
-        Ok(ConcResult {
-            label: plugin.label,
-            wall,
-            errors,
-            distinct: addrs.len(),
-            del_wall,
-            del_errors,
-            first_error,
-        })
+        acc.walls.push(wall);
+        acc.cpus.push(cpu);
+        acc.errors += errors;
+        acc.distinct = acc.distinct.min(addrs.len());
+        acc.del_walls.push(del_wall);
+        acc.del_errors += del_errors;
+        if acc.first_error.is_none() {
+            acc.first_error = first_error;
+        }
+        Ok(())
     }
 
     /// Peak RSS of the IPAM plugin alone (ADD then DEL, outside any netns: host-local does not
@@ -1342,18 +1411,20 @@ options:
         println!("\nRatios:");
         print!("{}", text_table(&ratio_header, &ratio_rows));
 
-        let mut conc = Vec::new();
-        if opts.concurrency > 0 {
-            conc.push(bench_concurrency(&opts.ours, opts.concurrency)?);
-            conc.push(bench_concurrency(&opts.reference, opts.concurrency)?);
-        }
+        let conc: Vec<ConcResult> = if opts.concurrency > 0 && opts.concurrency_rounds > 0 {
+            concurrency_rounds(&opts)?.into()
+        } else {
+            Vec::new()
+        };
         let conc_header = [
             "plugin",
             "pods",
-            "ADD wall ms",
+            "ADD wall ms (median)",
+            "ADD wall ms (min-max)",
+            "ADD CPU ms (median)",
             "ADD errors",
             "distinct addresses",
-            "DEL wall ms",
+            "DEL wall ms (median)",
             "DEL errors",
         ];
         let conc_rows: Vec<Vec<String>> = conc
@@ -1362,16 +1433,18 @@ options:
                 vec![
                     c.label.to_string(),
                     opts.concurrency.to_string(),
-                    ms(c.wall),
+                    ms_opt(c.wall()),
+                    c.spread(),
+                    ms_opt(median(&c.cpus)),
                     c.errors.to_string(),
                     c.distinct.to_string(),
-                    ms(c.del_wall),
+                    ms_opt(median(&c.del_walls)),
                     c.del_errors.to_string(),
                 ]
             })
             .collect();
         if !conc.is_empty() {
-            println!("\n{} pods attached at once on a fresh host (bridge not yet created), then detached at once:", opts.concurrency);
+            println!("\n{} pods attached at once on a fresh host (bridge not yet created), then detached at once; {} rounds, ours and reference alternating which goes first:", opts.concurrency, opts.concurrency_rounds);
             print!("{}", text_table(&conc_header, &conc_rows));
             for c in &conc {
                 if let Some(e) = &c.first_error {
@@ -1381,7 +1454,7 @@ options:
             if let [o, r] = &conc[..] {
                 targets.push(target_line(
                     &format!("{} parallel ADDs wall ours/reference", opts.concurrency),
-                    ratio(o.wall, r.wall),
+                    ratio_opt(o.wall(), r.wall()),
                     CONCURRENCY_TARGET,
                 ));
             }
@@ -1411,8 +1484,8 @@ options:
             md.push_str(&markdown_table(&ratio_header, &ratio_rows));
             if !conc.is_empty() {
                 md.push_str(&format!(
-                    "\n{} pods attached at once on a fresh host, then detached at once:\n\n",
-                    opts.concurrency
+                    "\n{} pods attached at once on a fresh host, then detached at once; {} rounds, ours and reference alternating which goes first; CPU is user + system of the plugins and their children (getrusage RUSAGE_CHILDREN):\n\n",
+                    opts.concurrency, opts.concurrency_rounds
                 ));
                 md.push_str(&markdown_table(&conc_header, &conc_rows));
             }
