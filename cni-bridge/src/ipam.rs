@@ -5,14 +5,14 @@
 //! IPAM type, or `"ipamInProcess": false`, runs the plugin found in CNI_PATH
 //! as the spec describes.
 
-use cni_core::delegate::Delegate;
+use cni_core::delegate::Exec;
 use cni_core::{CniError, CniResult, Plugin, Request};
 
 use crate::config::BridgeConf;
 
 pub struct Ipam<'a> {
     req: &'a Request,
-    plugin_type: &'a str,
+    exec: Exec<'a>,
     in_process: bool,
 }
 
@@ -22,64 +22,47 @@ impl<'a> Ipam<'a> {
         let plugin_type = conf.ipam_type.as_deref()?;
         Some(Ipam {
             req,
-            plugin_type,
+            exec: Exec(plugin_type),
             in_process: conf.ipam_in_process && plugin_type == ipam::INFO.name,
         })
     }
 
     pub fn plugin_type(&self) -> &str {
-        self.plugin_type
+        self.exec.0
     }
 
-    fn exec(&self) -> Delegate<'_> {
-        Delegate {
-            plugin_type: self.plugin_type,
-            env: &self.req.env,
-            stdin: &self.req.stdin,
-            version: self.req.config.version,
+    fn plugin(&self) -> &dyn Plugin {
+        if self.in_process {
+            &ipam::HostLocal
+        } else {
+            &self.exec
         }
     }
 
     pub fn add(&self) -> Result<CniResult, CniError> {
+        let r = self.plugin().add(self.req)?;
         if !self.in_process {
-            return self.exec().add();
+            return Ok(r); // already read from the plugin's output
         }
         // Through the wire form, so the result is what the exec'd plugin
         // would have printed at this spec version and nothing more.
         let version = self.req.config.version;
-        let r = ipam::HostLocal.add(self.req)?;
         CniResult::from_json(&r.to_json(version), version)
     }
 
     pub fn del(&self) -> Result<(), CniError> {
-        if self.in_process {
-            ipam::HostLocal.del(self.req)
-        } else {
-            self.exec().del()
-        }
+        self.plugin().del(self.req)
     }
 
     pub fn check(&self) -> Result<(), CniError> {
-        if self.in_process {
-            ipam::HostLocal.check(self.req)
-        } else {
-            self.exec().check()
-        }
+        self.plugin().check(self.req)
     }
 
     pub fn gc(&self) -> Result<(), CniError> {
-        if self.in_process {
-            ipam::HostLocal.gc(self.req)
-        } else {
-            self.exec().gc()
-        }
+        self.plugin().gc(self.req)
     }
 
     pub fn status(&self) -> Result<(), CniError> {
-        if self.in_process {
-            ipam::HostLocal.status(self.req)
-        } else {
-            self.exec().status()
-        }
+        self.plugin().status(self.req)
     }
 }

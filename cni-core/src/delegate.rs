@@ -10,6 +10,7 @@ use serde_json::Value;
 use crate::env::{CmdEnv, Command};
 use crate::error::{CniError, ErrorCode};
 use crate::result::CniResult;
+use crate::skel::{Plugin, Request};
 use crate::version::SpecVersion;
 
 /// Finds plugin `name` in the CNI_PATH directories.
@@ -123,6 +124,40 @@ impl Delegate<'_> {
 
     pub fn status(&self) -> Result<(), CniError> {
         self.run(Command::Status).map(|_| ())
+    }
+}
+
+/// The plugin named by `.0`, exec'd from CNI_PATH, as a [`Plugin`]: each
+/// command runs it with the request's environment, stdin and version. Lets a
+/// caller choose between linked code and the exec'd plugin behind one type.
+pub struct Exec<'a>(pub &'a str);
+
+impl Exec<'_> {
+    fn of<'r>(&'r self, req: &'r Request) -> Delegate<'r> {
+        Delegate {
+            plugin_type: self.0,
+            env: &req.env,
+            stdin: &req.stdin,
+            version: req.config.version,
+        }
+    }
+}
+
+impl Plugin for Exec<'_> {
+    fn add(&self, req: &Request) -> Result<CniResult, CniError> {
+        self.of(req).add()
+    }
+    fn del(&self, req: &Request) -> Result<(), CniError> {
+        self.of(req).del()
+    }
+    fn check(&self, req: &Request) -> Result<(), CniError> {
+        self.of(req).check()
+    }
+    fn gc(&self, req: &Request) -> Result<(), CniError> {
+        self.of(req).gc()
+    }
+    fn status(&self, req: &Request) -> Result<(), CniError> {
+        self.of(req).status()
     }
 }
 

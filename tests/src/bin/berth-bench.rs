@@ -1086,17 +1086,14 @@ options:
 
     /// User + system time of this process's waited-for descendants so far.
     fn children_cpu() -> Duration {
-        // SAFETY: getrusage writes into the zeroed struct it is given.
-        let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
-        // SAFETY: a valid pointer to a rusage, RUSAGE_CHILDREN is a valid `who`.
-        if unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, &mut ru) } != 0 {
+        use nix::sys::resource::{getrusage, UsageWho};
+        let Ok(ru) = getrusage(UsageWho::RUSAGE_CHILDREN) else {
             return Duration::ZERO;
-        }
-        let tv = |t: libc::timeval| {
-            Duration::from_secs(u64::try_from(t.tv_sec).unwrap_or(0))
-                + Duration::from_micros(u64::try_from(t.tv_usec).unwrap_or(0))
         };
-        tv(ru.ru_utime) + tv(ru.ru_stime)
+        let tv = |t: nix::sys::time::TimeVal| {
+            Duration::from_micros(u64::try_from(t.tv_sec() * 1_000_000 + t.tv_usec()).unwrap_or(0))
+        };
+        tv(ru.user_time()) + tv(ru.system_time())
     }
 
     /// `rounds` rounds of [`bench_concurrency`], ours and the reference alternating which
@@ -1106,11 +1103,11 @@ options:
             ConcResult::new(opts.ours.label),
             ConcResult::new(opts.reference.label),
         ];
+        let plugins = [&opts.ours, &opts.reference];
         for round in 0..opts.concurrency_rounds {
             let order = if round % 2 == 0 { [0, 1] } else { [1, 0] };
             for i in order {
-                let plugin = if i == 0 { &opts.ours } else { &opts.reference };
-                bench_concurrency(plugin, opts.concurrency, &mut out[i])?;
+                bench_concurrency(plugins[i], opts.concurrency, &mut out[i])?;
             }
         }
         Ok(out)
