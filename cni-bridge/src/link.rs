@@ -140,7 +140,9 @@ pub fn configure_port(
     br: &Link,
     conf: &BridgeConf,
 ) -> Result<(), BridgeError> {
-    nl.set_master(host.index, br.index)?;
+    // Up together with the attach: the pod end is still down, so the port
+    // carries nothing before its options and VLANs below are in place.
+    nl.set_master_up(host.index, br.index)?;
     if conf.hairpin || conf.port_isolation {
         nl.set_bridge_port(host.index, conf.hairpin, conf.port_isolation)?;
     }
@@ -159,7 +161,6 @@ pub fn configure_port(
             nl.bridge_vlan(host.index, *vid, false, false, true)?;
         }
     }
-    nl.set_up(host.index, true)?;
     Ok(())
 }
 
@@ -199,10 +200,7 @@ pub fn ensure_gateway_addr(
     gw: IpNetwork,
     force: bool,
 ) -> Result<(), BridgeError> {
-    for (_, a) in nl.addrs(link.index)? {
-        if a.is_ipv4() != gw.is_ipv4() {
-            continue;
-        }
+    for (_, a) in nl.addrs_of_family(link.index, gw.is_ipv4())? {
         if a == gw {
             return Ok(());
         }
