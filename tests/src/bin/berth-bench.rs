@@ -1138,35 +1138,55 @@ options:
                        errors: &mut usize,
                        first_error: &mut Option<String>|
          -> (Duration, Vec<CniOutput>) {
-            // The spawning thread joins the host netns and the children inherit it, as they
+            // The spawning threads join the host netns and the children inherit it, as they
             // would from a runtime running there. A `pre_exec` setns per child instead makes
             // std fork the harness for each one (page tables copied, copy-on-write faults
-            // after), and that serial cost, the same for both plugins, was most of the wall
-            // time of a round.
+            // after). One spawning thread per CPU, as a runtime starts each pod's CNI call
+            // from its own goroutine: one thread alone is blocked for every child's exec
+            // (posix_spawn is a vfork), and then sets the pace for both plugins.
+            let spawners = std::thread::available_parallelism()
+                .map(|p| p.get())
+                .unwrap_or(1)
+                .clamp(1, n.max(1));
             let host_ns = std::fs::File::open(t.host.ns.path());
             let start = Instant::now();
             let (children, spawn_errors) = std::thread::scope(|s| {
-                s.spawn(|| {
-                    let mut children = Vec::with_capacity(n);
-                    let mut errs = Vec::new();
-                    let entered = host_ns.as_ref().map_err(|e| e.to_string()).and_then(|f| {
-                        nix::sched::setns(f, nix::sched::CloneFlags::CLONE_NEWNET)
-                            .map_err(|e| e.to_string())
+                let handles: Vec<_> = (0..spawners)
+                    .map(|k| {
+                        let (host_ns, t) = (&host_ns, &t);
+                        let (ids, pods) = (&ids, &pods);
+                        s.spawn(move || {
+                            let mut children = Vec::with_capacity(n / spawners + 1);
+                            let mut errs = Vec::new();
+                            let entered =
+                                host_ns.as_ref().map_err(|e| e.to_string()).and_then(|f| {
+                                    nix::sched::setns(f, nix::sched::CloneFlags::CLONE_NEWNET)
+                                        .map_err(|e| e.to_string())
+                                });
+                            if let Err(e) = entered {
+                                errs.push(format!("entering the host netns: {e}"));
+                                return (children, errs);
+                            }
+                            for (id, pod) in ids.iter().zip(pods).skip(k).step_by(spawners) {
+                                match t.cmd_here(command, id, pod.path()).spawn() {
+                                    Ok(c) => children.push(c),
+                                    Err(e) => errs.push(format!("spawn: {e}")),
+                                }
+                            }
+                            (children, errs)
+                        })
+                    })
+                    .collect();
+                let mut children = Vec::with_capacity(n);
+                let mut errs = Vec::new();
+                for h in handles {
+                    let (c, e) = h.join().unwrap_or_else(|_| {
+                        (Vec::new(), vec!["a spawning thread panicked".into()])
                     });
-                    if let Err(e) = entered {
-                        errs.push(format!("entering the host netns: {e}"));
-                        return (children, errs);
-                    }
-                    for (id, pod) in ids.iter().zip(&pods) {
-                        match t.cmd_here(command, id, pod.path()).spawn() {
-                            Ok(c) => children.push(c),
-                            Err(e) => errs.push(format!("spawn: {e}")),
-                        }
-                    }
-                    (children, errs)
-                })
-                .join()
-                .unwrap_or_else(|_| (Vec::new(), vec!["the spawning thread panicked".into()]))
+                    children.extend(c);
+                    errs.extend(e);
+                }
+                (children, errs)
             });
             for e in spawn_errors {
                 *errors += 1;
