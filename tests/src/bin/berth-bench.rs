@@ -1537,7 +1537,7 @@ options:
             md.push_str(&markdown_table(&ratio_header, &ratio_rows));
             if !conc.is_empty() {
                 md.push_str(&format!(
-                    "\n{} pods attached at once on a fresh host, then detached at once; {} rounds, ours and reference alternating which goes first; CPU is user + system of the plugins and their children (getrusage RUSAGE_CHILDREN):\n\n",
+                    "\n{} pods attached at once on a fresh host, then detached at once, spawned by one thread per CPU in the host netns (posix_spawn); {} rounds, ours and reference alternating which goes first; CPU is user + system of the plugins and their children (getrusage RUSAGE_CHILDREN):\n\n",
                     opts.concurrency, opts.concurrency_rounds
                 ));
                 md.push_str(&markdown_table(&conc_header, &conc_rows));
