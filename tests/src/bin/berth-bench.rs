@@ -886,19 +886,13 @@ options:
             })
         }
 
+        /// The plugin run inside the host netns, entered between fork and exec.
         fn cmd(&self, command: &str, container: &str, netns: &Path) -> CniRun {
-            CniRun::new(&self.plugin.bin)
-                .command(command)
-                .container_id(container)
-                .netns(&netns.to_string_lossy())
-                .ifname("eth0")
-                .cni_path(self.plugin.cni_path())
-                .stdin(self.conf.clone())
-                .timeout(RUN_TIMEOUT)
+            self.cmd_here(command, container, netns)
                 .in_netns(self.host.ns.path())
         }
 
-        /// [`Target::cmd`] for a caller already in the host netns: spawned without a `pre_exec`
+        /// The plugin run for a caller already in the host netns: spawned without a `pre_exec`
         /// hook, so std uses posix_spawn (a vfork) instead of forking the harness.
         fn cmd_here(&self, command: &str, container: &str, netns: &Path) -> CniRun {
             CniRun::new(&self.plugin.bin)
