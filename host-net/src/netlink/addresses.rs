@@ -45,9 +45,13 @@ impl Netlink {
         )
     }
 
-    /// Addresses of one link (or of every link with `index` 0).
+    /// Addresses of one link (or of every link with `index` 0), IPv4 first.
+    /// Two dumps of one family each rather than one of every family: see
+    /// [`Netlink::addrs_of_family`].
     pub fn addrs(&mut self, index: u32) -> Result<Vec<(u32, IpNetwork)>> {
-        self.dump_addrs(index, AddressMessage::default())
+        let mut out = self.addrs_of_family(index, true)?;
+        out.extend(self.addrs_of_family(index, false)?);
+        Ok(out)
     }
 
     /// Addresses of one family on one link (or on every link with `index` 0).
@@ -62,6 +66,8 @@ impl Netlink {
         } else {
             AddressFamily::Inet6
         };
+        // Filtered again here: a kernel without IPv6 answers an AF_INET6
+        // dump with every family's addresses.
         let mut out = self.dump_addrs(index, m)?;
         out.retain(|(_, a)| a.is_ipv4() == v4);
         Ok(out)
