@@ -60,20 +60,12 @@ impl Netlink {
     /// runs under RCU, while a dump of every family (AF_UNSPEC) holds RTNL,
     /// the lock every link change on the host waits for.
     pub fn addrs_of_family(&mut self, index: u32, v4: bool) -> Result<Vec<(u32, IpNetwork)>> {
-        let mut m = AddressMessage::default();
-        m.header.family = if v4 {
+        let mut req = AddressMessage::default();
+        req.header.family = if v4 {
             AddressFamily::Inet
         } else {
             AddressFamily::Inet6
         };
-        // Filtered again here: a kernel without IPv6 answers an AF_INET6
-        // dump with every family's addresses.
-        let mut out = self.dump_addrs(index, m)?;
-        out.retain(|(_, a)| a.is_ipv4() == v4);
-        Ok(out)
-    }
-
-    fn dump_addrs(&mut self, index: u32, req: AddressMessage) -> Result<Vec<(u32, IpNetwork)>> {
         let v = self.request(
             RouteNetlinkMessage::GetAddress(req),
             NLM_F_DUMP,
@@ -100,7 +92,9 @@ impl Netlink {
                         _ => None,
                     })
                 });
-            if let Some(ip) = ip {
+            // The family is checked again: a kernel without IPv6 answers an
+            // AF_INET6 dump with every family's addresses.
+            if let Some(ip) = ip.filter(|ip| ip.is_ipv4() == v4) {
                 if let Ok(net) = IpNetwork::new(ip, a.header.prefix_len) {
                     out.push((a.header.index, net));
                 }

@@ -1120,6 +1120,30 @@ options:
         Ok(out)
     }
 
+    /// Spawns every `step`-th of the pods from `first` on, from a thread inside the host netns
+    /// (the children inherit it); the children, and the errors of those that did not start.
+    fn spawn_share(
+        t: &Target,
+        command: &str,
+        ids: &[String],
+        pods: &[Netns],
+        first: usize,
+        step: usize,
+    ) -> (Vec<std::process::Child>, Vec<String>) {
+        let spawned = t.host.ns.run(|| {
+            let mut children = Vec::new();
+            let mut errs = Vec::new();
+            for (id, pod) in ids.iter().zip(pods).skip(first).step_by(step) {
+                match t.cmd_here(command, id, pod.path()).spawn() {
+                    Ok(c) => children.push(c),
+                    Err(e) => errs.push(format!("spawn: {e}")),
+                }
+            }
+            (children, errs)
+        });
+        spawned.unwrap_or_else(|e| (Vec::new(), vec![format!("entering the host netns: {e}")]))
+    }
+
     fn bench_concurrency(plugin: &Plugin, n: usize, acc: &mut ConcResult) -> Result<(), String> {
         let t = Target::new(plugin, false)?;
         let pods: Vec<Netns> = (0..n)
@@ -1142,33 +1166,12 @@ options:
                 .map(|p| p.get())
                 .unwrap_or(1)
                 .clamp(1, n.max(1));
-            let host_ns = std::fs::File::open(t.host.ns.path());
             let start = Instant::now();
             let (children, spawn_errors) = std::thread::scope(|s| {
                 let handles: Vec<_> = (0..spawners)
                     .map(|k| {
-                        let (host_ns, t) = (&host_ns, &t);
-                        let (ids, pods) = (&ids, &pods);
-                        s.spawn(move || {
-                            let mut children = Vec::with_capacity(n / spawners + 1);
-                            let mut errs = Vec::new();
-                            let entered =
-                                host_ns.as_ref().map_err(|e| e.to_string()).and_then(|f| {
-                                    nix::sched::setns(f, nix::sched::CloneFlags::CLONE_NEWNET)
-                                        .map_err(|e| e.to_string())
-                                });
-                            if let Err(e) = entered {
-                                errs.push(format!("entering the host netns: {e}"));
-                                return (children, errs);
-                            }
-                            for (id, pod) in ids.iter().zip(pods).skip(k).step_by(spawners) {
-                                match t.cmd_here(command, id, pod.path()).spawn() {
-                                    Ok(c) => children.push(c),
-                                    Err(e) => errs.push(format!("spawn: {e}")),
-                                }
-                            }
-                            (children, errs)
-                        })
+                        let (t, ids, pods) = (&t, &ids, &pods);
+                        s.spawn(move || spawn_share(t, command, ids, pods, k, spawners))
                     })
                     .collect();
                 let mut children = Vec::with_capacity(n);
