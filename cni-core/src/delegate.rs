@@ -40,23 +40,38 @@ pub fn exec_plugin(
     env: &CmdEnv,
     stdin: &[u8],
 ) -> Result<Vec<u8>, CniError> {
-    let mut child = Proc::new(plugin)
-        .env("CNI_COMMAND", cmd.as_str())
-        .env("CNI_CONTAINERID", &env.container_id)
-        .env("CNI_NETNS", &env.netns)
-        .env("CNI_IFNAME", &env.ifname)
-        .env("CNI_ARGS", &env.args)
-        .env("CNI_PATH", env.path.join(":"))
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .map_err(|e| {
-            CniError::new(
-                ErrorCode::IoFailure,
-                format!("cannot run plugin {}: {e}", plugin.display()),
-            )
-        })?;
+    let spawn = || {
+        Proc::new(plugin)
+            .env("CNI_COMMAND", cmd.as_str())
+            .env("CNI_CONTAINERID", &env.container_id)
+            .env("CNI_NETNS", &env.netns)
+            .env("CNI_IFNAME", &env.ifname)
+            .env("CNI_ARGS", &env.args)
+            .env("CNI_PATH", env.path.join(":"))
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+    };
+    // ETXTBSY: a plugin binary just written (an upgrade copying it in) can
+    // still be open for writing in a process forked meanwhile; libcni
+    // retries the same way.
+    let mut attempt = spawn();
+    for _ in 0..5 {
+        match &attempt {
+            Err(e) if e.kind() == std::io::ErrorKind::ExecutableFileBusy => {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+                attempt = spawn();
+            }
+            _ => break,
+        }
+    }
+    let mut child = attempt.map_err(|e| {
+        CniError::new(
+            ErrorCode::IoFailure,
+            format!("cannot run plugin {}: {e}", plugin.display()),
+        )
+    })?;
     if let Some(mut input) = child.stdin.take() {
         // A plugin that exits without reading stdin closes the pipe; its
         // exit status and output below say what happened.
