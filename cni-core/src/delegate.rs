@@ -54,13 +54,16 @@ pub fn exec_plugin(
             .spawn()
     };
     // ETXTBSY: a plugin binary just written (an upgrade copying it in) can
-    // still be open for writing in a process forked meanwhile; libcni
-    // retries the same way.
+    // still be open for writing, also in a process forked meanwhile. libcni
+    // retries too (six tries a second apart); doubling pauses from 20 ms
+    // cover the same ~1.3 s without making the common short case wait long.
     let mut attempt = spawn();
-    for _ in 0..5 {
+    let mut pause = std::time::Duration::from_millis(20);
+    for _ in 0..6 {
         match &attempt {
             Err(e) if e.kind() == std::io::ErrorKind::ExecutableFileBusy => {
-                std::thread::sleep(std::time::Duration::from_millis(20));
+                std::thread::sleep(pause);
+                pause *= 2;
                 attempt = spawn();
             }
             _ => break,
@@ -245,6 +248,27 @@ echo '{"cniVersion":"1.0.0","ips":[{"address":"10.9.0.2/24","gateway":"10.9.0.1"
         };
         let e = del.add().unwrap_err();
         assert_eq!((e.code, e.msg.as_str()), (100, "full"));
+        let _ = std::fs::remove_dir_all(d);
+    }
+
+    #[test]
+    fn retries_a_plugin_that_is_still_open_for_writing() {
+        // An upgrade that has just copied a plugin in can still hold it open
+        // for writing: exec fails with ETXTBSY until the writer closes it.
+        let d = tempdir();
+        script(&d, "busy", "cat >/dev/null; echo ok");
+        let p = d.join("busy");
+        let writer = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&p)
+            .expect("open for writing");
+        let closer = std::thread::spawn(move || {
+            std::thread::sleep(std::time::Duration::from_millis(30));
+            drop(writer);
+        });
+        let out = exec_plugin(&p, Command::Version, &CmdEnv::default(), b"{}");
+        closer.join().expect("closer");
+        assert_eq!(out.expect("exec after the writer closed"), b"ok\n");
         let _ = std::fs::remove_dir_all(d);
     }
 
