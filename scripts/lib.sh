@@ -4,6 +4,12 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
 
+# A step's heading, with the time since the script started (mm:ss), so a
+# slow run shows where its minutes went.
+step() {
+    printf '==> [%02d:%02d] %s\n' $((SECONDS / 60)) $((SECONDS % 60)) "$*"
+}
+
 # Debian packages the demo and the tests use: the reference CNI plugins (for
 # side-by-side tests and benchmarks), kernel tools for the namespace tests,
 # sqlite3 to inspect stores, a C compiler for the bundled SQLite, podman and
@@ -40,7 +46,7 @@ install_packages() {
         dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || lean+=("$p")
     done
     if [ "${#missing[@]}" -gt 0 ] || [ "${#lean[@]}" -gt 0 ]; then
-        echo "==> installing ${missing[*]} ${lean[*]}"
+        step "installing ${missing[*]} ${lean[*]}"
         apt-get update -qq
     fi
     if [ "${#missing[@]}" -gt 0 ]; then
@@ -64,14 +70,14 @@ find_cargo() {
 # Style and lints are part of the test: rustfmt's layout and clippy with the
 # workspace lints (Cargo.toml [workspace.lints]), warnings as errors.
 check_style() {
-    echo "==> cargo fmt --all --check"
+    step "cargo fmt --all --check"
     (cd "$ROOT" && cargo fmt --all --check)
-    echo "==> cargo clippy --workspace --all-targets -- -D warnings"
+    step "cargo clippy --workspace --all-targets -- -D warnings"
     (cd "$ROOT" && cargo clippy --workspace --all-targets --quiet -- -D warnings)
 }
 
 build_release() {
-    echo "==> building (release)"
+    step "building (release)"
     (cd "$ROOT" && cargo build --release --workspace)
 }
 
@@ -91,7 +97,7 @@ STATIC_BINS=(berth-bridge berth-host-local berth-overlay berth-csi)
 # libraries.
 build_static() {
     [ "$(uname -m)" = "x86_64" ] || return 1
-    echo "==> building static ${STATIC_BINS[*]}"
+    step "building static ${STATIC_BINS[*]}"
     local args=()
     for b in "${STATIC_BINS[@]}"; do args+=(--bin "$b"); done
     (cd "$ROOT" && RUSTFLAGS="-C target-feature=+crt-static" \

@@ -20,6 +20,7 @@ build_static || true
 prepare_guest_kernel
 peers_ok=0
 wait "$peers_pid" || peers_ok=$?
+step "test peers ready (scripts/test-peers.sh, run beside the Rust build):"
 grep -v '^go: downloading' "$peers_log" || true
 rm -f "$peers_log"
 if [ "$peers_ok" != 0 ]; then
@@ -28,10 +29,10 @@ if [ "$peers_ok" != 0 ]; then
 fi
 # Berth's image and the sidecar images, for the install test (no registry:
 # a debootstrapped base, cached after the first run).
-echo "==> building the images (scripts/image.sh)"
+step "building the images (scripts/image.sh)"
 export BERTH_IMAGE_ARCHIVES="${BERTH_IMAGE_ARCHIVES:-/var/cache/berth-image/archives}"
 "$ROOT/scripts/image.sh" --sidecars --archive-dir "$BERTH_IMAGE_ARCHIVES" | { grep -v '^Copying\|^Writing\|^Storing\|^Getting' || true; }
-echo "==> running every test"
+step "running every test"
 cd "$ROOT"
 # What the tests must leave as they found it: the loop devices and the kernel
 # settings kubelet changes (compared after the last step).
@@ -47,7 +48,7 @@ cargo test --release --workspace --no-fail-fast -- --test-threads="${TEST_THREAD
 # package would unify features differently and rebuild it).
 conformance() {
     local what=$1; shift
-    echo "==> conformance: $what"
+    step "conformance: $what"
     cargo test --release --workspace "$@" -- --ignored --nocapture --test-threads=1
 }
 conformance "cnitool (libcni) add/check/status/del/gc: berth-bridge + berth-host-local, berth-overlay; cniVersion 0.4.0, 1.0.0, 1.1.0" \
@@ -57,7 +58,7 @@ conformance "a gRPC C-core client (Python grpcio) runs a volume lifecycle on ber
 if [ -f "$ROOT/csi-driver/tests/sanity.rs" ]; then
     conformance "csi-sanity on the local and NFS backends" --test sanity
 fi
-echo "==> the demo, short mode"
+step "the demo, short mode"
 "$ROOT/target/release/berth-demo" --short
 left=$(ip netns list | grep -c -E '^(bd(ul|h|pod|probe)|bnfs|bcp|bsc|bth|bk2|bi2|bks|bkp|bku|bkv)-' || true)
 if [ "$left" != "0" ]; then
@@ -83,3 +84,4 @@ if [ -n "$new_loops" ]; then
     echo "$new_loops" >&2
     exit 1
 fi
+step "done: every test, the conformance steps and the demo passed"
