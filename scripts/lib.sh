@@ -4,10 +4,13 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
 
-# A step's heading, with the time since the script started (mm:ss), so a
-# slow run shows where its minutes went.
+# A step's heading, with the time since the outermost script started
+# (mm:ss), so a slow run shows where its minutes went. Exported, so scripts
+# it runs (image.sh) count from the same start.
+export BERTH_STEP_T0="${BERTH_STEP_T0:-$(date +%s)}"
 step() {
-    printf '==> [%02d:%02d] %s\n' $((SECONDS / 60)) $((SECONDS % 60)) "$*"
+    local t=$(( $(date +%s) - BERTH_STEP_T0 ))
+    printf '==> [%02d:%02d] %s\n' $((t / 60)) $((t % 60)) "$*"
 }
 
 # Debian packages the demo and the tests use: the reference CNI plugins (for
