@@ -20,6 +20,9 @@ COPY . .
 # The CNI plugins are copied onto the hosts and exec'd for every pod: linked
 # statically they run with any host C library, map no shared libraries (peak
 # RSS about 1.3 MiB lower) and start about 0.5 ms sooner. The daemons run here.
+# Thin LTO for every shipped binary (the workspace profile leaves it off to
+# keep the test build quick; Cargo.toml, [profile.release]).
+ENV CARGO_PROFILE_RELEASE_LTO=thin
 RUN cargo build --release --workspace --bins \
  && host="$(rustc -vV | sed -n 's/^host: //p')" \
  && RUSTFLAGS="-C target-feature=+crt-static" \

@@ -103,7 +103,9 @@ build_static() {
     step "building static ${STATIC_BINS[*]}"
     local args=()
     for b in "${STATIC_BINS[@]}"; do args+=(--bin "$b"); done
-    (cd "$ROOT" && RUSTFLAGS="-C target-feature=+crt-static" \
+    # Thin LTO for what ships, which the workspace profile leaves off to keep
+    # the test build quick (Cargo.toml, [profile.release]).
+    (cd "$ROOT" && RUSTFLAGS="-C target-feature=+crt-static" CARGO_PROFILE_RELEASE_LTO=thin \
         cargo build --release -p cni-bridge -p ipam -p cni-overlay -p csi-driver \
             "${args[@]}" --target x86_64-unknown-linux-gnu) && return 0
     echo "warning: no static builds" >&2
