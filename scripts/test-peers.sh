@@ -106,8 +106,8 @@ k8s_peer() {
 # of their replace lines, so they share one resolved set of dependencies and
 # one compile of it (each built on its own resolves slightly different
 # golang.org/x, grpc and otel versions, which recompiles everything above
-# them: about 22 minutes for the five on a fresh 2-core machine, against
-# about 9 for one shared graph). The module is made from the whole list,
+# them: about 20 minutes for the five on a fresh 2-core machine, against
+# 4 measured for one shared graph). The module is made from the whole list,
 # whatever BERTH_TOOLS selects, so a subset builds the same binaries. spec is
 # module@version:package-dir; the version is linked in as the sidecars'
 # release builds do (main.version).
