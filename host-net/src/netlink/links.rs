@@ -2,8 +2,8 @@
 
 use netlink_packet_core::{NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL};
 use netlink_packet_route::link::{
-    BridgePortState, InfoBridge, InfoBridgePort, InfoData, InfoKind, InfoPortData, InfoVeth,
-    LinkAttribute, LinkFlags, LinkInfo, LinkMessage,
+    AfSpecInet6, AfSpecUnspec, BridgePortState, In6AddrGenMode, InfoBridge, InfoBridgePort,
+    InfoData, InfoKind, InfoPortData, InfoVeth, LinkAttribute, LinkFlags, LinkInfo, LinkMessage,
 };
 use netlink_packet_route::RouteNetlinkMessage;
 
@@ -252,17 +252,36 @@ impl Netlink {
     /// Attaches a link to `master` and brings it up in one request: one
     /// RTNL section instead of two, which matters when many pods start at
     /// once on a host (every link change there takes the same lock).
+    ///
+    /// The same request turns IPv6 address generation off on the link: a
+    /// bridge port forwards frames and needs no address of its own, and
+    /// without one the kernel skips, for every pod, the link-local address,
+    /// its duplicate address detection, the multicast joins and router
+    /// solicitations at start, and their teardown at delete. The mode is in
+    /// place before the port has carrier (its peer is still down), which is
+    /// when the kernel would generate the address. On a kernel without IPv6
+    /// (`ipv6.disable=1`) the attribute is refused with EAFNOSUPPORT and the
+    /// request is sent again without it.
     pub fn set_master_up(&mut self, index: u32, master: u32) -> Result<()> {
-        let mut m = LinkMessage::default();
-        m.header.index = index;
-        m.header.change_mask = LinkFlags::Up;
-        m.header.flags = LinkFlags::Up;
-        m.attributes.push(LinkAttribute::Controller(master));
-        self.change(
-            RouteNetlinkMessage::SetLink(m),
-            0,
-            &format!("attaching link #{index} to #{master} and setting it up"),
-        )
+        let op = format!("attaching link #{index} to #{master} and setting it up");
+        let msg = |no_addrconf: bool| {
+            let mut m = LinkMessage::default();
+            m.header.index = index;
+            m.header.change_mask = LinkFlags::Up;
+            m.header.flags = LinkFlags::Up;
+            m.attributes.push(LinkAttribute::Controller(master));
+            if no_addrconf {
+                m.attributes
+                    .push(LinkAttribute::AfSpecUnspec(vec![AfSpecUnspec::Inet6(
+                        vec![AfSpecInet6::AddrGenMode(In6AddrGenMode::None)],
+                    )]));
+            }
+            RouteNetlinkMessage::SetLink(m)
+        };
+        match self.change(msg(true), 0, &op) {
+            Err(e) if e.is(libc::EAFNOSUPPORT) => self.change(msg(false), 0, &op),
+            r => r,
+        }
     }
 
     pub fn set_mtu(&mut self, index: u32, mtu: u32) -> Result<()> {
