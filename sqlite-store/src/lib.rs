@@ -7,12 +7,14 @@
 //! - **Lock file.** Short-lived plugin processes serialize on an exclusive
 //!   `flock` of a file beside the database: the kernel hands it to the next
 //!   waiter the moment the holder exits, even on SIGKILL, so no stale lock
-//!   survives a crash. A store either holds it for as long as it is open
-//!   ([`Lock::WhileOpen`], writers of one short transaction), around each
-//!   of its writes ([`Lock::PerWrite`], a plugin that writes a few times
-//!   during one run and should not hold other plugins up in between), or
-//!   only while the journal and schema are set up ([`Lock::WhileSettingUp`],
-//!   long-lived daemons that then rely on SQLite's own locking).
+//!   survives a crash. A store either holds it from the moment its
+//!   connection is open until it is dropped ([`Lock::WhileOpen`], writers
+//!   of one short transaction), around each of its writes
+//!   ([`Lock::PerWrite`], a plugin that writes a few times during one run
+//!   and should not hold other plugins up in between), or only while a
+//!   migration sets the journal and schema up ([`Lock::WhileSettingUp`],
+//!   long-lived daemons that then rely on SQLite's own locking). The
+//!   connection is opened before the lock is taken (see [`Db::open`]).
 //! - **WAL journal**, set once per file before the first transaction:
 //!   readers never block the writer, and a crash never loses a commit.
 //! - **Busy timeout** [`BUSY_TIMEOUT`].
@@ -52,12 +54,12 @@ pub const WAL_CHECKPOINT_BYTES: u64 = 256 * 1024;
 pub enum Lock {
     /// From open until the handle is dropped: one writer at a time.
     WhileOpen(&'static str),
-    /// While the journal mode and the schema are set up, then again around
-    /// each write the caller brackets with [`Db::write_lock`]. One
+    /// While a migration sets the journal mode and the schema up, then
+    /// around each write the caller brackets with [`Db::write_lock`]. One
     /// connection serves the whole run: its later opens would each pay
     /// SQLite's start-up and WAL index rebuild again.
     PerWrite(&'static str),
-    /// Only while the journal mode and the schema are set up.
+    /// Only while a migration sets the journal mode and the schema up.
     WhileSettingUp(&'static str),
     /// Never: one process owns the database.
     None,
@@ -157,6 +159,14 @@ pub struct Db {
 impl Db {
     /// Opens the store `spec` in `dir`. `Ok(None)` only for [`Open::Existing`]
     /// and [`Open::Inspect`] when there is no database yet.
+    ///
+    /// The connection is opened, and the schema version read, before the
+    /// lock file is taken: opening a WAL database while no other connection
+    /// has it open rebuilds its index from the whole WAL, and done under the
+    /// lock that work would hold every other plugin on the host up. Waiting
+    /// for the lock with the connection open also keeps the index valid for
+    /// the next opener. The lock is taken for setup only when the schema
+    /// needs a migration, which re-reads the version under it.
     pub fn open(dir: &Path, spec: &Spec, how: Open) -> Result<Option<Db>, StoreError> {
         let path = dir.join(spec.db_file);
         if how != Open::Create && !path.exists() {
@@ -169,7 +179,7 @@ impl Db {
         if how == Open::Create {
             std::fs::create_dir_all(dir).map_err(io(dir))?;
         }
-        let lock = match (spec.lock, how) {
+        let lock_file = match (spec.lock, how) {
             (_, Open::Inspect) | (Lock::None, _) => None,
             (Lock::WhileOpen(name) | Lock::PerWrite(name) | Lock::WhileSettingUp(name), _) => {
                 let lock_path = dir.join(name);
@@ -179,8 +189,7 @@ impl Db {
                     .write(true)
                     .open(&lock_path)
                     .map_err(io(&lock_path))?;
-                f.lock().map_err(io(&lock_path))?;
-                Some(f)
+                Some((f, lock_path))
             }
         };
         let mut flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
@@ -194,26 +203,44 @@ impl Db {
         let mut db = Db {
             conn,
             path,
-            lock,
+            lock: None,
             per_write: None,
             checkpoint_on_close: how != Open::Inspect,
         };
-        db.prepare(spec, how)?;
-        match spec.lock {
-            Lock::WhileSettingUp(_) => db.lock = None,
-            Lock::PerWrite(name) => {
-                if let Some(f) = db.lock.take() {
-                    let lock_path = dir.join(name);
-                    f.unlock().map_err(io(&lock_path))?;
-                    db.per_write = Some((f, lock_path));
+        let current = db.configure(spec)?;
+        let migrate = !current && how != Open::Inspect;
+        let lock = |(f, p): &(File, PathBuf)| f.lock().map_err(io(p));
+        match (spec.lock, lock_file) {
+            (_, None) => {
+                if migrate {
+                    db.migrate(spec)?;
                 }
             }
-            Lock::WhileOpen(_) | Lock::None => {}
+            (Lock::WhileOpen(_), Some(lf)) => {
+                lock(&lf)?;
+                if migrate {
+                    db.migrate(spec)?;
+                }
+                db.lock = Some(lf.0);
+            }
+            (Lock::PerWrite(_) | Lock::WhileSettingUp(_) | Lock::None, Some(lf)) => {
+                if migrate {
+                    lock(&lf)?;
+                    let r = db.migrate(spec);
+                    lf.0.unlock().map_err(io(&lf.1))?;
+                    r?;
+                }
+                if matches!(spec.lock, Lock::PerWrite(_)) {
+                    db.per_write = Some(lf);
+                }
+            }
         }
         Ok(Some(db))
     }
 
-    fn prepare(&mut self, spec: &Spec, how: Open) -> Result<(), StoreError> {
+    /// Connection settings, then the schema version: whether it is current.
+    /// A database newer than the code is refused.
+    fn configure(&mut self, spec: &Spec) -> Result<bool, StoreError> {
         let path = self.path.clone();
         let sql = |source| StoreError::Sql {
             path: path.clone(),
@@ -242,9 +269,18 @@ impl Db {
                 known,
             });
         }
-        if found == known || how == Open::Inspect {
-            return Ok(());
-        }
+        Ok(found == known)
+    }
+
+    /// WAL journal and the missing schema steps, in one IMMEDIATE
+    /// transaction with the version bump.
+    fn migrate(&mut self, spec: &Spec) -> Result<(), StoreError> {
+        let path = self.path.clone();
+        let sql = |source| StoreError::Sql {
+            path: path.clone(),
+            source,
+        };
+        let conn = &mut self.conn;
         let _: String = conn
             .pragma_update_and_check(None, "journal_mode", "WAL", |r| r.get(0))
             .map_err(sql)?;
@@ -253,9 +289,17 @@ impl Db {
             .map_err(sql)?;
         // Re-read inside the transaction: another process may have migrated
         // while this one waited for the write lock.
+        let known = i64::try_from(spec.migrations.len()).unwrap_or(i64::MAX);
         let mut version: i64 = tx
             .pragma_query_value(None, "user_version", |r| r.get(0))
             .map_err(sql)?;
+        if version > known {
+            return Err(StoreError::TooNew {
+                path: self.path.clone(),
+                found: version,
+                known,
+            });
+        }
         for step in spec
             .migrations
             .iter()
@@ -468,7 +512,7 @@ mod tests {
             let _g = c.write_lock().unwrap().expect("a write lock");
             tx.send(()).unwrap();
         });
-        // Setup takes the lock too: c waits while a writes.
+        // c opens without waiting (its schema is current), then waits for the lock.
         assert!(
             rx.recv_timeout(Duration::from_millis(200)).is_err(),
             "a second writer got the lock during a write"
@@ -484,6 +528,66 @@ mod tests {
         assert_eq!(n, 1);
         let i = Db::open(dir.path(), &s, Open::Inspect).unwrap().unwrap();
         assert!(i.write_lock().unwrap().is_none());
+    }
+
+    #[test]
+    fn current_schema_opens_while_a_writer_holds_the_lock() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Spec {
+            lock: Lock::PerWrite("x.lock"),
+            ..spec(&[V1])
+        };
+        let a = Db::open(dir.path(), &s, Open::Create).unwrap().unwrap();
+        let _guard = a.write_lock().unwrap().expect("a write lock");
+        let path = dir.path().to_path_buf();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let t = std::thread::spawn(move || {
+            let b = Db::open(&path, &s, Open::Existing).unwrap().unwrap();
+            tx.send(version(&b)).unwrap();
+        });
+        // Nothing to migrate: the open must not wait for a's write.
+        assert_eq!(rx.recv_timeout(Duration::from_secs(10)), Ok(1));
+        t.join().unwrap();
+    }
+
+    #[test]
+    fn concurrent_first_opens_migrate_once() {
+        for lock in [Lock::WhileOpen("x.lock"), Lock::PerWrite("x.lock")] {
+            let dir = tempfile::tempdir().unwrap();
+            let s = Spec {
+                lock,
+                ..spec(&[V1, V2])
+            };
+            let threads: Vec<_> = (0..8)
+                .map(|i| {
+                    let path = dir.path().join("sub");
+                    std::thread::spawn(move || {
+                        let db = Db::open(&path, &s, Open::Create).unwrap().unwrap();
+                        let _g = db.write_lock().unwrap();
+                        db.conn
+                            .execute("INSERT INTO t (a, b) VALUES (?1, 'x')", [i])
+                            .unwrap();
+                        version(&db)
+                    })
+                })
+                .collect();
+            for t in threads {
+                assert_eq!(t.join().unwrap(), 2, "{lock:?}");
+            }
+            let db = Db::open(&dir.path().join("sub"), &s, Open::Inspect)
+                .unwrap()
+                .unwrap();
+            let n: i64 = db
+                .conn
+                .query_row("SELECT count(*) FROM t", [], |r| r.get(0))
+                .unwrap();
+            assert_eq!(n, 8, "{lock:?}: a row was lost");
+            let mode: String = db
+                .conn
+                .pragma_query_value(None, "journal_mode", |r| r.get(0))
+                .unwrap();
+            assert_eq!(mode, "wal", "{lock:?}");
+        }
     }
 
     #[test]
