@@ -22,6 +22,16 @@ echo "==> test peers (tests/tools/versions.txt) in $TOOLS_DIR"
 
 stamped() { [ "$(cat "$TOOLS_DIR/stamps/$1" 2>/dev/null)" = "$2" ]; }
 
+# One field (GoMod, Dir) of `go mod download -json MODULE@VERSION`, run in
+# directory $1 (whose go.mod, if any, decides nothing here: the download is by
+# exact version); fails naming the module when the answer has no such field.
+mod_field() {
+    local dir=$1 mv=$2 field=$3 value
+    value=$(cd "$dir" && go mod download -json "$mv" | sed -n "s/.*\"$field\": \"\(.*\)\".*/\1/p")
+    [ -n "$value" ] || { echo "error: go mod download $mv gave no $field" >&2; return 1; }
+    echo "$value"
+}
+
 go_peer() {
     local name=$1 spec=$2 pkg="${2%@*}" start tmp ldflags="" stamp
     # crictl says "version unknown" unless its release version is linked in.
@@ -67,7 +77,7 @@ k8s_peer() {
     mod="$TOOLS_DIR/k8s-$version"
     if [ ! -f "$mod/go.sum" ]; then
         mkdir -p "$mod"
-        gomod=$(cd "$mod" && go mod download -json "k8s.io/kubernetes@$version" | sed -n 's/.*"GoMod": "\(.*\)".*/\1/p')
+        gomod=$(mod_field "$mod" "k8s.io/kubernetes@$version" GoMod) || exit 1
         {
             echo "module berth.dev/test-peers/kubernetes"
             echo
@@ -135,8 +145,7 @@ src_peers() {
         for spec in "${src_specs[@]}"; do
             mv="${spec%%:*}"
             requires+=("${mv%@*} ${mv##*@}")
-            gomod=$(cd "$mod.tmp" && go mod download -json "$mv" | sed -n 's/.*"GoMod": "\(.*\)".*/\1/p')
-            [ -n "$gomod" ] || { echo "error: go mod download $mv gave no go.mod" >&2; exit 1; }
+            gomod=$(mod_field "$mod.tmp" "$mv" GoMod) || exit 1
             gos+=("$(sed -n 's/^go \([0-9.]*\)$/\1/p' "$gomod")")
             # Replace lines, single or in a block, without local paths: a
             # `m => ./dir` names a nested module, which is required from the
@@ -189,8 +198,7 @@ module_dir() {
     local mv=$1 dir src
     src="$TOOLS_DIR/src/$(echo "$mv" | tr '/@' '__')"
     if [ ! -f "$src/go.mod" ]; then
-        dir=$(cd "$TOOLS_DIR" && go mod download -json "$mv" | sed -n 's/.*"Dir": "\(.*\)".*/\1/p')
-        [ -n "$dir" ] || { echo "error: go mod download $mv gave no directory" >&2; exit 1; }
+        dir=$(mod_field "$TOOLS_DIR" "$mv" Dir) || exit 1
         rm -rf "$src.tmp"; mkdir -p "$TOOLS_DIR/src"
         cp -r "$dir" "$src.tmp"; chmod -R u+w "$src.tmp"
         # A module zip leaves out nested modules, which a `replace m =>
@@ -201,8 +209,7 @@ module_dir() {
         sed -n 's#^\(replace\)\{0,1\}\s*\(\S*\)\( v\S*\)\{0,1\} => \./\(\S*\)\s*$#\2 \4#p' "$src.tmp/go.mod" |
             while read -r m rel; do
                 [ -e "$src.tmp/$rel/go.mod" ] && continue
-                nested=$(cd "$TOOLS_DIR" && go mod download -json "$m@${mv##*@}" | sed -n 's/.*"Dir": "\(.*\)".*/\1/p')
-                [ -n "$nested" ] || { echo "error: go mod download $m@${mv##*@} gave no directory" >&2; exit 1; }
+                nested=$(mod_field "$TOOLS_DIR" "$m@${mv##*@}" Dir) || exit 1
                 rm -rf "${src:?}.tmp/$rel"; cp -r "$nested" "$src.tmp/$rel"; chmod -R u+w "$src.tmp/$rel"
             done
         mv "$src.tmp" "$src"
