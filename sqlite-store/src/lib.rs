@@ -207,69 +207,56 @@ impl Db {
             per_write: None,
             checkpoint_on_close: how != Open::Inspect,
         };
-        let current = db.configure(spec)?;
-        let migrate = !current && how != Open::Inspect;
-        let lock = |(f, p): &(File, PathBuf)| f.lock().map_err(io(p));
-        match (spec.lock, lock_file) {
-            (_, None) => {
-                if migrate {
-                    db.migrate(spec)?;
-                }
+        let migrate = !db.configure(spec)? && how != Open::Inspect;
+        let Some((file, lock_path)) = lock_file else {
+            if migrate {
+                db.migrate(spec)?;
             }
-            (Lock::WhileOpen(_), Some(lf)) => {
-                lock(&lf)?;
-                if migrate {
-                    db.migrate(spec)?;
-                }
-                db.lock = Some(lf.0);
+            return Ok(Some(db));
+        };
+        if let Lock::WhileOpen(_) = spec.lock {
+            file.lock().map_err(io(&lock_path))?;
+            if migrate {
+                db.migrate(spec)?;
             }
-            (Lock::PerWrite(_) | Lock::WhileSettingUp(_) | Lock::None, Some(lf)) => {
-                if migrate {
-                    lock(&lf)?;
-                    let r = db.migrate(spec);
-                    lf.0.unlock().map_err(io(&lf.1))?;
-                    r?;
-                }
-                if matches!(spec.lock, Lock::PerWrite(_)) {
-                    db.per_write = Some(lf);
-                }
-            }
+            db.lock = Some(file);
+            return Ok(Some(db));
+        }
+        if migrate {
+            file.lock().map_err(io(&lock_path))?;
+            let migrated = db.migrate(spec);
+            file.unlock().map_err(io(&lock_path))?;
+            migrated?;
+        }
+        if let Lock::PerWrite(_) = spec.lock {
+            db.per_write = Some((file, lock_path));
         }
         Ok(Some(db))
     }
 
     /// Connection settings, then the schema version: whether it is current.
     /// A database newer than the code is refused.
-    fn configure(&mut self, spec: &Spec) -> Result<bool, StoreError> {
-        let path = self.path.clone();
-        let sql = |source| StoreError::Sql {
-            path: path.clone(),
-            source,
-        };
-        let conn = &mut self.conn;
-        conn.busy_timeout(BUSY_TIMEOUT).map_err(sql)?;
+    fn configure(&self, spec: &Spec) -> Result<bool, StoreError> {
+        let sql = |e| self.err(e);
+        self.conn.busy_timeout(BUSY_TIMEOUT).map_err(sql)?;
         let sync = match spec.durability {
             Durability::Normal => "NORMAL",
             Durability::Full => "FULL",
         };
-        conn.pragma_update(None, "synchronous", sync).map_err(sql)?;
-        conn.set_db_config(
-            rusqlite::config::DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE,
-            true,
-        )
-        .map_err(sql)?;
-        let known = i64::try_from(spec.migrations.len()).unwrap_or(i64::MAX);
-        let found: i64 = conn
+        self.conn
+            .pragma_update(None, "synchronous", sync)
+            .map_err(sql)?;
+        self.conn
+            .set_db_config(
+                rusqlite::config::DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE,
+                true,
+            )
+            .map_err(sql)?;
+        let found: i64 = self
+            .conn
             .pragma_query_value(None, "user_version", |r| r.get(0))
             .map_err(sql)?;
-        if found > known {
-            return Err(StoreError::TooNew {
-                path: self.path.clone(),
-                found,
-                known,
-            });
-        }
-        Ok(found == known)
+        is_current(&self.path, found, spec)
     }
 
     /// WAL journal and the missing schema steps, in one IMMEDIATE
@@ -289,17 +276,10 @@ impl Db {
             .map_err(sql)?;
         // Re-read inside the transaction: another process may have migrated
         // while this one waited for the write lock.
-        let known = i64::try_from(spec.migrations.len()).unwrap_or(i64::MAX);
         let mut version: i64 = tx
             .pragma_query_value(None, "user_version", |r| r.get(0))
             .map_err(sql)?;
-        if version > known {
-            return Err(StoreError::TooNew {
-                path: self.path.clone(),
-                found: version,
-                known,
-            });
-        }
+        is_current(&path, version, spec)?;
         for step in spec
             .migrations
             .iter()
@@ -359,6 +339,20 @@ impl Db {
     }
 }
 
+/// Whether a database at schema version `found` is current for `spec`
+/// (else it needs migrating); one newer than the code is refused.
+fn is_current(path: &Path, found: i64, spec: &Spec) -> Result<bool, StoreError> {
+    let known = i64::try_from(spec.migrations.len()).unwrap_or(i64::MAX);
+    if found > known {
+        return Err(StoreError::TooNew {
+            path: path.to_path_buf(),
+            found,
+            known,
+        });
+    }
+    Ok(found == known)
+}
+
 /// The flock of a [`Lock::PerWrite`] store, released on drop.
 pub struct WriteLock<'a> {
     file: &'a File,
@@ -387,9 +381,13 @@ mod tests {
     const V2: &str = "ALTER TABLE t ADD COLUMN b TEXT NOT NULL DEFAULT '';";
 
     fn spec(migrations: &'static [&'static str]) -> Spec {
+        with_lock(Lock::WhileOpen("x.lock"), migrations)
+    }
+
+    fn with_lock(lock: Lock, migrations: &'static [&'static str]) -> Spec {
         Spec {
             db_file: "x.db",
-            lock: Lock::WhileOpen("x.lock"),
+            lock,
             durability: Durability::Normal,
             migrations,
         }
@@ -484,10 +482,7 @@ mod tests {
     #[test]
     fn lock_while_setting_up_is_released() {
         let dir = tempfile::tempdir().unwrap();
-        let s = Spec {
-            lock: Lock::WhileSettingUp("x.lock"),
-            ..spec(&[V1])
-        };
+        let s = with_lock(Lock::WhileSettingUp("x.lock"), &[V1]);
         let _a = Db::open(dir.path(), &s, Open::Create).unwrap().unwrap();
         // Would block forever if the first handle still held the lock.
         let _b = Db::open(dir.path(), &s, Open::Create).unwrap().unwrap();
@@ -496,10 +491,7 @@ mod tests {
     #[test]
     fn lock_per_write_is_held_only_around_writes() {
         let dir = tempfile::tempdir().unwrap();
-        let s = Spec {
-            lock: Lock::PerWrite("x.lock"),
-            ..spec(&[V1])
-        };
+        let s = with_lock(Lock::PerWrite("x.lock"), &[V1]);
         let a = Db::open(dir.path(), &s, Open::Create).unwrap().unwrap();
         // Open, a second handle sets up without waiting for the first.
         let b = Db::open(dir.path(), &s, Open::Existing).unwrap().unwrap();
@@ -533,10 +525,7 @@ mod tests {
     #[test]
     fn current_schema_opens_while_a_writer_holds_the_lock() {
         let dir = tempfile::tempdir().unwrap();
-        let s = Spec {
-            lock: Lock::PerWrite("x.lock"),
-            ..spec(&[V1])
-        };
+        let s = with_lock(Lock::PerWrite("x.lock"), &[V1]);
         let a = Db::open(dir.path(), &s, Open::Create).unwrap().unwrap();
         let _guard = a.write_lock().unwrap().expect("a write lock");
         let path = dir.path().to_path_buf();
@@ -554,10 +543,7 @@ mod tests {
     fn concurrent_first_opens_migrate_once() {
         for lock in [Lock::WhileOpen("x.lock"), Lock::PerWrite("x.lock")] {
             let dir = tempfile::tempdir().unwrap();
-            let s = Spec {
-                lock,
-                ..spec(&[V1, V2])
-            };
+            let s = with_lock(lock, &[V1, V2]);
             let threads: Vec<_> = (0..8)
                 .map(|i| {
                     let path = dir.path().join("sub");

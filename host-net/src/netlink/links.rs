@@ -259,9 +259,10 @@ impl Netlink {
     /// its duplicate address detection, the multicast joins and router
     /// solicitations at start, and their teardown at delete. The mode is in
     /// place before the port has carrier (its peer is still down), which is
-    /// when the kernel would generate the address. On a kernel without IPv6
-    /// (`ipv6.disable=1`) the attribute is refused with EAFNOSUPPORT and the
-    /// request is sent again without it.
+    /// when the kernel would generate the address. A link without IPv6
+    /// state (`ipv6.disable=1`, or an MTU below 1280) makes the kernel refuse
+    /// the attribute with EAFNOSUPPORT while it validates the request, before
+    /// it changes anything, so the request is sent again without it.
     pub fn set_master_up(&mut self, index: u32, master: u32) -> Result<()> {
         let op = format!("attaching link #{index} to #{master} and setting it up");
         let msg = |no_addrconf: bool| {
