@@ -19,14 +19,15 @@ step() {
 # containerd for the runtime tests, etcd for the overlay's etcd store, protoc
 # for the etcd client's build script, iperf3 for the overlay benchmark.
 # openssl makes the test control plane's certificates; curl probes its health;
-# debootstrap makes the image's base (scripts/image.sh).
+# debootstrap makes the image's base (scripts/image.sh). musl-tools (musl-gcc)
+# compiles the C in the CNI plugins' musl build (build_static).
 PACKAGES=(ca-certificates gcc libc6-dev pkg-config make
           containernetworking-plugins iproute2 nftables iptables iputils-ping
           sqlite3 procps util-linux e2fsprogs xfsprogs jq
           podman containerd runc conmon busybox-static
           etcd-server protobuf-compiler iperf3 bash
           nfs-ganesha nfs-ganesha-vfs rpcbind cpio tar python3 python3-venv
-          openssl curl debootstrap)
+          openssl curl debootstrap musl-tools)
 
 # Installed without their recommended packages (QEMU would otherwise pull in
 # a desktop stack): the emulator that boots the NFS client guests.
@@ -84,32 +85,62 @@ build_release() {
     (cd "$ROOT" && cargo build --release --workspace)
 }
 
-# Where build_static puts its binaries.
-STATIC_DIR="$ROOT/target/x86_64-unknown-linux-gnu/release"
-# The binaries it links statically: the CNI plugins, which the DaemonSet copies
-# onto each host and every pod start execs (static, they run whatever the
-# host's C library, map no shared libraries and start about 0.5 ms sooner),
-# and berth-csi for the QEMU guests of the NFS node tests (their initramfs has
-# no C library).
-STATIC_BINS=(berth-bridge berth-host-local berth-overlay berth-csi)
+# Where build_static puts the CNI plugins: the musl build, or the glibc
+# static one when musl cannot be had (build_static sets it).
+STATIC_DIR="$ROOT/target/x86_64-unknown-linux-musl/release"
+# Where it puts berth-csi, always glibc static-pie (csi-driver/tests/nfs_node.rs).
+GNU_STATIC_DIR="$ROOT/target/x86_64-unknown-linux-gnu/release"
+# The CNI plugins, which the DaemonSet copies onto each host and every pod
+# start execs: static, they run whatever the host's C library, map no shared
+# libraries and start about 0.5 ms sooner; linked with musl rather than glibc,
+# each exec skips glibc's CPUID-heavy start-up, which traps to the hypervisor
+# on a VM (cni-core/src/alloc.rs, BENCHMARKS.md "musl and mimalloc for the CNI
+# plugins").
+PLUGIN_BINS=(berth-bridge berth-host-local berth-overlay)
 
-# Statically linked (glibc static-pie) builds of STATIC_BINS in STATIC_DIR, in
-# one cargo run so their dependencies compile once. Fails (status 1) when
-# they cannot be built; callers go on without them: image.sh ships the
-# dynamic plugins and the guest tests copy the dynamic berth-csi with its
-# libraries.
+# The Rust target and the C compiler wrapper (SQLite and mimalloc are C) for
+# the musl build; false when either cannot be installed.
+musl_toolchain() {
+    command -v musl-gcc >/dev/null 2>&1 || return 1
+    rustup target list --installed 2>/dev/null | grep -qx x86_64-unknown-linux-musl && return 0
+    command -v rustup >/dev/null 2>&1 && rustup target add x86_64-unknown-linux-musl >/dev/null
+}
+
+# Static builds of PLUGIN_BINS in STATIC_DIR (musl; glibc static-pie when the
+# musl toolchain is missing) and of berth-csi in GNU_STATIC_DIR (for the QEMU
+# guests of the NFS node tests, whose initramfs has no C library), with thin
+# LTO, which the workspace profile leaves off to keep the test build quick
+# (Cargo.toml, [profile.release]). Fails (status 1) when they cannot be built;
+# callers go on without them: image.sh ships the dynamic plugins and the guest
+# tests copy the dynamic berth-csi with its libraries.
 build_static() {
     [ "$(uname -m)" = "x86_64" ] || return 1
-    step "building static ${STATIC_BINS[*]}"
-    local args=()
-    for b in "${STATIC_BINS[@]}"; do args+=(--bin "$b"); done
-    # Thin LTO for what ships, which the workspace profile leaves off to keep
-    # the test build quick (Cargo.toml, [profile.release]).
-    (cd "$ROOT" && RUSTFLAGS="-C target-feature=+crt-static" CARGO_PROFILE_RELEASE_LTO=thin \
-        cargo build --release -p cni-bridge -p ipam -p cni-overlay -p csi-driver \
-            "${args[@]}" --target x86_64-unknown-linux-gnu) && return 0
-    echo "warning: no static builds" >&2
-    return 1
+    local plugins=() gnu_pkgs=(-p csi-driver) gnu_bins=(--bin berth-csi) musl_ok=false
+    for b in "${PLUGIN_BINS[@]}"; do plugins+=(--bin "$b"); done
+    if musl_toolchain; then
+        step "building static ${PLUGIN_BINS[*]} (musl)"
+        # Thin LTO for what ships (see above); musl links statically.
+        (cd "$ROOT" && CARGO_PROFILE_RELEASE_LTO=thin \
+            cargo build --release -p cni-bridge -p ipam -p cni-overlay \
+                "${plugins[@]}" --target x86_64-unknown-linux-musl) && musl_ok=true
+    fi
+    if $musl_ok; then
+        STATIC_DIR="$ROOT/target/x86_64-unknown-linux-musl/release"
+    else
+        echo "warning: no musl build of the CNI plugins (musl-gcc or the Rust target x86_64-unknown-linux-musl missing, or the build failed); linking them with glibc" >&2
+        STATIC_DIR="$GNU_STATIC_DIR"
+        gnu_pkgs+=(-p cni-bridge -p ipam -p cni-overlay)
+        gnu_bins+=("${plugins[@]}")
+    fi
+    step "building static ${gnu_bins[*]} (glibc static-pie)"
+    if (cd "$ROOT" && RUSTFLAGS="-C target-feature=+crt-static" CARGO_PROFILE_RELEASE_LTO=thin \
+        cargo build --release "${gnu_pkgs[@]}" "${gnu_bins[@]}" \
+            --target x86_64-unknown-linux-gnu); then
+        return 0
+    fi
+    echo "warning: no glibc static build of ${gnu_bins[*]}" >&2
+    # The plugins are what the callers need.
+    $musl_ok
 }
 
 # The guest kernel for the NFS node tests (downloaded, never installed).

@@ -3,6 +3,8 @@
 //! spec's error object, the dispatch skeleton and delegation to other
 //! plugins (IPAM) through CNI_PATH.
 
+#[cfg(target_env = "musl")]
+mod alloc;
 pub mod config;
 pub mod delegate;
 pub mod env;

@@ -344,9 +344,11 @@ fn set_sndbuf(sock: &NlSocket, size: usize) -> io::Result<()> {
 
 fn set_recv_timeout(sock: &NlSocket, d: Duration) -> io::Result<()> {
     use std::os::fd::AsRawFd;
+    // The field types are left to inference: libc deprecates naming them
+    // on musl, whose time_t changed width. 2^30 s and 10^6 µs fit either.
     let tv = libc::timeval {
-        tv_sec: d.as_secs() as libc::time_t,
-        tv_usec: d.subsec_micros() as libc::suseconds_t,
+        tv_sec: d.as_secs().min(1 << 30).try_into().unwrap_or_default(),
+        tv_usec: i32::try_from(d.subsec_micros()).unwrap_or_default().into(),
     };
     // SAFETY: the fd is this socket's, open for the call; `tv` is a valid
     // timeval that outlives the call and its size is passed with it.
