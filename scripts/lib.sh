@@ -85,9 +85,11 @@ build_release() {
     (cd "$ROOT" && cargo build --release --workspace)
 }
 
+# The Rust target of the CNI plugins' static build.
+MUSL_TARGET=x86_64-unknown-linux-musl
 # Where build_static puts the CNI plugins: the musl build, or the glibc
-# static one when musl cannot be had (build_static sets it).
-STATIC_DIR="$ROOT/target/x86_64-unknown-linux-musl/release"
+# static one when musl cannot be had (build_static then points it there).
+STATIC_DIR="$ROOT/target/$MUSL_TARGET/release"
 # Where it puts berth-csi, always glibc static-pie (csi-driver/tests/nfs_node.rs).
 GNU_STATIC_DIR="$ROOT/target/x86_64-unknown-linux-gnu/release"
 # The CNI plugins, which the DaemonSet copies onto each host and every pod
@@ -102,8 +104,8 @@ PLUGIN_BINS=(berth-bridge berth-host-local berth-overlay)
 # the musl build; false when either cannot be installed.
 musl_toolchain() {
     command -v musl-gcc >/dev/null 2>&1 || return 1
-    rustup target list --installed 2>/dev/null | grep -qx x86_64-unknown-linux-musl && return 0
-    command -v rustup >/dev/null 2>&1 && rustup target add x86_64-unknown-linux-musl >/dev/null
+    rustup target list --installed 2>/dev/null | grep -qx "$MUSL_TARGET" && return 0
+    command -v rustup >/dev/null 2>&1 && rustup target add "$MUSL_TARGET" >/dev/null
 }
 
 # Static builds of PLUGIN_BINS in STATIC_DIR (musl; glibc static-pie when the
@@ -115,30 +117,31 @@ musl_toolchain() {
 # tests copy the dynamic berth-csi with its libraries.
 build_static() {
     [ "$(uname -m)" = "x86_64" ] || return 1
-    local plugins=() gnu_pkgs=(-p csi-driver) gnu_bins=(--bin berth-csi) musl_ok=false
-    for b in "${PLUGIN_BINS[@]}"; do plugins+=(--bin "$b"); done
+    local plugin_pkgs=(-p cni-bridge -p ipam -p cni-overlay) gnu_pkgs=(-p csi-driver)
+    local gnu=(berth-csi) musl_ok=false bins=() b
     if musl_toolchain; then
+        for b in "${PLUGIN_BINS[@]}"; do bins+=(--bin "$b"); done
         step "building static ${PLUGIN_BINS[*]} (musl)"
         # Thin LTO for what ships (see above); musl links statically.
         (cd "$ROOT" && CARGO_PROFILE_RELEASE_LTO=thin \
-            cargo build --release -p cni-bridge -p ipam -p cni-overlay \
-                "${plugins[@]}" --target x86_64-unknown-linux-musl) && musl_ok=true
+            cargo build --release "${plugin_pkgs[@]}" "${bins[@]}" \
+                --target "$MUSL_TARGET") && musl_ok=true
     fi
-    if $musl_ok; then
-        STATIC_DIR="$ROOT/target/x86_64-unknown-linux-musl/release"
-    else
-        echo "warning: no musl build of the CNI plugins (musl-gcc or the Rust target x86_64-unknown-linux-musl missing, or the build failed); linking them with glibc" >&2
+    if ! $musl_ok; then
+        echo "warning: no musl build of the CNI plugins (musl-gcc or the Rust target $MUSL_TARGET missing, or the build failed); linking them with glibc" >&2
         STATIC_DIR="$GNU_STATIC_DIR"
-        gnu_pkgs+=(-p cni-bridge -p ipam -p cni-overlay)
-        gnu_bins+=("${plugins[@]}")
+        gnu_pkgs+=("${plugin_pkgs[@]}")
+        gnu+=("${PLUGIN_BINS[@]}")
     fi
-    step "building static ${gnu_bins[*]} (glibc static-pie)"
+    step "building static ${gnu[*]} (glibc static-pie)"
+    bins=()
+    for b in "${gnu[@]}"; do bins+=(--bin "$b"); done
     if (cd "$ROOT" && RUSTFLAGS="-C target-feature=+crt-static" CARGO_PROFILE_RELEASE_LTO=thin \
-        cargo build --release "${gnu_pkgs[@]}" "${gnu_bins[@]}" \
+        cargo build --release "${gnu_pkgs[@]}" "${bins[@]}" \
             --target x86_64-unknown-linux-gnu); then
         return 0
     fi
-    echo "warning: no glibc static build of ${gnu_bins[*]}" >&2
+    echo "warning: no glibc static build of ${gnu[*]}" >&2
     # The plugins are what the callers need.
     $musl_ok
 }
