@@ -34,6 +34,21 @@ export BERTH_IMAGE_ARCHIVES="${BERTH_IMAGE_ARCHIVES:-/var/cache/berth-image/arch
 "$ROOT/scripts/image.sh" --sidecars --archive-dir "$BERTH_IMAGE_ARCHIVES" | { grep -v '^Copying\|^Writing\|^Storing\|^Getting' || true; }
 step "running every test"
 cd "$ROOT"
+# The test namespaces are named b<prefix>-<pid>-<n>-<stamp> (netns-fixture's
+# unique_name; the demo uses it too). A run killed before its guards ran (a
+# session's end, a timeout) leaves its namespaces behind: remove those whose
+# pid is gone, with whatever still runs in them, and judge this run only by
+# the namespaces it adds.
+test_netns_re='^b[a-z0-9]*-[0-9]+-[0-9]+-[0-9a-f]+$'
+test_netns() { ip netns list | awk '{print $1}' | grep -E "$test_netns_re" | sort || true; }
+for ns in $(test_netns); do
+    pid=${ns#*-}; pid=${pid%%-*}
+    [ -d "/proc/$pid" ] && continue
+    echo "removing network namespace $ns, left by a test process ($pid) that is gone"
+    for p in $(ip netns pids "$ns" 2>/dev/null); do kill -9 "$p" 2>/dev/null || true; done
+    ip netns delete "$ns" 2>/dev/null || true
+done
+netns_before=$(test_netns)
 # What the tests must leave as they found it: the loop devices and the kernel
 # settings kubelet changes (compared after the last step).
 kernel_settings="vm.overcommit_memory vm.panic_on_oom kernel.panic kernel.panic_on_oops kernel.keys.root_maxkeys kernel.keys.root_maxbytes"
@@ -60,9 +75,10 @@ if [ -f "$ROOT/csi-driver/tests/sanity.rs" ]; then
 fi
 step "the demo, short mode"
 "$ROOT/target/release/berth-demo" --short
-left=$(ip netns list | grep -c -E '^(bd(ul|h|pod|probe)|bnfs|bcp|bsc|bth|bk2|bi2|bks|bkp|bku|bkv)-' || true)
-if [ "$left" != "0" ]; then
-    echo "error: the tests or the demo left $left network namespaces behind" >&2
+left=$(comm -13 <(echo "$netns_before") <(test_netns))
+if [ -n "$left" ]; then
+    echo "error: the tests or the demo left network namespaces behind:" >&2
+    echo "$left" >&2
     exit 1
 fi
 # The kubelet tests restore the kernel settings kubelet changes and detach
