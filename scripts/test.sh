@@ -52,6 +52,15 @@ netns_before=$(test_netns)
 # What the tests must leave as they found it: the loop devices and the kernel
 # settings kubelet changes (compared after the last step).
 kernel_settings="vm.overcommit_memory vm.panic_on_oom kernel.panic kernel.panic_on_oops kernel.keys.root_maxkeys kernel.keys.root_maxbytes"
+# A run killed while its kubelets ran left the machine's values in its record
+# (tests/src/kubelet.rs): put them back before taking the baseline.
+if [ -e /run/berth-tests-kubelet-sysctls ]; then
+    echo "restoring the kernel settings a killed run's kubelets changed (/run/berth-tests-kubelet-sysctls)"
+    while IFS== read -r key value; do
+        [ -n "$key" ] && sysctl -q -w "$key=$value"
+    done < /run/berth-tests-kubelet-sysctls
+    rm -f /run/berth-tests-kubelet-sysctls
+fi
 # shellcheck disable=SC2086
 settings_before=$(sysctl $kernel_settings)
 loops_before=$(losetup -l -n -O NAME,BACK-FILE | sort)
