@@ -265,14 +265,20 @@ fn add_steps(
         }
     }
 
-    if !conf.disable_container_interface {
-        link::wait_forwarding(nl, host.index, FORWARD_BOUND)?;
-    }
+    let forwarding = if conf.disable_container_interface {
+        None
+    } else {
+        Some(link::wait_forwarding(nl, host.index, FORWARD_BOUND)?)
+    };
     recs.put(record)?;
 
-    // Read MACs last: the bridge's changes as ports are added.
+    // Read the bridge's MAC last: it changes as ports are added. The host
+    // end's is its own from creation on (the port just read, if any).
     let br_now = nl.link_by_index(br.index)?.unwrap_or(br);
-    let host_now = nl.link_by_index(host.index)?.unwrap_or(host);
+    let host_now = match forwarding {
+        Some(l) => l,
+        None => nl.link_by_index(host.index)?.unwrap_or(host),
+    };
     res.interfaces = vec![
         Interface {
             name: br_now.name.clone(),

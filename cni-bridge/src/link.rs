@@ -167,7 +167,8 @@ pub fn configure_port(
 /// Waits, with a bound, until the bridge port forwards frames: right after
 /// attach it can still be in a learning state, and a pod that sends at
 /// once would lose its first packets.
-pub fn wait_forwarding(nl: &mut Netlink, index: u32, bound: Duration) -> Result<(), BridgeError> {
+/// Returns the port as last read, forwarding.
+pub fn wait_forwarding(nl: &mut Netlink, index: u32, bound: Duration) -> Result<Link, BridgeError> {
     let deadline = Instant::now() + bound;
     let mut pause = Duration::from_micros(200);
     loop {
@@ -177,7 +178,7 @@ pub fn wait_forwarding(nl: &mut Netlink, index: u32, bound: Duration) -> Result<
             ))
         })?;
         if l.port_forwarding != Some(false) && l.running {
-            return Ok(());
+            return Ok(l);
         }
         if Instant::now() >= deadline {
             return Err(kernel(format!(

@@ -81,7 +81,8 @@ pub fn configure(ns: &NetNs, s: &PodSetup<'_>) -> Result<PodIface, BridgeError> 
             };
             tolerate_exists(nl.add_route(&spec))?;
         }
-        let link = nl.link_by_index(link.index)?.unwrap_or(link);
+        // The MAC and MTU read before are final: neither bringing the link
+        // up nor adding addresses or routes changes them.
         Ok(PodIface {
             mac: mac_to_string(&link.mac),
             mtu: link.mtu,

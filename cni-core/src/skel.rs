@@ -251,7 +251,20 @@ pub fn run(plugin: &dyn Plugin, info: &PluginInfo) -> ! {
         }
     };
     let _ = out.flush();
-    std::process::exit(status)
+    drop(out);
+    exit_now(status)
+}
+
+/// Ends the process with `status` once the result is written, without the C
+/// library's exit handlers. Nothing of ours runs in them: by now every store
+/// is closed (its WAL checkpointed if due), every lock file released by its
+/// handle's drop, stdout flushed and stderr is unbuffered. What would run is
+/// the allocator's teardown (mimalloc collects and returns every heap page,
+/// about 2% of a plugin run), work the kernel does anyway when the process
+/// goes.
+fn exit_now(status: i32) -> ! {
+    // SAFETY: _exit(2) has no preconditions; it never returns.
+    unsafe { libc::_exit(status) }
 }
 
 #[cfg(test)]

@@ -3,7 +3,8 @@
 use netlink_packet_core::{NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL};
 use netlink_packet_route::link::{
     AfSpecInet6, AfSpecUnspec, BridgePortState, In6AddrGenMode, InfoBridge, InfoBridgePort,
-    InfoData, InfoKind, InfoPortData, InfoVeth, LinkAttribute, LinkFlags, LinkInfo, LinkMessage,
+    InfoData, InfoKind, InfoPortData, InfoVeth, LinkAttribute, LinkExtentMask, LinkFlags, LinkInfo,
+    LinkMessage,
 };
 use netlink_packet_route::RouteNetlinkMessage;
 
@@ -54,6 +55,13 @@ pub fn parse_mac(s: &str) -> Option<[u8; 6]> {
         out[i] = u8::from_str_radix(p, 16).ok()?;
     }
     Some(out)
+}
+
+/// Asks the kernel to leave the interface counters out of a link reply
+/// (IFLA_STATS, IFLA_STATS64, the IPv6 and ICMPv6 statistics): nothing here
+/// reads them, and gathering, sending and parsing them is most of a reply.
+pub(crate) fn skip_stats() -> LinkAttribute {
+    LinkAttribute::ExtMask(vec![LinkExtentMask::SkipStats])
 }
 
 pub(crate) fn link_from_msg(m: &LinkMessage) -> Link {
@@ -113,6 +121,7 @@ impl Netlink {
         }
         let mut m = LinkMessage::default();
         m.attributes.push(LinkAttribute::IfName(name.to_string()));
+        m.attributes.push(skip_stats());
         match self.request(
             RouteNetlinkMessage::GetLink(m),
             0,
@@ -130,6 +139,7 @@ impl Netlink {
     pub fn link_by_index(&mut self, index: u32) -> Result<Option<Link>> {
         let mut m = LinkMessage::default();
         m.header.index = index;
+        m.attributes.push(skip_stats());
         match self.request(
             RouteNetlinkMessage::GetLink(m),
             0,
@@ -145,11 +155,9 @@ impl Netlink {
     }
 
     pub fn links(&mut self) -> Result<Vec<Link>> {
-        let v = self.request(
-            RouteNetlinkMessage::GetLink(LinkMessage::default()),
-            NLM_F_DUMP,
-            "listing links",
-        )?;
+        let mut m = LinkMessage::default();
+        m.attributes.push(skip_stats());
+        let v = self.request(RouteNetlinkMessage::GetLink(m), NLM_F_DUMP, "listing links")?;
         Ok(v.iter()
             .filter_map(|r| match r {
                 RouteNetlinkMessage::NewLink(l) => Some(link_from_msg(l)),

@@ -66,7 +66,13 @@ pub(crate) fn family_of(ip: &IpAddr) -> AddressFamily {
 pub struct Netlink {
     sock: Socket,
     seq: u32,
+    // Replies are read into this, one recv each (see `request`).
+    rbuf: Vec<u8>,
 }
+
+/// Room for any reply datagram this module asks for: the kernel caps a dump's
+/// datagrams at 32 KiB, and a single link, address or route is far smaller.
+const RECV_BUF: usize = 64 * 1024;
 
 impl Netlink {
     pub fn new() -> Result<Netlink> {
@@ -76,7 +82,11 @@ impl Netlink {
             .map_err(NetlinkError::Socket)?;
         // Extended acks make kernel errors carry a reason; best effort.
         let _ = sock.set_ext_ack(true);
-        Ok(Netlink { sock, seq: 1 })
+        Ok(Netlink {
+            sock,
+            seq: 1,
+            rbuf: Vec::with_capacity(RECV_BUF),
+        })
     }
 
     /// Sends one request and collects the replies: the messages of a dump,
@@ -101,7 +111,21 @@ impl Netlink {
         let dump = flags & NLM_F_DUMP == NLM_F_DUMP;
         let mut out = Vec::new();
         loop {
-            let (data, _) = self.sock.recv_from_full().map_err(NetlinkError::Socket)?;
+            // One recv into a buffer that fits any reply, rather than a peek
+            // for the size and then the read: half the syscalls, no allocation
+            // per reply. MSG_TRUNC makes the kernel report the datagram's
+            // real size, so a larger one is an error rather than cut short.
+            self.rbuf.clear();
+            let n = self
+                .sock
+                .recv(&mut self.rbuf, libc::MSG_TRUNC)
+                .map_err(NetlinkError::Socket)?;
+            if n > self.rbuf.len() {
+                return Err(NetlinkError::Decode(format!(
+                    "{op}: a reply of {n} bytes does not fit the {RECV_BUF}-byte buffer"
+                )));
+            }
+            let data = &self.rbuf[..n];
             let mut offset = 0;
             while offset < data.len() {
                 let reply = NetlinkMessage::<RouteNetlinkMessage>::deserialize(&data[offset..])

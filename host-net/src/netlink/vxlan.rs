@@ -77,6 +77,7 @@ impl Netlink {
         }
         let mut m = LinkMessage::default();
         m.attributes.push(LinkAttribute::IfName(name.to_string()));
+        m.attributes.push(super::links::skip_stats());
         let v = match self.request(
             RouteNetlinkMessage::GetLink(m),
             0,
