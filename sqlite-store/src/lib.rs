@@ -28,6 +28,9 @@
 //!   [`WAL_CHECKPOINT_BYTES`], which keeps both exits and the next opener's
 //!   WAL recovery cheap; SQLite's automatic checkpoint still runs during a
 //!   long-lived connection.
+//! - **Compile-time options** of the bundled SQLite (no up-front page cache
+//!   block, no allocation statistics) are set for the whole workspace in
+//!   `.cargo/config.toml`.
 
 use std::fs::{File, OpenOptions};
 use std::path::{Path, PathBuf};
