@@ -12,6 +12,7 @@ use ipnetwork::IpNetwork;
 
 use crate::error::OverlayError;
 use crate::lease::{now, stable_mac, Lease, NetworkPlan};
+use crate::pod_mtu::{MtuContext, PodMtu};
 use crate::store::LeaseStore;
 use crate::subnet_file::SubnetInfo;
 use crate::vxlan::{self, DeviceSpec, KernelView, PeerPath};
@@ -31,6 +32,8 @@ pub struct AgentConfig {
     /// interface get a plain route via their underlay address instead of
     /// VXLAN.
     pub direct_routing: bool,
+    /// The pods' MTU (the subnet file's), see [`crate::pod_mtu`].
+    pub pod_mtu: PodMtu,
 }
 
 fn log(msg: impl AsRef<str>) {
@@ -54,6 +57,8 @@ pub struct Agent {
     underlay: host_net::netlink::Link,
     local: IpAddr,
     mac: [u8; 6],
+    /// The MTU written for the pods, resolved once at start.
+    pod_mtu: u32,
     programmed: HashMap<String, Lease>,
     /// The path each programmed peer was programmed on.
     paths: HashMap<String, PeerPath>,
@@ -68,6 +73,14 @@ impl Agent {
         let mut nl = Netlink::new()?;
         let (underlay, found_ip) = vxlan::underlay(&mut nl, cfg.iface.as_deref())?;
         let local = cfg.public_ip.unwrap_or(found_ip);
+        // Checked before the lease is taken: a bad --pod-mtu configures nothing.
+        let pod_mtu = cfg.pod_mtu.resolve(MtuContext {
+            underlay_name: &underlay.name,
+            underlay_mtu: underlay.mtu,
+            vxlan_mtu: vxlan::mtu_for(underlay.mtu, local),
+            direct_routing: cfg.direct_routing,
+            ipv6: cfg.plan.network6.is_some(),
+        })?;
         let mac = stable_mac(&cfg.node, cfg.vni);
         let lease = acquire(&cfg, store.as_mut(), local, &mac)?;
         log(format!(
@@ -75,6 +88,15 @@ impl Agent {
             cfg.node,
             lease.subnet,
             store.describe()
+        ));
+        log(format!(
+            "pods get MTU {pod_mtu} (--pod-mtu {}{})",
+            cfg.pod_mtu,
+            if cfg.direct_routing {
+                ", DirectRouting"
+            } else {
+                ""
+            }
         ));
         let mut agent = Agent {
             cfg,
@@ -84,6 +106,7 @@ impl Agent {
             underlay,
             local,
             mac,
+            pod_mtu,
             lease,
             programmed: HashMap::new(),
             paths: HashMap::new(),
@@ -131,7 +154,7 @@ impl Agent {
             subnet: self.lease.subnet,
             network6: self.cfg.plan.network6,
             subnet6: self.lease.subnet6,
-            mtu: vxlan::mtu_for(self.underlay.mtu, self.local),
+            mtu: self.pod_mtu,
             vni: self.cfg.vni,
         }
         .write(&self.cfg.subnet_file)

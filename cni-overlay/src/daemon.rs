@@ -50,6 +50,8 @@ pub struct RunOptions {
     pub metrics_addr: Option<SocketAddr>,
     /// DirectRouting: plain routes to peers on the underlay's own subnets.
     pub direct_routing: bool,
+    /// The pods' MTU: `auto`, `vxlan`, `underlay` or a number.
+    pub pod_mtu: crate::pod_mtu::PodMtu,
 }
 
 /// Subnet lengths `status` assumes: it only reads leases, whose subnets
@@ -154,6 +156,7 @@ pub fn run(o: RunOptions) -> Result<(), OverlayError> {
         lease_ttl: o.lease_ttl,
         resync: o.resync_interval,
         direct_routing: o.direct_routing,
+        pod_mtu: o.pod_mtu,
     };
     let mut agent = Agent::start(cfg, store)?;
     if let Some(addr) = o.metrics_addr {

@@ -8,6 +8,7 @@ pub mod error;
 pub mod lease;
 pub mod metrics;
 pub mod plugin;
+pub mod pod_mtu;
 pub mod status;
 pub mod store;
 pub mod subnet_file;

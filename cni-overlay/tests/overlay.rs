@@ -394,6 +394,11 @@ fn full_mesh(c: &mut Cluster) {
         "two nodes share a subnet: {subnets:?}"
     );
     every_pod_reaches_every_pod(&pods, &String::new);
+    // Every peer is behind VXLAN: the pods get the VXLAN MTU (--pod-mtu auto
+    // without DirectRouting), so no frame is too big for the tunnel.
+    for (pod, _) in &pods {
+        assert_eq!(link_mtu(pod, "eth0"), 1450);
+    }
     // Pods keep their own source address across hosts (no masquerade
     // inside the cluster network): host 1's pod is pinged by the others,
     // and the status view shows every peer programmed.
@@ -619,6 +624,20 @@ fn bad_input_fails_cleanly() {
         ),
         (vec!["--network", "10.244.1.0/16"], "host bits"),
         (vec!["--network", "fd00::/48"], "IPv4"),
+        // The pods' MTU is checked against the underlay (eth0: 1500) before
+        // a subnet is taken.
+        (
+            vec!["--network", "10.244.0.0/16", "--pod-mtu", "9000"],
+            "--pod-mtu: 9000 is above the MTU of the underlay interface eth0 (1500)",
+        ),
+        (
+            vec!["--network", "10.244.0.0/16", "--pod-mtu", "60"],
+            "--pod-mtu: 60 is below the minimum of 68",
+        ),
+        (
+            vec!["--network", "10.244.0.0/16", "--pod-mtu", "jumbo"],
+            "--pod-mtu",
+        ),
     ];
     let h = &c.hosts[0];
     for (args, needle) in cases {
@@ -984,15 +1003,14 @@ fn ping_burst(from: &Netns, to: &str, count: usize) -> bool {
 
 /// Hosts 0 and 1 with `--direct-routing` on one L2 underlay (172.31.250.0/24),
 /// host 2 on another (172.31.251.0/24) behind a router namespace, all three
-/// agents started; pods get `pod_mtu` in their conflist. Bind all three: the
+/// agents started. Bind all three: the
 /// cluster, bound last, drops first, so its daemons stop before the router
 /// and the second underlay they run across go.
-fn mixed_l2_and_routed(pod_mtu: Option<u32>) -> (Underlay, Netns, Cluster) {
+fn mixed_l2_and_routed() -> (Underlay, Netns, Cluster) {
     let ul2 = Underlay::create("bul", "br-ul2", None);
     let router = Netns::create("brt");
     let mut c = Cluster::new(2, false);
     c.extra = vec!["--direct-routing".into()];
-    c.pod_mtu = pod_mtu;
     c.ul.attach(&router, "ur", "eth0", &["172.31.250.253/24"]);
     ul2.attach(&router, "ur", "eth1", &["172.31.251.254/24"]);
     router
@@ -1034,7 +1052,7 @@ fn mixed_l2_and_routed(pod_mtu: Option<u32>) -> (Underlay, Netns, Cluster) {
 #[test]
 fn direct_routing_on_one_l2_and_vxlan_across_a_router() {
     need_root!();
-    let (_ul2, _router, mut c) = mixed_l2_and_routed(None);
+    let (_ul2, _router, mut c) = mixed_l2_and_routed();
     let pods: Vec<(Netns, String)> = (0..3).map(|i| c.pod(i)).collect();
     every_pod_reaches_every_pod(&pods, &|| c.logs());
     let (s1, s2) = (c.subnet(1), c.subnet(2));
@@ -1214,18 +1232,22 @@ fn tcp_bulk(server: &Netns, client: &Netns, server_ip: &str, bytes: u64) -> u64 
         .unwrap_or_else(|e| panic!("receiving from the client: {e}"))
 }
 
-/// DirectRouting with the pods at the underlay's MTU (the conflist's `mtu`):
-/// full-size frames cross the direct path unfragmented, and the peer behind
+/// DirectRouting with the agents' default `--pod-mtu auto`, which gives the
+/// pods the underlay's MTU (nothing in the conflist): full-size frames cross the direct path unfragmented, and the peer behind
 /// the router, still on VXLAN (MTU 1450), is reached by path MTU discovery:
 /// the node answers a too-big packet with ICMP "fragmentation needed" naming
 /// 1450, and bulk TCP gets through both ways on both paths.
 #[test]
 fn direct_routing_pods_at_the_underlay_mtu_reach_vxlan_peers_by_path_mtu_discovery() {
     need_root!();
-    let (_ul2, _router, c) = mixed_l2_and_routed(Some(1500));
+    let (_ul2, _router, mut c) = mixed_l2_and_routed();
     let pods: Vec<(Netns, String)> = (0..3).map(|i| c.pod(i)).collect();
     every_pod_reaches_every_pod(&pods, &|| c.logs());
-    assert_eq!(link_mtu(&pods[0].0, "eth0"), 1500);
+    let env = std::fs::read_to_string(&c.hosts[0].subnet_file).expect("subnet file");
+    assert!(env.contains("BERTH_MTU=1500\n"), "{env}");
+    for (pod, _) in &pods {
+        assert_eq!(link_mtu(pod, "eth0"), 1500);
+    }
     // The bridge too: forwarded traffic to the pods leaves through it.
     assert_eq!(link_mtu(&c.hosts[0].ns, "berth0"), 1500);
     assert_eq!(link_mtu(&c.hosts[0].ns, "berth.1"), 1450);
@@ -1255,6 +1277,23 @@ fn direct_routing_pods_at_the_underlay_mtu_reach_vxlan_peers_by_path_mtu_discove
             got == BYTES,
             "pod {from} -> pod {to}: {got} of {BYTES} bytes:\n{}",
             c.logs()
+        );
+    }
+    // A conflist `mtu` wins over the agent's: this pod keeps the VXLAN MTU
+    // (as pods made before an upgrade to `auto` do). The kernel then lowers
+    // the node's bridge to its smallest port, so traffic into host 0's
+    // full-size pods learns 1450 from host 0 too: mixed MTUs on one node
+    // cost that node's pods the full-size frames, never connectivity.
+    c.pod_mtu = Some(1450);
+    let (small, small_ip) = c.pod(0);
+    assert_eq!(link_mtu(&small, "eth0"), 1450);
+    assert!(pings(&small, &pods[1].1));
+    assert!(pings(&pods[2].0, &small_ip));
+    for (from, to) in [(1, 0), (0, 1)] {
+        let got = tcp_bulk(&pods[to].0, &pods[from].0, &pods[to].1, BYTES);
+        assert!(
+            got == BYTES,
+            "pod {from} -> pod {to} beside a 1450 pod: {got} of {BYTES} bytes"
         );
     }
 }

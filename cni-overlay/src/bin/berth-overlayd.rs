@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand};
 use cni_overlay::daemon::{self, RunOptions, Target};
 use cni_overlay::parse_duration;
+use cni_overlay::pod_mtu::PodMtu;
 use ipnetwork::IpNetwork;
 
 #[derive(Parser)]
@@ -92,6 +93,12 @@ struct RunArgs {
     #[arg(long, num_args = 0..=1, default_value_t = false, default_missing_value = "true",
           require_equals = true, action = clap::ArgAction::Set)]
     direct_routing: bool,
+    /// The pods' MTU, written to the subnet file for berth-overlay (a conflist `mtu` wins):
+    /// `auto` (the underlay's MTU with --direct-routing, else the VXLAN MTU), `vxlan`,
+    /// `underlay`, or a number up to the underlay's MTU. Above the VXLAN MTU, a pod's packet
+    /// too big for a peer on VXLAN gets ICMP "fragmentation needed" from its own node.
+    #[arg(long, default_value = "auto")]
+    pod_mtu: PodMtu,
 }
 
 impl From<Common> for Target {
@@ -120,6 +127,7 @@ impl From<RunArgs> for RunOptions {
             resync_interval: r.resync_interval,
             metrics_addr: r.metrics_addr,
             direct_routing: r.direct_routing,
+            pod_mtu: r.pod_mtu,
         }
     }
 }

@@ -59,8 +59,6 @@ struct Cluster {
     ip_masq: bool,
     /// The agents' store arguments; None for the embedded store in `dir`.
     store: Option<Vec<String>>,
-    /// The pods' conflist `mtu`; None: the subnet file's (the VXLAN MTU).
-    mtu: Option<u32>,
 }
 
 impl Cluster {
@@ -73,7 +71,6 @@ impl Cluster {
             dir,
             ip_masq: true,
             store: None,
-            mtu: None,
         })
     }
 
@@ -143,11 +140,8 @@ impl Cluster {
     fn pod(&self, i: usize) -> Result<(Netns, String), String> {
         let n = &self.nodes[i];
         let pod = Netns::try_create("bbp")?;
-        let mut conf = json!({"cniVersion":"1.1.0","name":"pods","type":"berth-overlay",
+        let conf = json!({"cniVersion":"1.1.0","name":"pods","type":"berth-overlay",
             "subnetFile": n.subnet_file, "dataDir": n.data_dir, "ipMasq": self.ip_masq});
-        if let Some(m) = self.mtu {
-            conf["mtu"] = m.into();
-        }
         let out = CniRun::new(bin_dir().join("berth-overlay"))
             .in_netns(n.ns.path())
             .command("ADD")
@@ -219,18 +213,8 @@ type Pod = (Netns, String);
 /// the pods with `ipMasq`; returns the cluster and the pods once they reach
 /// each other.
 fn berth_pair(extra: &[&str], ip_masq: bool) -> Result<(Cluster, Pod, Pod), String> {
-    berth_pair_mtu(extra, ip_masq, None)
-}
-
-/// [`berth_pair`] with the pods' conflist `mtu`.
-fn berth_pair_mtu(
-    extra: &[&str],
-    ip_masq: bool,
-    mtu: Option<u32>,
-) -> Result<(Cluster, Pod, Pod), String> {
     let mut c = Cluster::new()?;
     c.ip_masq = ip_masq;
-    c.mtu = mtu;
     for _ in 0..2 {
         let i = c.add_node()?;
         c.spawn_daemon_with(i, extra)?;
@@ -535,10 +519,8 @@ struct Throughput {
     direct: f64,
     /// Berth DirectRouting with the pods' `ipMasq` false.
     direct_nomasq: f64,
-    /// Berth DirectRouting with the pods at the underlay's MTU.
-    direct_mtu: f64,
-    /// The same with the pods' `ipMasq` false: host-gw-style's settings.
-    direct_mtu_nomasq: f64,
+    /// Berth DirectRouting with the pods at the VXLAN MTU (`--pod-mtu=vxlan`, flannel's choice).
+    direct_vxlan_mtu: f64,
     /// flannel host-gw style: bridge, veth, a route via the peer.
     host_gw: f64,
     /// Routed veths without a bridge.
@@ -553,17 +535,14 @@ fn throughput(seconds: u32, rounds: usize) -> Result<Throughput, String> {
     let (_dc, (d0, _), (d1, da1)) = berth_pair(&["--direct-routing"], true)?;
     let (_nc, (n0, _), (n1, na1)) = berth_pair(&[], false)?;
     let (_dnc, (dn0, _), (dn1, dna1)) = berth_pair(&["--direct-routing"], false)?;
-    let (_dmc, (dm0, _), (dm1, dma1)) =
-        berth_pair_mtu(&["--direct-routing"], true, Some(UNDERLAY_MTU))?;
-    let (_dmnc, (dmn0, _), (dmn1, dmna1)) =
-        berth_pair_mtu(&["--direct-routing"], false, Some(UNDERLAY_MTU))?;
+    let (_dmc, (dm0, _), (dm1, dma1)) = berth_pair(&["--direct-routing", "--pod-mtu=vxlan"], true)?;
     let flannel = flannel_ref(false)?;
     let flannel_nat = flannel_ref(true)?;
     let host_gw = routed_ref(Attach::Bridge)?;
     let routed_veth = routed_ref(Attach::Veth)?;
     // Rounds (3 by default), alternating, medians: one iperf3 run on a
     // shared 2-core machine swings by tens of percent.
-    let mut v: [Vec<f64>; 11] = Default::default();
+    let mut v: [Vec<f64>; 10] = Default::default();
     for _ in 0..rounds {
         v[0].push(iperf(&p1, &p0, &a1, seconds)?);
         v[1].push(iperf(&d1, &d0, &da1, seconds)?);
@@ -580,7 +559,6 @@ fn throughput(seconds: u32, rounds: usize) -> Result<Throughput, String> {
         v[7].push(host_gw.iperf(seconds)?);
         v[8].push(routed_veth.iperf(seconds)?);
         v[9].push(iperf(&dm1, &dm0, &dma1, seconds)?);
-        v[10].push(iperf(&dmn1, &dmn0, &dmna1, seconds)?);
     }
     let mut median = |i: usize| {
         let v = &mut v[i];
@@ -597,8 +575,7 @@ fn throughput(seconds: u32, rounds: usize) -> Result<Throughput, String> {
         direct_nomasq: median(6),
         host_gw: median(7),
         routed_veth: median(8),
-        direct_mtu: median(9),
-        direct_mtu_nomasq: median(10),
+        direct_vxlan_mtu: median(9),
     })
 }
 
@@ -666,7 +643,6 @@ fn convergence_kube(hosts: usize) -> Result<(Duration, Duration), String> {
             "--store=kube".to_string(),
             format!("--kubeconfig={}", cp.admin.display()),
         ]),
-        mtu: None,
     };
     for _ in 0..hosts {
         let i = c.add_node()?;
@@ -864,9 +840,9 @@ pub fn run(args: &[String]) -> Result<(), String> {
         ],
         vs_underlay("Berth DirectRouting", t.direct, 0.95),
         vs_underlay(
-            "Berth DirectRouting, pods at the underlay's MTU (conflist `mtu: 1500`)",
-            t.direct_mtu,
-            0.95,
+            "Berth DirectRouting, pods at the VXLAN MTU (`--pod-mtu=vxlan`, as flannel)",
+            t.direct_vxlan_mtu,
+            0.0,
         ),
         vs_underlay(
             "Berth DirectRouting with ipMasq false",
@@ -909,8 +885,8 @@ pub fn run(args: &[String]) -> Result<(), String> {
             false,
         ),
         vs_flannel(
-            "Berth DirectRouting at MTU 1500 with ipMasq false / host-gw-style (same settings)",
-            t.direct_mtu_nomasq,
+            "Berth DirectRouting with ipMasq false / host-gw-style (same settings: MTU 1500, no NAT)",
+            t.direct_nomasq,
             t.host_gw,
             false,
         ),
@@ -967,7 +943,7 @@ pub fn run(args: &[String]) -> Result<(), String> {
             String::from("## Overlay: VXLAN vs underlay, convergence, peer programming\n\n");
         md.push_str(&bench::machine_markdown());
         md.push_str(&format!(
-            "- hosts are network namespaces on a bridge in another namespace; embedded (dir) store, and for the kube-store convergence row a real kube-apiserver + kube-controller-manager (the tests' control plane) in the underlay namespace with `--store=kube`; iperf3 {seconds} s, one TCP stream, median of {rounds} rounds alternating Berth VXLAN, Berth DirectRouting (`--direct-routing`), the flannel-style reference without and with MASQUERADE, the underlay, Berth DirectRouting with the pods at the underlay's MTU 1500 (the conflist's `mtu`; peers still on VXLAN are then reached by path MTU discovery) with and without `ipMasq`, Berth VXLAN and DirectRouting with the pods' `ipMasq: false` (berth-overlay masquerades by default, which puts conntrack on the path as flannel's rule does), and two routed references without NAT\n- routed references, built by the benchmark: both hosts on the one L2, per peer `peer-subnet via peer-underlay-ip`, MTU 1500; \"host-gw-style\" attaches the pod's veth to a bridge `cni0` (flannel's host-gw backend with the bridge plugin: DirectRouting's path hop for hop), \"routed veth\" has no bridge (a /32 in the pod, default route via 169.254.1.1, the host veth's MAC, as Calico attaches pods)\n- flannel-style reference, built by the benchmark (no flannel binary): per host `flannel.1` (VXLAN VNI 1, dstport 8472, nolearning, MTU 1450), bridge `cni0` with the pod's veth (MTU 1450), per peer a permanent neighbour + FDB entry + `via VTEP dev flannel.1 onlink` route; \"+ MASQUERADE\" adds `iptables -t nat -A POSTROUTING -s 10.244.0.0/16 ! -d 10.244.0.0/16 -j MASQUERADE` in each host\n\n"
+            "- hosts are network namespaces on a bridge in another namespace; embedded (dir) store, and for the kube-store convergence row a real kube-apiserver + kube-controller-manager (the tests' control plane) in the underlay namespace with `--store=kube`; iperf3 {seconds} s, one TCP stream, median of {rounds} rounds alternating Berth VXLAN, Berth DirectRouting (`--direct-routing`, whose default `--pod-mtu auto` gives the pods the underlay's MTU 1500; peers still on VXLAN are reached by path MTU discovery), the flannel-style reference without and with MASQUERADE, the underlay, Berth DirectRouting with the pods at the VXLAN MTU 1450 (`--pod-mtu=vxlan`, flannel's DirectRouting MTU), Berth VXLAN and DirectRouting with the pods' `ipMasq: false` (berth-overlay masquerades by default, which puts conntrack on the path as flannel's rule does), and two routed references without NAT\n- routed references, built by the benchmark: both hosts on the one L2, per peer `peer-subnet via peer-underlay-ip`, MTU 1500; \"host-gw-style\" attaches the pod's veth to a bridge `cni0` (flannel's host-gw backend with the bridge plugin: DirectRouting's path hop for hop), \"routed veth\" has no bridge (a /32 in the pod, default route via 169.254.1.1, the host veth's MAC, as Calico attaches pods)\n- flannel-style reference, built by the benchmark (no flannel binary): per host `flannel.1` (VXLAN VNI 1, dstport 8472, nolearning, MTU 1450), bridge `cni0` with the pod's veth (MTU 1450), per peer a permanent neighbour + FDB entry + `via VTEP dev flannel.1 onlink` route; \"+ MASQUERADE\" adds `iptables -t nat -A POSTROUTING -s 10.244.0.0/16 ! -d 10.244.0.0/16 -j MASQUERADE` in each host\n\n"
         ));
         md.push_str(&markdown_table(&header, &rows));
         md.push('\n');
