@@ -1,13 +1,14 @@
 //! `berth-overlay`: the CNI plugin for the cluster network. It reads the
 //! node's lease from the subnet file and attaches the pod with the bridge
 //! library and `berth-host-local` on the node subnet: gateway on the
-//! bridge, default route, a route to the whole cluster network, MTU of the
-//! VXLAN device, and masquerade only for traffic leaving the cluster network.
+//! bridge, default route, a route to the whole cluster network, the pods'
+//! MTU the agent chose, and masquerade only for traffic leaving the cluster
+//! network.
 
 use std::path::PathBuf;
 
 use cni_bridge::BridgePlugin;
-use cni_core::{CniError, CniResult, NetConf, Plugin, PluginInfo, Request};
+use cni_core::{CniError, CniResult, Command, NetConf, Plugin, PluginInfo, Request};
 use serde_json::{json, Map, Value};
 
 use crate::error::OverlayError;
@@ -51,8 +52,16 @@ fn subnet_file(conf: &NetConf) -> PathBuf {
 }
 
 /// The configuration handed to the bridge library (and, through it, to
-/// berth-host-local).
-pub fn bridge_config(conf: &NetConf, info: Option<&SubnetInfo>) -> Result<Vec<u8>, OverlayError> {
+/// berth-host-local). `command` decides the MTU: ADD gives a new pod the
+/// node's current one (the subnet file's) unless the conflist names one;
+/// for every other command only the conflist's counts, so that a pod made
+/// before the node's pod MTU changed (`--pod-mtu`, an underlay MTU change)
+/// is not reported broken by CHECK: it keeps working at its own MTU.
+pub fn bridge_config(
+    conf: &NetConf,
+    info: Option<&SubnetInfo>,
+    command: Command,
+) -> Result<Vec<u8>, OverlayError> {
     let raw = &conf.raw;
     let data_dir = raw
         .get("dataDir")
@@ -88,11 +97,13 @@ pub fn bridge_config(conf: &NetConf, info: Option<&SubnetInfo>) -> Result<Vec<u8
             .unwrap_or_else(|| "berth-host-local".into()),
     );
     ipam.insert("dataDir".into(), data_dir.into());
+    if let Some(m) = raw.get("mtu") {
+        out.insert("mtu".into(), m.clone());
+    }
     if let Some(info) = info {
-        out.insert(
-            "mtu".into(),
-            raw.get("mtu").cloned().unwrap_or_else(|| info.mtu.into()),
-        );
+        if command == Command::Add && !raw.contains_key("mtu") {
+            out.insert("mtu".into(), info.mtu.into());
+        }
         let mut ranges = vec![json!([{ "subnet": info.subnet.to_string() }])];
         let mut routes = vec![json!({ "dst": info.network.to_string() })];
         let mut exclude = vec![json!(info.network.to_string())];
@@ -111,7 +122,7 @@ pub fn bridge_config(conf: &NetConf, info: Option<&SubnetInfo>) -> Result<Vec<u8
 }
 
 fn delegate_request(req: &Request, info: Option<&SubnetInfo>) -> Result<Request, OverlayError> {
-    let stdin = bridge_config(&req.config, info)?;
+    let stdin = bridge_config(&req.config, info, req.command)?;
     let config = NetConf::parse(&stdin)?;
     Ok(Request {
         command: req.command,
@@ -191,10 +202,26 @@ mod tests {
             mtu: 1450,
             vni: 1,
         };
-        let v: Value =
-            serde_json::from_slice(&bridge_config(&conf, Some(&info)).expect("cfg")).expect("json");
+        let cfg = |command| -> Value {
+            serde_json::from_slice(&bridge_config(&conf, Some(&info), command).expect("cfg"))
+                .expect("json")
+        };
+        let v = cfg(Command::Add);
         assert_eq!(v["type"], "berth-bridge");
         assert_eq!(v["mtu"], 1450);
+        // CHECK holds a pod only to the conflist's MTU, not the node's
+        // current one, which may have changed since the pod was made.
+        assert!(cfg(Command::Check).get("mtu").is_none());
+        let named = NetConf::parse(
+            br#"{"cniVersion":"1.1.0","name":"pods","type":"berth-overlay","mtu":1400}"#,
+        )
+        .expect("conf");
+        for command in [Command::Add, Command::Check] {
+            let v: Value =
+                serde_json::from_slice(&bridge_config(&named, Some(&info), command).expect("cfg"))
+                    .expect("json");
+            assert_eq!(v["mtu"], 1400, "{command:?}");
+        }
         assert_eq!(v["hairpinMode"], true);
         assert_eq!(v["ipMasq"], true);
         assert_eq!(v["ipMasqExclude"][0], "10.244.0.0/16");

@@ -280,6 +280,18 @@ impl Cluster {
     }
 
     fn cni(&self, i: usize, cmd: &str, pod: &Netns, container: &str) -> (i32, Value) {
+        self.cni_prev(i, cmd, pod, container, None)
+    }
+
+    /// [`Cluster::cni`] with a `prevResult` (CHECK).
+    fn cni_prev(
+        &self,
+        i: usize,
+        cmd: &str,
+        pod: &Netns,
+        container: &str,
+        prev: Option<&Value>,
+    ) -> (i32, Value) {
         let h = &self.hosts[i];
         let mut conf = serde_json::json!({
             "cniVersion": "1.1.0", "name": "pods", "type": "berth-overlay",
@@ -287,6 +299,9 @@ impl Cluster {
         });
         if let Some(m) = self.pod_mtu {
             conf["mtu"] = m.into();
+        }
+        if let Some(p) = prev {
+            conf["prevResult"] = p.clone();
         }
         let mut run = Command::new(bin("berth-overlay"));
         h.ns.command(&mut run).expect("enter the host netns");
@@ -1296,6 +1311,57 @@ fn direct_routing_pods_at_the_underlay_mtu_reach_vxlan_peers_by_path_mtu_discove
             "pod {from} -> pod {to} beside a 1450 pod: {got} of {BYTES} bytes"
         );
     }
+}
+
+/// The node's pod MTU changes under running pods (say an upgrade that
+/// turns `--pod-mtu auto` on with DirectRouting, or an operator going back to
+/// `vxlan`): a pod keeps the MTU it was made with, CHECK still passes for it
+/// (the MTU it is held to is the conflist's, and this one names none), it
+/// still reaches the new pods, and new pods get the new MTU.
+#[test]
+fn pods_keep_their_mtu_and_pass_check_when_the_node_pod_mtu_changes() {
+    need_root!();
+    let mut c = Cluster::new(1, false);
+    let env_mtu = |c: &Cluster| {
+        std::fs::read_to_string(&c.hosts[0].subnet_file)
+            .unwrap_or_default()
+            .lines()
+            .find_map(|l| l.strip_prefix("BERTH_MTU=").map(str::to_string))
+    };
+    c.start_with(0, &["--pod-mtu=vxlan"]);
+    assert_eq!(env_mtu(&c).as_deref(), Some("1450"));
+    let old = Netns::create("bp");
+    let (code, added) = c.cni(0, "ADD", &old, old.name());
+    assert_eq!(code, 0, "ADD: {added}");
+    assert_eq!(link_mtu(&old, "eth0"), 1450);
+    if let Some(d) = c.hosts[0].daemon.as_mut() {
+        d.stop();
+    }
+    c.start_with(0, &["--pod-mtu=underlay"]);
+    assert!(
+        eventually(Duration::from_secs(10), || env_mtu(&c).as_deref()
+            == Some("1500")),
+        "the restarted agent did not write the new MTU:\n{}",
+        c.logs()
+    );
+    let (code, v) = c.cni_prev(0, "CHECK", &old, old.name(), Some(&added));
+    assert_eq!(code, 0, "CHECK of the 1450 pod after the change: {v}");
+    let (new, new_ip) = c.pod(0);
+    assert_eq!(link_mtu(&new, "eth0"), 1500);
+    assert_eq!(link_mtu(&old, "eth0"), 1450);
+    assert!(pings(&old, &new_ip), "{}", c.logs());
+    // A conflist that names an MTU still holds the pod to it.
+    c.pod_mtu = Some(1500);
+    let (code, v) = c.cni_prev(0, "CHECK", &old, old.name(), Some(&added));
+    assert_ne!(code, 0, "CHECK passed a 1450 pod against mtu 1500: {v}");
+    assert_eq!(v["code"], 106, "{v}");
+    assert!(
+        v["msg"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("MTU is 1450, config says 1500"),
+        "{v}"
+    );
 }
 
 /// A peer switches between direct and VXLAN when this host's underlay
