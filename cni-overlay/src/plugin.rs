@@ -97,13 +97,13 @@ pub fn bridge_config(
             .unwrap_or_else(|| "berth-host-local".into()),
     );
     ipam.insert("dataDir".into(), data_dir.into());
-    if let Some(m) = raw.get("mtu") {
-        out.insert("mtu".into(), m.clone());
+    let node_mtu = info
+        .filter(|_| command == Command::Add)
+        .map(|i| i.mtu.into());
+    if let Some(mtu) = raw.get("mtu").cloned().or(node_mtu) {
+        out.insert("mtu".into(), mtu);
     }
     if let Some(info) = info {
-        if command == Command::Add && !raw.contains_key("mtu") {
-            out.insert("mtu".into(), info.mtu.into());
-        }
         let mut ranges = vec![json!([{ "subnet": info.subnet.to_string() }])];
         let mut routes = vec![json!({ "dst": info.network.to_string() })];
         let mut exclude = vec![json!(info.network.to_string())];

@@ -21,10 +21,9 @@ const IPV6_MIN_MTU: u32 = 1280;
 const IPV4_MIN_MTU: u32 = 68;
 
 /// `--pod-mtu`: how the pods' MTU is chosen.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PodMtu {
     /// The underlay's MTU with DirectRouting, the VXLAN MTU without.
-    #[default]
     Auto,
     /// The VXLAN device's MTU (underlay - 50 for IPv4, - 70 for IPv6), as flannel gives pods.
     Vxlan,

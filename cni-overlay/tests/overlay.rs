@@ -271,12 +271,16 @@ impl Cluster {
                 .collect::<String>()
     }
 
-    fn subnet(&self, i: usize) -> String {
-        let t = std::fs::read_to_string(&self.hosts[i].subnet_file).expect("subnet file");
+    /// `key` of host `i`'s subnet file; None while the file or the key is missing.
+    fn subnet_env(&self, i: usize, key: &str) -> Option<String> {
+        let t = std::fs::read_to_string(&self.hosts[i].subnet_file).ok()?;
         t.lines()
-            .find_map(|l| l.strip_prefix("BERTH_SUBNET="))
-            .expect("BERTH_SUBNET")
-            .to_string()
+            .find_map(|l| l.strip_prefix(key)?.strip_prefix('='))
+            .map(str::to_string)
+    }
+
+    fn subnet(&self, i: usize) -> String {
+        self.subnet_env(i, "BERTH_SUBNET").expect("BERTH_SUBNET")
     }
 
     fn cni(&self, i: usize, cmd: &str, pod: &Netns, container: &str) -> (i32, Value) {
@@ -1018,9 +1022,9 @@ fn ping_burst(from: &Netns, to: &str, count: usize) -> bool {
 
 /// Hosts 0 and 1 with `--direct-routing` on one L2 underlay (172.31.250.0/24),
 /// host 2 on another (172.31.251.0/24) behind a router namespace, all three
-/// agents started. Bind all three: the
-/// cluster, bound last, drops first, so its daemons stop before the router
-/// and the second underlay they run across go.
+/// agents started. Bind all three: the cluster, bound last, drops first, so
+/// its daemons stop before the router and the second underlay they run
+/// across go.
 fn mixed_l2_and_routed() -> (Underlay, Netns, Cluster) {
     let ul2 = Underlay::create("bul", "br-ul2", None);
     let router = Netns::create("brt");
@@ -1248,18 +1252,18 @@ fn tcp_bulk(server: &Netns, client: &Netns, server_ip: &str, bytes: u64) -> u64 
 }
 
 /// DirectRouting with the agents' default `--pod-mtu auto`, which gives the
-/// pods the underlay's MTU (nothing in the conflist): full-size frames cross the direct path unfragmented, and the peer behind
-/// the router, still on VXLAN (MTU 1450), is reached by path MTU discovery:
-/// the node answers a too-big packet with ICMP "fragmentation needed" naming
-/// 1450, and bulk TCP gets through both ways on both paths.
+/// pods the underlay's MTU (nothing in the conflist): full-size frames cross
+/// the direct path unfragmented, and the peer behind the router, still on
+/// VXLAN (MTU 1450), is reached by path MTU discovery: the node answers a
+/// too-big packet with ICMP "fragmentation needed" naming 1450, and bulk TCP
+/// gets through both ways on both paths.
 #[test]
 fn direct_routing_pods_at_the_underlay_mtu_reach_vxlan_peers_by_path_mtu_discovery() {
     need_root!();
     let (_ul2, _router, mut c) = mixed_l2_and_routed();
     let pods: Vec<(Netns, String)> = (0..3).map(|i| c.pod(i)).collect();
     every_pod_reaches_every_pod(&pods, &|| c.logs());
-    let env = std::fs::read_to_string(&c.hosts[0].subnet_file).expect("subnet file");
-    assert!(env.contains("BERTH_MTU=1500\n"), "{env}");
+    assert_eq!(c.subnet_env(0, "BERTH_MTU").as_deref(), Some("1500"));
     for (pod, _) in &pods {
         assert_eq!(link_mtu(pod, "eth0"), 1500);
     }
@@ -1322,12 +1326,7 @@ fn direct_routing_pods_at_the_underlay_mtu_reach_vxlan_peers_by_path_mtu_discove
 fn pods_keep_their_mtu_and_pass_check_when_the_node_pod_mtu_changes() {
     need_root!();
     let mut c = Cluster::new(1, false);
-    let env_mtu = |c: &Cluster| {
-        std::fs::read_to_string(&c.hosts[0].subnet_file)
-            .unwrap_or_default()
-            .lines()
-            .find_map(|l| l.strip_prefix("BERTH_MTU=").map(str::to_string))
-    };
+    let env_mtu = |c: &Cluster| c.subnet_env(0, "BERTH_MTU");
     c.start_with(0, &["--pod-mtu=vxlan"]);
     assert_eq!(env_mtu(&c).as_deref(), Some("1450"));
     let old = Netns::create("bp");
