@@ -7,7 +7,8 @@
 //! pod on it, with N hosts), and the time one node takes to program 1,000 peers (synthetic
 //! leases in the store).
 //!
-//! The throughput run measures, side by side in alternating rounds: the underlay, Berth's VXLAN,
+//! The throughput run measures, side by side in alternating rounds, each path between two runs on
+//! the underlay (its ratio is taken against those two, round by round): Berth's VXLAN,
 //! Berth with `--direct-routing`, and a flannel-style VXLAN reference built by hand here (no
 //! flannel binary: what flannel's vxlan backend and the bridge plugin program, see
 //! [`flannel_ref`]), once without and once with flannel's MASQUERADE rule; Berth VXLAN and
@@ -31,8 +32,8 @@ usage: berth-bench overlay [options]   (root: creates network namespaces, never 
 options:
   --hosts N          hosts in the convergence run (default 10)
   --peers N          synthetic peers programmed on one node (default 1000)
-  --seconds N        iperf3 duration per direction (default 5)
-  --rounds N         throughput rounds, medians reported (default 3)
+  --seconds N        iperf3 duration per run, after a 1 s warm-up it omits (default 5)
+  --rounds N         throughput rounds; medians and min-max reported (default 5)
   --markdown FILE    also append a markdown section to FILE
 ";
 
@@ -186,7 +187,9 @@ fn iperf(server: &Netns, client: &Netns, server_ip: &str, seconds: u32) -> Resul
     let secs = seconds.to_string();
     loop {
         let out = client
-            .output(&["iperf3", "-c", server_ip, "-p", "5201", "-t", &secs, "-J"])
+            .output(&[
+                "iperf3", "-c", server_ip, "-p", "5201", "-t", &secs, "-O", "1", "-J",
+            ])
             .map_err(|e| e.to_string())?;
         // iperf3 -J can exit 0 with an "error" member (e.g. the server is
         // not listening yet): only a rate counts as success.
@@ -511,23 +514,99 @@ fn routed_ref(attach: Attach) -> Result<RefPair, String> {
     })
 }
 
-/// Medians of the throughput rounds, Gbit/s.
-struct Throughput {
-    vxlan: f64,
-    /// Berth VXLAN with the pods' `ipMasq` false: no nat table, no conntrack.
-    vxlan_nomasq: f64,
-    direct: f64,
-    /// Berth DirectRouting with the pods' `ipMasq` false.
-    direct_nomasq: f64,
+/// The setups the throughput run measures besides the underlay, in the order
+/// of a round; [`Throughput`] indexes its runs by position here.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Setup {
+    Vxlan,
+    FlannelNat,
+    Flannel,
+    VxlanNoMasq,
+    Direct,
+    DirectNoMasq,
+    HostGw,
+    RoutedVeth,
     /// Berth DirectRouting with the pods at the VXLAN MTU (`--pod-mtu=vxlan`, flannel's choice).
-    direct_vxlan_mtu: f64,
-    /// flannel host-gw style: bridge, veth, a route via the peer.
-    host_gw: f64,
-    /// Routed veths without a bridge.
-    routed_veth: f64,
-    flannel: f64,
-    flannel_nat: f64,
-    underlay: f64,
+    DirectVxlanMtu,
+}
+
+const SETUPS: [Setup; 9] = [
+    Setup::Vxlan,
+    Setup::FlannelNat,
+    Setup::Flannel,
+    Setup::VxlanNoMasq,
+    Setup::Direct,
+    Setup::DirectNoMasq,
+    Setup::HostGw,
+    Setup::RoutedVeth,
+    Setup::DirectVxlanMtu,
+];
+
+/// Every round's runs, Gbit/s. A path's ratio to the underlay is taken per
+/// round against the mean of the two underlay runs just before and after it,
+/// so a drift in the machine's speed over the minutes of a round (other load
+/// on a shared host) cancels out instead of landing in one ratio.
+struct Throughput {
+    /// `underlay[r][i]` ran just before `runs[r][i]`; `underlay[r][9]` closes the round.
+    underlay: Vec<[f64; SETUPS.len() + 1]>,
+    runs: Vec<[f64; SETUPS.len()]>,
+}
+
+/// Median, minimum and maximum of a sample.
+#[derive(Clone, Copy)]
+struct Spread {
+    median: f64,
+    min: f64,
+    max: f64,
+}
+
+impl Spread {
+    fn of(mut v: Vec<f64>) -> Spread {
+        v.sort_by(|a, b| a.total_cmp(b));
+        Spread {
+            median: v.get(v.len() / 2).copied().unwrap_or(f64::NAN),
+            min: v.first().copied().unwrap_or(f64::NAN),
+            max: v.last().copied().unwrap_or(f64::NAN),
+        }
+    }
+}
+
+impl Throughput {
+    fn idx(p: Setup) -> usize {
+        SETUPS.iter().position(|&q| q == p).unwrap_or(0)
+    }
+
+    /// Median Gbit/s of a path.
+    fn gbps(&self, p: Setup) -> f64 {
+        Spread::of(self.runs.iter().map(|r| r[Self::idx(p)]).collect()).median
+    }
+
+    /// Median Gbit/s of all underlay runs.
+    fn underlay_gbps(&self) -> f64 {
+        Spread::of(self.underlay.iter().flatten().copied().collect()).median
+    }
+
+    /// One round's ratio of a path to the underlay runs beside it.
+    fn ratio_in(&self, round: usize, p: Setup) -> f64 {
+        let i = Self::idx(p);
+        let u = &self.underlay[round];
+        self.runs[round][i] / ((u[i] + u[i + 1]) / 2.0)
+    }
+
+    /// A path's ratio to the underlay over the rounds.
+    fn vs_underlay(&self, p: Setup) -> Spread {
+        Spread::of((0..self.runs.len()).map(|r| self.ratio_in(r, p)).collect())
+    }
+
+    /// Setup `a` over setup `b`, each first taken relative to its own
+    /// neighbouring underlay runs, over the rounds.
+    fn versus(&self, a: Setup, b: Setup) -> Spread {
+        Spread::of(
+            (0..self.runs.len())
+                .map(|r| self.ratio_in(r, a) / self.ratio_in(r, b))
+                .collect(),
+        )
+    }
 }
 
 fn throughput(seconds: u32, rounds: usize) -> Result<Throughput, String> {
@@ -540,43 +619,41 @@ fn throughput(seconds: u32, rounds: usize) -> Result<Throughput, String> {
     let flannel_nat = flannel_ref(true)?;
     let host_gw = routed_ref(Attach::Bridge)?;
     let routed_veth = routed_ref(Attach::Veth)?;
-    // Rounds (3 by default), alternating, medians: one iperf3 run on a
-    // shared 2-core machine swings by tens of percent.
-    let mut v: [Vec<f64>; 10] = Default::default();
-    for _ in 0..rounds {
-        v[0].push(iperf(&p1, &p0, &a1, seconds)?);
-        v[1].push(iperf(&d1, &d0, &da1, seconds)?);
-        v[2].push(flannel.iperf(seconds)?);
-        v[3].push(flannel_nat.iperf(seconds)?);
-        v[4].push(iperf(
+    let underlay = || {
+        iperf(
             &c.nodes[1].ns,
             &c.nodes[0].ns,
             &c.nodes[1].ip.clone(),
             seconds,
-        )?);
-        v[5].push(iperf(&n1, &n0, &na1, seconds)?);
-        v[6].push(iperf(&dn1, &dn0, &dna1, seconds)?);
-        v[7].push(host_gw.iperf(seconds)?);
-        v[8].push(routed_veth.iperf(seconds)?);
-        v[9].push(iperf(&dm1, &dm0, &dma1, seconds)?);
-    }
-    let mut median = |i: usize| {
-        let v = &mut v[i];
-        v.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
-        v[v.len() / 2]
+        )
     };
-    Ok(Throughput {
-        vxlan: median(0),
-        direct: median(1),
-        flannel: median(2),
-        flannel_nat: median(3),
-        underlay: median(4),
-        vxlan_nomasq: median(5),
-        direct_nomasq: median(6),
-        host_gw: median(7),
-        routed_veth: median(8),
-        direct_vxlan_mtu: median(9),
-    })
+    let run = |p: Setup| match p {
+        Setup::Vxlan => iperf(&p1, &p0, &a1, seconds),
+        Setup::FlannelNat => flannel_nat.iperf(seconds),
+        Setup::Flannel => flannel.iperf(seconds),
+        Setup::VxlanNoMasq => iperf(&n1, &n0, &na1, seconds),
+        Setup::Direct => iperf(&d1, &d0, &da1, seconds),
+        Setup::DirectNoMasq => iperf(&dn1, &dn0, &dna1, seconds),
+        Setup::HostGw => host_gw.iperf(seconds),
+        Setup::RoutedVeth => routed_veth.iperf(seconds),
+        Setup::DirectVxlanMtu => iperf(&dm1, &dm0, &dma1, seconds),
+    };
+    let mut t = Throughput {
+        underlay: Vec::with_capacity(rounds),
+        runs: Vec::with_capacity(rounds),
+    };
+    for _ in 0..rounds {
+        let mut u = [0.0; SETUPS.len() + 1];
+        let mut r = [0.0; SETUPS.len()];
+        for (i, &p) in SETUPS.iter().enumerate() {
+            u[i] = underlay()?;
+            r[i] = run(p)?;
+        }
+        u[SETUPS.len()] = underlay()?;
+        t.underlay.push(u);
+        t.runs.push(r);
+    }
+    Ok(t)
 }
 
 fn convergence(hosts: usize) -> Result<Duration, String> {
@@ -788,7 +865,7 @@ pub fn run(args: &[String]) -> Result<(), String> {
     let hosts = num("hosts", 10)?.max(2);
     let peers = num("peers", 1000)?;
     let seconds = num("seconds", 5)? as u32;
-    let rounds = num("rounds", 3)?.max(1);
+    let rounds = num("rounds", 5)?.max(1);
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
         return Err("needs root (it creates network namespaces)".into());
@@ -796,99 +873,110 @@ pub fn run(args: &[String]) -> Result<(), String> {
 
     println!("berth-bench overlay: throughput ({seconds} s per run), convergence with {hosts} hosts, {peers} peers");
     let t = throughput(seconds, rounds)?;
-    let (overlay, underlay) = (t.vxlan, t.underlay);
+    let underlay = t.underlay_gbps();
     let conv = convergence(hosts)?;
     let (conv_kube, cidr) = convergence_kube(hosts)?;
     let prog = many_peers(peers)?;
 
     let met = |ok: bool| if ok { "met" } else { "NOT met" }.to_string();
-    let vs_underlay = |what: &str, x: f64, target: f64| {
+    let target_cells = |target: f64, s: Spread, none: &str| {
+        if target > 0.0 {
+            [format!(">= {target:.2}x"), met(s.median >= target)]
+        } else {
+            [none.to_string(), String::new()]
+        }
+    };
+    let vs_underlay = |what: &str, p: Setup, target: f64| {
+        let s = t.vs_underlay(p);
+        let [tgt, ok] = target_cells(target, s, "(reference)");
         vec![
             format!("throughput pod-to-pod, {what}, vs host-to-host (Gbit/s)"),
-            format!("{x:.2} vs {underlay:.2} = {:.2}x", x / underlay),
-            if target > 0.0 {
-                format!(">= {target:.2}x")
-            } else {
-                "(reference)".into()
-            },
-            if target > 0.0 {
-                met(x / underlay >= target)
-            } else {
-                String::new()
-            },
+            format!(
+                "{:.2} vs {underlay:.2} = {:.2}x ({:.2}-{:.2})",
+                t.gbps(p),
+                s.median,
+                s.min,
+                s.max
+            ),
+            tgt,
+            ok,
         ]
     };
-    let vs_flannel = |what: &str, b: f64, f: f64, target: bool| {
+    let versus = |what: &str, a: Setup, b: Setup, target: f64| {
+        let s = t.versus(a, b);
+        let [tgt, ok] = target_cells(target, s, "(no target)");
         vec![
             format!("throughput {what} (Gbit/s)"),
-            format!("{b:.2} vs {f:.2} = {:.2}x", b / f),
-            if target { ">= 1.00x" } else { "(no target)" }.into(),
-            if target {
-                met(b / f >= 1.0)
-            } else {
-                String::new()
-            },
+            format!(
+                "{:.2} vs {:.2} = {:.2}x ({:.2}-{:.2})",
+                t.gbps(a),
+                t.gbps(b),
+                s.median,
+                s.min,
+                s.max
+            ),
+            tgt,
+            ok,
         ]
     };
     let rows = vec![
         // First: the report's chart reads the first "throughput" row.
-        vec![
-            "throughput pod-to-pod across hosts vs host-to-host (Gbit/s)".to_string(),
-            format!("{overlay:.2} vs {underlay:.2} = {:.2}x", overlay / underlay),
-            ">= 0.85x".into(),
-            met(overlay / underlay >= 0.85),
-        ],
-        vs_underlay("Berth DirectRouting", t.direct, 0.95),
+        vs_underlay("Berth VXLAN", Setup::Vxlan, 0.85),
+        vs_underlay("Berth DirectRouting", Setup::Direct, 0.95),
         vs_underlay(
             "Berth DirectRouting, pods at the VXLAN MTU (`--pod-mtu=vxlan`, as flannel)",
-            t.direct_vxlan_mtu,
+            Setup::DirectVxlanMtu,
             0.0,
         ),
         vs_underlay(
             "Berth DirectRouting with ipMasq false",
-            t.direct_nomasq,
+            Setup::DirectNoMasq,
             0.0,
         ),
         vs_underlay(
             "host-gw-style (bridge + veth, route via the peer, no NAT)",
-            t.host_gw,
+            Setup::HostGw,
             0.0,
         ),
         vs_underlay(
             "routed veth without a bridge (route via the peer, no NAT)",
-            t.routed_veth,
+            Setup::RoutedVeth,
             0.0,
         ),
-        vs_underlay("flannel-style VXLAN, no NAT", t.flannel, 0.0),
-        vs_underlay("flannel-style VXLAN + MASQUERADE", t.flannel_nat, 0.0),
+        vs_underlay("flannel-style VXLAN, no NAT", Setup::Flannel, 0.0),
+        vs_underlay(
+            "flannel-style VXLAN + MASQUERADE",
+            Setup::FlannelNat,
+            0.0,
+        ),
         vs_underlay(
             "Berth VXLAN with ipMasq false (no conntrack)",
-            t.vxlan_nomasq,
+            Setup::VxlanNoMasq,
             0.0,
         ),
-        vs_flannel(
+        versus(
             "Berth VXLAN / flannel-style, both masquerading",
-            overlay,
-            t.flannel_nat,
-            true,
+            Setup::Vxlan,
+            Setup::FlannelNat,
+            1.0,
         ),
-        vs_flannel(
-            "Berth VXLAN / flannel-style without NAT",
-            overlay,
-            t.flannel,
-            true,
+        versus(
+            "Berth VXLAN with ipMasq false / flannel-style without NAT (same settings)",
+            Setup::VxlanNoMasq,
+            Setup::Flannel,
+            0.0,
         ),
-        vs_flannel(
-            "Berth VXLAN with ipMasq false / flannel-style without NAT",
-            t.vxlan_nomasq,
-            t.flannel,
-            false,
+        versus(
+            "Berth VXLAN (masquerading) / flannel-style without NAT",
+            Setup::Vxlan,
+            Setup::Flannel,
+            0.0,
         ),
-        vs_flannel(
+        versus(
             "Berth DirectRouting with ipMasq false / host-gw-style (same settings: MTU 1500, no NAT)",
-            t.direct_nomasq,
-            t.host_gw,
-            false,
+            Setup::DirectNoMasq,
+            Setup::HostGw,
+            0.0,
         ),
         vec![
             format!(
@@ -943,11 +1031,49 @@ pub fn run(args: &[String]) -> Result<(), String> {
             String::from("## Overlay: VXLAN vs underlay, convergence, peer programming\n\n");
         md.push_str(&bench::machine_markdown());
         md.push_str(&format!(
-            "- hosts are network namespaces on a bridge in another namespace; embedded (dir) store, and for the kube-store convergence row a real kube-apiserver + kube-controller-manager (the tests' control plane) in the underlay namespace with `--store=kube`; iperf3 {seconds} s, one TCP stream, median of {rounds} rounds alternating Berth VXLAN, Berth DirectRouting (`--direct-routing`, whose default `--pod-mtu auto` gives the pods the underlay's MTU 1500; peers still on VXLAN are reached by path MTU discovery), the flannel-style reference without and with MASQUERADE, the underlay, Berth DirectRouting with the pods at the VXLAN MTU 1450 (`--pod-mtu=vxlan`, flannel's DirectRouting MTU), Berth VXLAN and DirectRouting with the pods' `ipMasq: false` (berth-overlay masquerades by default, which puts conntrack on the path as flannel's rule does), and two routed references without NAT\n- routed references, built by the benchmark: both hosts on the one L2, per peer `peer-subnet via peer-underlay-ip`, MTU 1500; \"host-gw-style\" attaches the pod's veth to a bridge `cni0` (flannel's host-gw backend with the bridge plugin: DirectRouting's path hop for hop), \"routed veth\" has no bridge (a /32 in the pod, default route via 169.254.1.1, the host veth's MAC, as Calico attaches pods)\n- flannel-style reference, built by the benchmark (no flannel binary): per host `flannel.1` (VXLAN VNI 1, dstport 8472, nolearning, MTU 1450), bridge `cni0` with the pod's veth (MTU 1450), per peer a permanent neighbour + FDB entry + `via VTEP dev flannel.1 onlink` route; \"+ MASQUERADE\" adds `iptables -t nat -A POSTROUTING -s 10.244.0.0/16 ! -d 10.244.0.0/16 -j MASQUERADE` in each host\n\n"
+            "- hosts are network namespaces on a bridge in another namespace; embedded (dir) store, and for the kube-store convergence row a real kube-apiserver + kube-controller-manager (the tests' control plane) in the underlay namespace with `--store=kube`; iperf3 {seconds} s after a 1 s warm-up (`-O 1`), one TCP stream; {rounds} rounds, each running every path between two underlay runs; a path's ratio is its Gbit/s over the mean of those two underlay runs, and the table gives the median ratio over the rounds with its min-max in brackets (the Gbit/s are medians; a Berth / flannel ratio is the quotient of the two paths' ratios, round by round). Setups, in the order of a round: Berth VXLAN, the flannel-style reference with and without MASQUERADE, Berth VXLAN with the pods' `ipMasq: false`, Berth DirectRouting (`--direct-routing`, whose default `--pod-mtu auto` gives the pods the underlay's MTU 1500; peers still on VXLAN are reached by path MTU discovery) with and without `ipMasq` (berth-overlay masquerades by default, which puts conntrack on the path as flannel's rule does), two routed references without NAT, and Berth DirectRouting with the pods at the VXLAN MTU 1450 (`--pod-mtu=vxlan`, flannel's DirectRouting MTU)\n- routed references, built by the benchmark: both hosts on the one L2, per peer `peer-subnet via peer-underlay-ip`, MTU 1500; \"host-gw-style\" attaches the pod's veth to a bridge `cni0` (flannel's host-gw backend with the bridge plugin: DirectRouting's path hop for hop), \"routed veth\" has no bridge (a /32 in the pod, default route via 169.254.1.1, the host veth's MAC, as Calico attaches pods)\n- flannel-style reference, built by the benchmark (no flannel binary): per host `flannel.1` (VXLAN VNI 1, dstport 8472, nolearning, MTU 1450), bridge `cni0` with the pod's veth (MTU 1450), per peer a permanent neighbour + FDB entry + `via VTEP dev flannel.1 onlink` route; \"+ MASQUERADE\" adds `iptables -t nat -A POSTROUTING -s 10.244.0.0/16 ! -d 10.244.0.0/16 -j MASQUERADE` in each host\n\n"
         ));
         md.push_str(&markdown_table(&header, &rows));
         md.push('\n');
         bench::append_markdown(Path::new(path), &md)?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn spread_gives_median_min_and_max() {
+        let s = Spread::of(vec![0.97, 0.91, 0.95, 0.99, 0.93]);
+        assert_eq!((s.median, s.min, s.max), (0.95, 0.91, 0.99));
+        assert!(Spread::of(Vec::new()).median.is_nan());
+    }
+
+    #[test]
+    fn ratios_are_taken_against_the_neighbouring_underlay_runs() {
+        // The machine slows down over round 0 (underlay 20 -> 10 Gbit/s):
+        // each setup is compared with the underlay runs around it.
+        let mut u0 = [0.0; SETUPS.len() + 1];
+        for (i, u) in u0.iter_mut().enumerate() {
+            *u = 20.0 - 10.0 * i as f64 / SETUPS.len() as f64;
+        }
+        let mut r0 = [0.0; SETUPS.len()];
+        for (i, r) in r0.iter_mut().enumerate() {
+            *r = 0.9 * (u0[i] + u0[i + 1]) / 2.0;
+        }
+        let t = Throughput {
+            underlay: vec![u0, [10.0; SETUPS.len() + 1]],
+            runs: vec![r0, [10.0; SETUPS.len()]],
+        };
+        assert!((t.ratio_in(0, Setup::Vxlan) - 0.9).abs() < 1e-9);
+        assert!((t.ratio_in(0, Setup::DirectVxlanMtu) - 0.9).abs() < 1e-9);
+        assert!((t.ratio_in(1, Setup::Direct) - 1.0).abs() < 1e-9);
+        // Both setups at 0.9 of their underlay in round 0, 1.0 in round 1.
+        let v = t.versus(Setup::Vxlan, Setup::FlannelNat);
+        assert!((v.min - 1.0).abs() < 1e-9 && (v.max - 1.0).abs() < 1e-9);
+        let d = t.vs_underlay(Setup::Direct);
+        assert!((d.min - 0.9).abs() < 1e-9 && (d.max - 1.0).abs() < 1e-9);
+    }
 }
