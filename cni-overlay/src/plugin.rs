@@ -202,25 +202,22 @@ mod tests {
             mtu: 1450,
             vni: 1,
         };
-        let cfg = |command| -> Value {
-            serde_json::from_slice(&bridge_config(&conf, Some(&info), command).expect("cfg"))
+        let cfg = |conf: &NetConf, command| -> Value {
+            serde_json::from_slice(&bridge_config(conf, Some(&info), command).expect("cfg"))
                 .expect("json")
         };
-        let v = cfg(Command::Add);
+        let v = cfg(&conf, Command::Add);
         assert_eq!(v["type"], "berth-bridge");
         assert_eq!(v["mtu"], 1450);
         // CHECK holds a pod only to the conflist's MTU, not the node's
         // current one, which may have changed since the pod was made.
-        assert!(cfg(Command::Check).get("mtu").is_none());
+        assert!(cfg(&conf, Command::Check).get("mtu").is_none());
         let named = NetConf::parse(
             br#"{"cniVersion":"1.1.0","name":"pods","type":"berth-overlay","mtu":1400}"#,
         )
         .expect("conf");
         for command in [Command::Add, Command::Check] {
-            let v: Value =
-                serde_json::from_slice(&bridge_config(&named, Some(&info), command).expect("cfg"))
-                    .expect("json");
-            assert_eq!(v["mtu"], 1400, "{command:?}");
+            assert_eq!(cfg(&named, command)["mtu"], 1400, "{command:?}");
         }
         assert_eq!(v["hairpinMode"], true);
         assert_eq!(v["ipMasq"], true);
